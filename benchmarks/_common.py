@@ -1,0 +1,49 @@
+"""Shared helpers for the benchmark scripts: timing (median of repeats) and table printing.
+
+Every number quoted in the book, the README or an issue note is printed by one of these
+scripts; run them all with ``make bench`` or one with ``.venv/bin/python benchmarks/run.py NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from courselib.utils import time_call  # noqa: F401  (re-exported for the scripts)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def shared_mnist_available() -> bool:
+    """True when the real MNIST test set sits in ``../shared/data/mnist``."""
+    return (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def format_table(title: str, headers: list[str], rows: list[list[object]]) -> str:
+    """Render a GitHub-flavoured Markdown table (readable in a terminal and pasteable into notes)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = [f"### {title}", ""]
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(title: str, headers: list[str], rows: list[list[object]]) -> None:
+    print(format_table(title, headers, rows), flush=True)
+
+
+def machine_line() -> str:
+    import torch
+
+    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+            f"torch {torch.__version__} (threads={torch.get_num_threads()})")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build the book's index plus the given chapters into a private output folder, with -W,
+# so that one chapter can be checked without touching _toc.yml or the shared _build.
+# Usage: tools/build_chapter.sh book/itq.md [book/other.md ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { echo "usage: $0 book/CHAPTER.md [...]" >&2; exit 2; }
+name=$(basename "$1" .md)
+out="/tmp/jb_${name}"
+mkdir -p "$out"
+toc="$out/_toc.yml"
+{
+  echo "format: jb-book"
+  echo "root: book/index"
+  echo "chapters:"
+  for f in "$@"; do echo "  - file: ${f%.md}"; done
+} > "$toc"
+sed "s#cache: \"_build/.jupyter_cache\"#cache: \"$out/.jupyter_cache\"#" _config.yml > "$out/_config.yml"
+export PATH="$PWD/.venv/bin:$PATH"
+exec jupyter-book build . --toc "$toc" --config "$out/_config.yml" --path-output "$out" -W --keep-going
