@@ -1,0 +1,109 @@
+"""Every lab through the nbgrader pipeline: release, autograde solution (full marks) and blank (zero), CSV.
+
+Each lab is graded in a scratch copy of the course (its own gradebook), so labs run in parallel
+(pytest-xdist) without sharing nbgrader's sqlite database. nbval checks each solution notebook too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from courselib import grading
+
+REPO = Path(__file__).resolve().parents[1]
+COURSE = REPO / "labs"
+LABS = grading.list_labs(COURSE)
+
+
+def make_course(tmp_path: Path, lab: str) -> Path:
+    course = tmp_path / "course"
+    (course / "source").mkdir(parents=True)
+    shutil.copy(COURSE / "nbgrader_config.py", course)
+    shutil.copytree(COURSE / "source" / lab, course / "source" / lab)
+    return course
+
+
+def test_there_are_labs():
+    assert "lab00_memory" in LABS
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_lab_source_is_clean_and_well_formed(lab):
+    nb = json.loads((COURSE / "source" / lab / f"{lab}.ipynb").read_text())
+    ids = [c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"] if "nbgrader" in c["metadata"]]
+    assert len(ids) == len(set(ids)), "grade ids must be unique"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, "commit lab sources without outputs"
+        meta = cell["metadata"].get("nbgrader", {})
+        src = "".join(cell["source"])
+        if meta.get("solution"):
+            assert "### BEGIN SOLUTION" in src
+        if meta.get("grade"):
+            assert meta.get("points", 0) > 0 and cell["cell_type"] == "code"
+            assert not meta.get("solution"), "labs are fully autograded: no manually graded answers"
+    parts = grading.lab_parts(lab, COURSE)
+    assert len(parts) >= 3
+    assert any("### BEGIN HIDDEN TESTS" in "".join(c["source"]) for c in nb["cells"])
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_solution_full_marks_blank_zero(tmp_path, lab):
+    course = make_course(tmp_path, lab)
+    release = grading.release(lab, course)
+    student_nb = (release / f"{lab}.ipynb").read_text()
+    assert "### BEGIN SOLUTION" not in student_nb and "### BEGIN HIDDEN TESTS" not in student_nb
+    assert "raise NotImplementedError()" in student_nb
+
+    subs = tmp_path / "submissions"
+    shutil.copytree(course / "source" / lab, subs / "solution" / lab)
+    shutil.copytree(release, subs / "blank" / lab)
+    (subs / "absent" / lab).mkdir(parents=True)  # a student who handed in nothing
+
+    graded = grading.autograde(lab, subs, course)
+    assert graded == ["blank", "solution"]
+    out = grading.export_grades(lab, course, students=["absent", "blank", "solution"])
+    rows = {r["student_id"]: r for r in csv.DictReader(out.open())}
+    parts = grading.lab_parts(lab, course)
+    max_score = sum(p for _, p in parts)
+    assert float(rows["solution"]["score"]) == float(rows["solution"]["max_score"]) == max_score
+    assert all(float(rows["solution"][g]) == p for g, p in parts)
+    assert float(rows["blank"]["score"]) == 0.0
+    assert all(float(rows["blank"][g]) == 0.0 for g, _ in parts)
+    assert rows["absent"]["status"] == "missing" and float(rows["absent"]["score"]) == 0.0
+    assert (course / "feedback" / "solution" / lab / f"{lab}.html").exists()
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_solution_passes_nbval(lab):
+    nb = COURSE / "source" / lab / f"{lab}.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           str(nb)], cwd=nb.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_unknown_lab_and_missing_folder(tmp_path):
+    course = make_course(tmp_path, "lab00_memory")
+    with pytest.raises(grading.GradingError, match="unknown lab"):
+        grading.release("lab99_nothing", course)
+    with pytest.raises(grading.GradingError, match="not a folder"):
+        grading.autograde("lab00_memory", tmp_path / "nowhere", course)
+    with pytest.raises(grading.GradingError, match="no nbgrader course directory"):
+        grading.find_course_dir(tmp_path)
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    from courselib.cli import main
+
+    course = make_course(tmp_path, "lab00_memory")
+    assert main(["--course-dir", str(course), "labs"]) == 0
+    assert "lab00_memory: 5 graded parts, 10 points" in capsys.readouterr().out
+    assert main(["--course-dir", str(course), "release", "lab42"]) == 2
+    assert "unknown lab" in capsys.readouterr().err
