@@ -1,0 +1,557 @@
+"""Binary codes and exact Hamming search (chapter "Binary codes and Hamming search").
+
+The pipeline of the chapter, one function per step:
+
+1. :class:`MeanThresholdBinarizer` -- bit ``i`` of a code is 1 where feature ``x_i`` is *larger* than
+   its training-set mean ``mu_i`` (book equation ``binary-codes-threshold``);
+2. :func:`pack_codes` / :func:`unpack_codes` -- eight bits per byte, **little-endian within each byte**:
+   bit ``j`` of a row is stored in byte ``j // 8`` at bit position ``j % 8`` (value ``1 << (j % 8)``),
+   exactly like ``np.packbits(..., bitorder="little")`` and faiss's binary indexes; the padding bits of
+   the last byte are 0;
+3. :func:`hamming_distances` -- ``popcount(a XOR b)`` (book equation ``binary-codes-hamming``);
+4. :func:`hamming_knn` -- exact k-nearest-neighbour search in Hamming space; the result is sorted by
+   distance, ties broken by the lower database index, so it is deterministic (and equal to
+   ``faiss.IndexBinaryFlat``'s result, tested).
+
+Packed codes are ``uint8`` arrays of shape ``(n, ceil(n_bits / 8))``. The search kernels read them as
+64-bit words (zero-padded to a multiple of 8 bytes, which does not change any distance) and count bits
+with the hardware ``popcnt`` instruction through numba (``cache=True``). Small inputs, and machines
+without numba, use a pure NumPy path that gives identical results, so short chapter cells and labs do
+not pay the one-off JIT compilation.
+
+:func:`plot_neighbours` is the callback of the chapter's explorer: nearest neighbours of a digit by
+Hamming distance on its threshold codes and by Euclidean distance on its pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = [
+    "MeanThresholdBinarizer",
+    "pack_codes",
+    "unpack_codes",
+    "hamming_distances",
+    "hamming_knn",
+    "code_bytes",
+    "select_bits_by_variance",
+    "plot_neighbours",
+]
+
+# Below this many (query, database) pairs the pure NumPy path is used (no JIT compilation needed).
+NUMPY_PAIRS_THRESHOLD = 2_000_000
+# Cache blocking of the top-k kernel: Q_BLOCK queries (with their heaps) against D_BLOCK database codes.
+Q_BLOCK = 64
+D_BLOCK = 8192
+
+
+# ----------------------------------------------------------------------------------------------------
+# Threshold binarization
+# ----------------------------------------------------------------------------------------------------
+class MeanThresholdBinarizer(TransformerMixin, BaseEstimator):
+    r"""Binarize each feature at its training-set mean.
+
+    ``fit`` learns :math:`\mu_i = \frac{1}{n}\sum_{t=1}^{n} x_{ti}` for every feature ``i``;
+    ``transform`` returns the bits :math:`b_i = [x_i > \mu_i]` (book equation
+    ``binary-codes-threshold``) as a 0/1 ``uint8`` array. A value exactly equal to the mean gives 0.
+    This is the simplest feature quantizer of the chapter, the baseline that ITQ
+    (Gong & Lazebnik, CVPR 2011) improves on.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+        Per-feature mean of the training data (the thresholds).
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+
+    Notes
+    -----
+    The output is always ``uint8`` whatever the input dtype; this is declared to scikit-learn through
+    ``__sklearn_tags__`` (``transformer_tags.preserves_dtype = ["uint8"]``), so
+    ``sklearn.utils.estimator_checks.check_estimator`` passes. Pack the bits with :func:`pack_codes`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 2.0]])
+    >>> MeanThresholdBinarizer().fit_transform(X)
+    array([[0, 0],
+           [0, 1],
+           [1, 0]], dtype=uint8)
+    """
+
+    def fit(self, X, y=None):
+        """Learn the per-feature means of ``X`` (shape ``(n_samples, n_features)``); returns ``self``."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
+        self.mean_ = X.mean(axis=0)
+        return self
+
+    def transform(self, X):
+        """Return ``(X > mean_)`` as a 0/1 ``uint8`` array of shape ``(n_samples, n_features)``."""
+        check_is_fitted(self, "mean_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return (X > self.mean_).astype(np.uint8)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["uint8"]
+        return tags
+
+
+# ----------------------------------------------------------------------------------------------------
+# Packing
+# ----------------------------------------------------------------------------------------------------
+def _as_bits(bits) -> np.ndarray:
+    """Validate a 2-D 0/1 array (bool, integer or float) and return it as uint8."""
+    arr = np.asarray(bits)
+    if arr.ndim != 2:
+        raise ValueError(f"bits must be a 2-D array of shape (n, n_bits), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"bits must be non-empty, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"bits must be a numeric or boolean array, got dtype {arr.dtype}")
+    if not np.all((arr == 0) | (arr == 1)):
+        bad = arr[(arr != 0) & (arr != 1)].ravel()[0]
+        raise ValueError(f"bits must contain only 0 and 1, found {bad!r}; binarize first "
+                         "(e.g. MeanThresholdBinarizer, or (x > 0) for sign codes)")
+    return arr.astype(np.uint8)
+
+
+def pack_codes(bits) -> np.ndarray:
+    """Pack 0/1 bits into bytes, eight bits per byte, little-endian within each byte.
+
+    Bit ``j`` of a row goes to byte ``j // 8`` at bit position ``j % 8`` (it contributes
+    ``1 << (j % 8)`` to that byte), the layout of ``np.packbits(bits, axis=1, bitorder="little")``
+    and of faiss's binary indexes. The unused high bits of the last byte are 0.
+
+    Parameters
+    ----------
+    bits : array_like of shape (n, n_bits)
+        Bits as bool, or integers/floats equal to 0 or 1.
+
+    Returns
+    -------
+    codes : ndarray of uint8, shape (n, ceil(n_bits / 8))
+        The packed codes: ``n_bits / 8`` bytes per code instead of ``4 * n_bits`` for float32
+        features (32x smaller when ``n_bits`` is a multiple of 8).
+
+    Raises
+    ------
+    ValueError
+        If ``bits`` is not 2-D, is empty, or contains values other than 0 and 1.
+
+    Examples
+    --------
+    >>> pack_codes([[1, 0, 0, 0, 0, 0, 0, 0, 1, 1]])
+    array([[1, 3]], dtype=uint8)
+    """
+    arr = _as_bits(bits)
+    return np.packbits(arr, axis=1, bitorder="little")
+
+
+def _as_codes(codes, name: str = "codes") -> np.ndarray:
+    arr = np.asarray(codes)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D uint8 array of shape (n, n_bytes), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must be packed uint8 codes (use pack_codes), got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+    return arr
+
+
+def unpack_codes(codes, n_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: unpack ``uint8`` codes into 0/1 bits.
+
+    Parameters
+    ----------
+    codes : ndarray of uint8, shape (n, n_bytes)
+        Packed codes (little-endian within each byte).
+    n_bits : int
+        Number of bits per code; ``ceil(n_bits / 8)`` must equal ``n_bytes``.
+
+    Returns
+    -------
+    bits : ndarray of uint8, shape (n, n_bits)
+
+    Raises
+    ------
+    ValueError
+        If ``codes`` is not a non-empty 2-D uint8 array or ``n_bits`` does not fit its width.
+    """
+    arr = _as_codes(codes)
+    if not isinstance(n_bits, (int, np.integer)) or isinstance(n_bits, bool) or n_bits < 1:
+        raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
+    n_bytes = arr.shape[1]
+    if (int(n_bits) + 7) // 8 != n_bytes:
+        raise ValueError(f"n_bits={n_bits} needs {(int(n_bits) + 7) // 8} bytes per code, "
+                         f"but the codes have {n_bytes} bytes")
+    return np.unpackbits(arr, axis=1, count=int(n_bits), bitorder="little")
+
+
+def code_bytes(n_items: int, n_bits: int) -> int:
+    """Bytes needed to store ``n_items`` packed codes of ``n_bits`` bits (``n_items * ceil(n_bits / 8)``)."""
+    if n_items < 0 or n_bits < 1:
+        raise ValueError(f"need n_items >= 0 and n_bits >= 1, got {n_items}, {n_bits}")
+    return int(n_items) * ((int(n_bits) + 7) // 8)
+
+
+def _check_pair(query_codes, database_codes):
+    q = _as_codes(query_codes, "query_codes")
+    db = _as_codes(database_codes, "database_codes")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"code widths differ: query_codes have {q.shape[1]} bytes per code, "
+                         f"database_codes have {db.shape[1]}")
+    return q, db
+
+
+def _to_words(codes: np.ndarray) -> np.ndarray:
+    """View packed codes as uint64 words, zero-padding each row to a multiple of 8 bytes."""
+    n, n_bytes = codes.shape
+    n_words = (n_bytes + 7) // 8
+    if n_bytes == 8 * n_words and codes.flags.c_contiguous:
+        return codes.view(np.uint64)
+    padded = np.zeros((n, 8 * n_words), dtype=np.uint8)
+    padded[:, :n_bytes] = codes
+    return padded.view(np.uint64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# NumPy reference path
+# ----------------------------------------------------------------------------------------------------
+def _hamming_numpy(q: np.ndarray, db: np.ndarray, block: int = 256) -> np.ndarray:
+    qw, dw = _to_words(q), _to_words(db)
+    out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
+    for start in range(0, q.shape[0], block):
+        x = qw[start:start + block, None, :] ^ dw[None, :, :]
+        out[start:start + block] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
+    return out
+
+
+def _topk_from_distances(dist: np.ndarray, k: int):
+    """Exact top-k of each row by (distance, index): sorted, ties broken by the lower index."""
+    n_db = dist.shape[1]
+    key = dist.astype(np.int64) * n_db + np.arange(n_db, dtype=np.int64)
+    if k < n_db:
+        part = np.argpartition(key, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n_db), key.shape).copy()
+    order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1)
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return np.take_along_axis(dist, idx, axis=1).astype(np.int32), idx
+
+
+# ----------------------------------------------------------------------------------------------------
+# numba kernels (compiled lazily on first use; cached on disk)
+# ----------------------------------------------------------------------------------------------------
+try:  # numba is an accepted dependency; without it every call takes the NumPy path.
+    import numba as _nb
+    from llvmlite import ir as _ir
+    from numba import types as _nbtypes
+    from numba.extending import intrinsic as _intrinsic
+except Exception:  # pragma: no cover - numba missing or broken
+    _nb = None
+
+if _nb is not None:
+    @_intrinsic
+    def _popcount64(typingctx, x):
+        """The LLVM ``ctpop`` intrinsic on a uint64 (one ``popcnt`` instruction on x86-64)."""
+        sig = _nbtypes.uint64(_nbtypes.uint64)
+
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return sig, codegen
+
+    @_nb.njit(cache=True, nogil=True, parallel=True)
+    def _hamming_matrix_kernel(qw, dw, out):  # pragma: no cover - compiled
+        n_q, n_w = qw.shape
+        n_d = dw.shape[0]
+        for i in _nb.prange(n_q):
+            for j in range(n_d):
+                s = 0
+                for t in range(n_w):
+                    s += _popcount64(qw[i, t] ^ dw[j, t])
+                out[i, j] = s
+
+    @_nb.njit(cache=True, nogil=True, inline="always")
+    def _sift_down(hd, hi, k):  # pragma: no cover - compiled
+        # restore the max-heap on key (distance, index) after the root was replaced
+        pos = 0
+        d0 = hd[0]
+        i0 = hi[0]
+        while True:
+            child = 2 * pos + 1
+            if child >= k:
+                break
+            if child + 1 < k and (hd[child + 1] > hd[child]
+                                  or (hd[child + 1] == hd[child] and hi[child + 1] > hi[child])):
+                child += 1
+            if hd[child] > d0 or (hd[child] == d0 and hi[child] > i0):
+                hd[pos] = hd[child]
+                hi[pos] = hi[child]
+                pos = child
+            else:
+                break
+        hd[pos] = d0
+        hi[pos] = i0
+
+    @_nb.njit(cache=True, nogil=True)
+    def _topk_block(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
+        n_q, n_w = qw.shape
+        n_d = dw.shape[0]
+        for q0 in range(0, n_q, q_block):
+            q1 = min(q0 + q_block, n_q)
+            for d0 in range(0, n_d, d_block):
+                d1 = min(d0 + d_block, n_d)
+                for i in range(q0, q1):
+                    hd = dist[i]
+                    hi = idx[i]
+                    worst = hd[0]
+                    if n_w == 1:
+                        a = qw[i, 0]
+                        for j in range(d0, d1):
+                            s = _popcount64(a ^ dw[j, 0])
+                            if s < worst:
+                                hd[0] = s
+                                hi[0] = j
+                                _sift_down(hd, hi, k)
+                                worst = hd[0]
+                    else:
+                        for j in range(d0, d1):
+                            s = 0
+                            for t in range(n_w):
+                                s += _popcount64(qw[i, t] ^ dw[j, t])
+                            if s < worst:
+                                hd[0] = s
+                                hi[0] = j
+                                _sift_down(hd, hi, k)
+                                worst = hd[0]
+
+    @_nb.njit(cache=True, nogil=True, parallel=True)
+    def _hamming_topk_kernel(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
+        n_q = qw.shape[0]
+        big = 1 << 30
+        for i in range(n_q):
+            for t in range(k):
+                dist[i, t] = big
+                idx[i, t] = -1
+        n_chunks = (n_q + q_block - 1) // q_block
+        for c in _nb.prange(n_chunks):
+            a = c * q_block
+            b = min(a + q_block, n_q)
+            _topk_block(qw[a:b], dw, k, dist[a:b], idx[a:b], q_block, d_block)
+        # heap -> sorted by (distance, index): pop the maximum k times
+        for i in _nb.prange(n_q):
+            hd = dist[i]
+            hi = idx[i]
+            for end in range(k - 1, 0, -1):
+                d_top = hd[0]
+                i_top = hi[0]
+                hd[0] = hd[end]
+                hi[0] = hi[end]
+                hd[end] = d_top
+                hi[end] = i_top
+                _sift_down(hd, hi, end)
+
+
+def _numba_available() -> bool:
+    return _nb is not None
+
+
+def _use_numba(n_pairs: int, backend: str) -> bool:
+    if backend not in ("auto", "numba", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if backend == "numpy":
+        return False
+    if backend == "numba":
+        if not _numba_available():
+            raise ValueError("backend='numba' requested but numba is not available")
+        return True
+    return n_pairs >= NUMPY_PAIRS_THRESHOLD and _numba_available()
+
+
+def hamming_distances(query_codes, database_codes, *, backend: str = "auto") -> np.ndarray:
+    """All pairwise Hamming distances between packed codes, ``popcount(a XOR b)``.
+
+    Book equation ``binary-codes-hamming``: :math:`d_H(a, b) = \\sum_w \\mathrm{popcount}(a_w \\oplus b_w)`
+    summed over the 64-bit words ``w`` of the codes.
+
+    Parameters
+    ----------
+    query_codes : ndarray of uint8, shape (n_queries, n_bytes)
+    database_codes : ndarray of uint8, shape (n_database, n_bytes)
+        Packed codes (see :func:`pack_codes`), same width.
+    backend : {"auto", "numba", "numpy"}, default "auto"
+        ``"auto"`` uses NumPy for small problems and the numba kernel for large ones; results are identical.
+
+    Returns
+    -------
+    distances : ndarray of int32, shape (n_queries, n_database)
+
+    Raises
+    ------
+    ValueError
+        If either array is empty, not 2-D ``uint8``, or the code widths differ.
+    """
+    q, db = _check_pair(query_codes, database_codes)
+    if not _use_numba(q.shape[0] * db.shape[0], backend):
+        return _hamming_numpy(q, db)
+    out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
+    _hamming_matrix_kernel(_to_words(q), _to_words(db), out)
+    return out
+
+
+def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
+    """Exact k-nearest-neighbour search in Hamming space.
+
+    For every query, the ``k`` database codes with the smallest Hamming distance, sorted by
+    distance; ties are broken by the lower database index, so the result is unique and
+    deterministic. It equals ``faiss.IndexBinaryFlat(n_bits).search(query_codes, k)``
+    (distances and indices; tested), which uses the same bit layout and tie rule.
+
+    The numba kernel scans the database in blocks that stay in cache, counts bits with
+    ``popcnt`` on 64-bit words and keeps a bounded max-heap of size ``k`` per query: a candidate
+    enters only when it is strictly closer than the current worst kept neighbour, which implements
+    the lower-index tie rule because the database is scanned in index order.
+
+    Parameters
+    ----------
+    query_codes : ndarray of uint8, shape (n_queries, n_bytes)
+    database_codes : ndarray of uint8, shape (n_database, n_bytes)
+        Packed codes (see :func:`pack_codes`), same width.
+    k : int
+        Number of neighbours, ``1 <= k <= n_database``.
+    backend : {"auto", "numba", "numpy"}, default "auto"
+        ``"auto"`` uses NumPy for small problems and numba for large ones; results are identical.
+
+    Returns
+    -------
+    distances : ndarray of int32, shape (n_queries, k)
+        Hamming distances, ascending along each row.
+    indices : ndarray of int64, shape (n_queries, k)
+        Database indices of the neighbours.
+
+    Raises
+    ------
+    ValueError
+        On empty or non-``uint8`` codes, mismatched widths, or ``k`` outside ``[1, n_database]``.
+    """
+    q, db = _check_pair(query_codes, database_codes)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    if k < 1 or k > db.shape[0]:
+        raise ValueError(f"k must be between 1 and the database size {db.shape[0]}, got {k}")
+    k = int(k)
+    if not _use_numba(q.shape[0] * db.shape[0], backend):
+        return _topk_from_distances(_hamming_numpy(q, db), k)
+    dist = np.empty((q.shape[0], k), dtype=np.int32)
+    idx = np.empty((q.shape[0], k), dtype=np.int64)
+    _hamming_topk_kernel(_to_words(q), _to_words(db), k, dist, idx, Q_BLOCK, D_BLOCK)
+    return dist, idx
+
+
+# ----------------------------------------------------------------------------------------------------
+# Explorer callback
+# ----------------------------------------------------------------------------------------------------
+_DIGITS_CACHE: dict = {}
+
+
+def _explorer_data():
+    """The course's digits split, flattened: (X_train, X_test, y_train, y_test), cached."""
+    if "split" not in _DIGITS_CACHE:
+        from courselib.data import load_dataset
+
+        Xtr, ytr = load_dataset("digits", "train")
+        Xte, yte = load_dataset("digits", "test")
+        _DIGITS_CACHE["split"] = (Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1), ytr, yte)
+    return _DIGITS_CACHE["split"]
+
+
+def select_bits_by_variance(X_train, n_bits: int) -> np.ndarray:
+    """Indices (ascending) of the ``n_bits`` features with the largest training variance.
+
+    Used to vary the code length of threshold codes, whose natural length is the number of
+    features: keep the most variable features, the ones whose bits split the data best.
+    Ties in variance go to the lower feature index.
+    """
+    X_train = np.asarray(X_train, dtype=np.float64)
+    if not 1 <= n_bits <= X_train.shape[1]:
+        raise ValueError(f"n_bits must be between 1 and {X_train.shape[1]}, got {n_bits}")
+    var = X_train.var(axis=0)
+    return np.sort(np.argsort(-var, kind="stable")[:n_bits])
+
+
+def plot_neighbours(query_index: int = 0, n_bits: int = 64, k: int = 8, *, X_train=None, X_test=None,
+                    y_train=None, y_test=None, image_shape=(8, 8)):
+    """Draw a query digit with its ``k`` nearest training digits by Hamming and by Euclidean distance.
+
+    The codes keep the ``n_bits`` highest-variance pixels (so the number of bits can be chosen),
+    thresholded at their training means (:class:`MeanThresholdBinarizer`), packed with
+    :func:`pack_codes` and searched with :func:`hamming_knn`; the Euclidean row is exact search on
+    all float pixels. Neighbours whose label differs from the query's are framed in red.
+
+    Parameters
+    ----------
+    query_index : int
+        Index of the query in the test split.
+    n_bits : int
+        Number of bits per code (1 to the number of pixels).
+    k : int
+        Number of neighbours shown per row.
+    X_train, X_test, y_train, y_test : ndarray, optional
+        Flattened images and labels; default: the course's digits split (1257 train / 540 test).
+    image_shape : tuple of int
+        Shape used to draw each image.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    if X_train is None or X_test is None:
+        X_train, X_test, y_train, y_test = _explorer_data()
+    X_train = np.asarray(X_train, dtype=np.float32).reshape(len(X_train), -1)
+    X_test = np.asarray(X_test, dtype=np.float32).reshape(len(X_test), -1)
+    if not 0 <= query_index < len(X_test):
+        raise ValueError(f"query_index must be in [0, {len(X_test) - 1}], got {query_index}")
+    cols = select_bits_by_variance(X_train, n_bits)
+    binarizer = MeanThresholdBinarizer().fit(X_train[:, cols])
+    db_codes = pack_codes(binarizer.transform(X_train[:, cols]))
+    q_codes = pack_codes(binarizer.transform(X_test[query_index:query_index + 1, cols]))
+    h_dist, h_idx = hamming_knn(q_codes, db_codes, k)
+    d2 = ((X_train - X_test[query_index]) ** 2).sum(axis=1)
+    e_idx = np.lexsort((np.arange(len(d2)), d2))[:k]
+    e_dist = np.sqrt(d2[e_idx])
+
+    fig, axes = plt.subplots(2, k + 1, figsize=(1.25 * (k + 1), 3.1))
+    label = "" if y_test is None else f" (label {y_test[query_index]})"
+    for r, (name, idx, dist) in enumerate([("Hamming", h_idx[0], h_dist[0]),
+                                           ("Euclidean", e_idx, e_dist)]):
+        ax = axes[r, 0]
+        ax.imshow(X_test[query_index].reshape(image_shape), cmap="gray_r")
+        ax.set_title(f"query{label}" if r == 0 else "query", fontsize=8)
+        ax.set_ylabel(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for c, (j, d) in enumerate(zip(idx, dist), start=1):
+            ax = axes[r, c]
+            ax.imshow(X_train[j].reshape(image_shape), cmap="gray_r")
+            text = f"d={d:.0f}" if name == "Hamming" else f"d={d:.2f}"
+            if y_train is not None:
+                text += f"  y={y_train[j]}"
+                if y_test is not None and y_train[j] != y_test[query_index]:
+                    for spine in ax.spines.values():
+                        spine.set_edgecolor("red")
+                        spine.set_linewidth(2.5)
+            ax.set_title(text, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{n_bits}-bit threshold codes (Hamming) vs float pixels (Euclidean)", fontsize=10)
+    fig.tight_layout()
+    return fig
