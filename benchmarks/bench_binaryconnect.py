@@ -1,0 +1,164 @@
+"""Benchmark for the BinaryConnect chapter (``book/binaryconnect.md``).
+
+Prints:
+1. test error (mean +- std over 3 seeds) of float / BC-det / BC-stoch MLPs (and the small binary CNN) on
+   digits and, when ``../shared/data/mnist`` is present, on the real MNIST test images (split 7,000 train /
+   3,000 test with seed 0); goal: det within 1.0 point of float, stoch within 2.0;
+2. XNOR-popcount GEMV (numba and numpy) vs float32 GEMV (numpy BLAS and torch) at n = 1024, 4096, 8192,
+   one thread; goal: >= 5x faster than float32 at 4096;
+3. the packed binary convolution vs float32 ``F.conv2d`` on a 64-channel 3x3 layer at 28x28;
+4. packed model size vs float32 (goal: >= 31x smaller for the binarized layers).
+
+Run: ``.venv/bin/python benchmarks/run.py binaryconnect`` or ``.venv/bin/python benchmarks/bench_binaryconnect.py
+[--quick]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call  # noqa: E402
+
+from courselib import binaryconnect as bc  # noqa: E402
+from courselib.binary_codes import pack_codes  # noqa: E402
+from courselib.data import load_dataset, train_test_split_arrays  # noqa: E402
+from courselib.training import evaluate  # noqa: E402
+
+LABELS = {"float": "float", "det": "BC-det", "stoch": "BC-stoch"}
+
+
+def _train_eval(arch, mode, data, test, seed, epochs, hidden, image_size):
+    torch.manual_seed(seed)
+    in_features = int(np.prod(data[0].shape[1:]))
+    model = (bc.make_binary_mlp(mode, in_features=in_features, hidden=hidden) if arch == "MLP"
+             else bc.make_binary_cnn(mode, channels=(16, 32), image_size=image_size))
+    if mode != "float":
+        bc.init_latent_weights_(model, seed=seed)
+    bc.fit_binaryconnect(model, data, epochs=epochs, lr=3e-3, lr_final=3e-4, seed=seed)
+    err = {"sign": 100 * (1 - evaluate(model, test)["accuracy"])}
+    if mode == "stoch":
+        for layer in bc.binary_layers(model).values():
+            layer.eval_weights = "real"
+        err["real"] = 100 * (1 - evaluate(model, test)["accuracy"])
+    return err
+
+
+def accuracy_rows(name, train, test, archs, seeds, epochs, hidden, image_size):
+    rows = []
+    for arch in archs:
+        base = None
+        for mode in bc.MODES:
+            errs = [_train_eval(arch, mode, train, test, s, epochs, hidden, image_size) for s in seeds]
+            sign = np.array([e["sign"] for e in errs])
+            if mode == "float":
+                base = sign.mean()
+            real = np.array([e["real"] for e in errs]) if mode == "stoch" else None
+            best = sign.mean() if real is None else min(sign.mean(), real.mean())
+            rows.append([name, arch, LABELS[mode], f"{sign.mean():.2f} ± {sign.std():.2f}",
+                         "-" if real is None else f"{real.mean():.2f} ± {real.std():.2f}",
+                         "-" if mode == "float" else f"{best - base:+.2f}", len(seeds), epochs])
+    return rows
+
+
+def gemv_rows(sizes, repeats):
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        Wf = rng.standard_normal((n, n)).astype(np.float32)
+        xf = rng.standard_normal(n).astype(np.float32)
+        Wt, xt = torch.from_numpy(Wf), torch.from_numpy(xf)
+        Wb = rng.integers(0, 2, size=(n, n), dtype=np.uint8)
+        xb = rng.integers(0, 2, size=(1, n), dtype=np.uint8)
+        Wc, xc = pack_codes(Wb), pack_codes(xb)
+        # exactness check on this very input
+        ref = ((2.0 * Wb[:64] - 1) @ (2.0 * xb[0] - 1)).astype(np.int64)
+        assert np.array_equal(bc.xnor_popcount_matmul(Wc[:64], xc, n)[:, 0], ref)
+        t_np = time_call(lambda: Wf @ xf, repeats=repeats)
+        t_torch = time_call(lambda: torch.mv(Wt, xt), repeats=repeats)
+        t_xnp = time_call(lambda: bc.xnor_popcount_matmul(Wc, xc, n, backend="numpy"), repeats=repeats)
+        t_xnb = time_call(lambda: bc.xnor_popcount_matmul(Wc, xc, n, backend="numba"), repeats=repeats)
+        rows.append([n, f"{t_np * 1e3:.3f}", f"{t_torch * 1e3:.3f}", f"{t_xnp * 1e3:.3f}", f"{t_xnb * 1e3:.4f}",
+                     f"{t_np / t_xnp:.1f}x", f"{t_np / t_xnb:.1f}x", f"{t_torch / t_xnb:.1f}x"])
+    return rows
+
+
+def conv_rows(repeats, batch=1):
+    g = torch.Generator().manual_seed(0)
+    x = bc.binarize(torch.randn(batch, 64, 28, 28, generator=g))
+    w = bc.binarize(torch.randn(64, 64, 3, 3, generator=g))
+    out = bc.binary_conv2d(x, w, padding=1)
+    exact = torch.equal(out, F.conv2d(x, w, padding=1))
+    t_f = time_call(lambda: F.conv2d(x, w, padding=1), repeats=repeats)
+    t_b = time_call(lambda: bc.binary_conv2d(x, w, padding=1), repeats=repeats)
+    t_bn = time_call(lambda: bc.binary_conv2d(x, w, padding=1, backend="numpy"), repeats=max(1, repeats // 2))
+    return [[f"{batch}x64x28x28, 64 filters 3x3, pad 1", f"{t_f * 1e3:.2f}", f"{t_b * 1e3:.2f}",
+             f"{t_bn * 1e3:.2f}", f"{t_f / t_b:.2f}x", exact]]
+
+
+def size_rows():
+    rows = []
+    specs = [("MLP 784-1024-1024-1024-10 (paper's MNIST)", lambda: bc.make_binary_mlp("det", 784, (1024,) * 3)),
+             ("MLP 64-256-256-10 (chapter)", lambda: bc.make_binary_mlp("det", 64, (256, 256))),
+             ("CNN 16-32 on 28x28", lambda: bc.make_binary_cnn("det", channels=(16, 32), image_size=28))]
+    for name, make in specs:
+        torch.manual_seed(0)
+        model = make().eval()
+        s = bc.packed_nbytes(model)
+        f_file = bc.serialized_nbytes(model.state_dict())
+        p_file = bc.serialized_nbytes(bc.pack_binary_weights(model))
+        rows.append([name, s["binary_float32"], s["binary_packed"],
+                     f"{s['binary_float32'] / s['binary_packed']:.2f}x", s["other"], f_file, p_file,
+                     f"{f_file / p_file:.2f}x"])
+    return rows
+
+
+def main(quick: bool = False) -> None:
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    print(machine_line())
+    print("torch.set_num_threads(1), BLAS threads 1; times are medians of repeats (ms)\n")
+
+    seeds = (0, 1, 2)
+    Xtr, ytr = load_dataset("digits", "train")
+    Xte, yte = load_dataset("digits", "test")
+    epochs = 12 if quick else 30
+    rows = accuracy_rows("digits", (Xtr, ytr), (Xte, yte), ("MLP", "CNN"), seeds, epochs, (256, 256), 8)
+    if shared_mnist_available():
+        X, y = load_dataset("mnist", "test", root=str(SHARED_MNIST))
+        Xa, Xb, ya, yb = train_test_split_arrays(X, y, test_size=0.3, seed=0)
+        m_epochs = 3 if quick else 12
+        rows += accuracy_rows("MNIST 7k/3k", (Xa, ya), (Xb, yb), ("MLP",), seeds, m_epochs, (512, 512), 28)
+    else:
+        print("(../shared/data/mnist not found: MNIST rows skipped)\n")
+    print_table("Test error (%) of float vs BinaryConnect, mean ± std over seeds",
+                ["data", "model", "training", "error, sign w", "error, real w", "best - float", "seeds", "epochs"],
+                rows)
+    print("Paper (Courbariaux et al. 2015, Table 2): MNIST float 1.30 ± 0.04, det 1.29 ± 0.08, stoch 1.18 ± 0.04; "
+          "CIFAR-10 float 10.64, det 9.90, stoch 8.27.\n")
+
+    sizes = (1024, 4096) if quick else (1024, 4096, 8192)
+    print_table("GEMV: n x n matrix times vector, XNOR-popcount on packed +-1 vs float32 (ms)",
+                ["n", "numpy f32", "torch f32", "XNOR numpy", "XNOR numba", "speed-up numpy XNOR",
+                 "speed-up numba XNOR", "vs torch"],
+                gemv_rows(sizes, repeats=7 if quick else 21))
+    print_table("Binary convolution (im2col + pack + XNOR-popcount) vs float32 F.conv2d (ms)",
+                ["layer", "F.conv2d f32", "binary numba", "binary numpy", "speed-up", "exact"],
+                conv_rows(repeats=5 if quick else 11))
+    print_table("Model size: packed binary weights vs float32 (bytes)",
+                ["model", "binary layers f32", "binary layers packed", "ratio", "other params",
+                 "torch.save f32", "torch.save packed", "file ratio"],
+                size_rows())
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)

@@ -1,0 +1,778 @@
+"""BinaryConnect: training networks with binary weights, and XNOR-popcount kernels.
+
+Implements Courbariaux, Bengio & David, "BinaryConnect: Training Deep Neural Networks with
+binary weights during propagations", NeurIPS 2015 (chapter ``book/binaryconnect.md``):
+
+- :func:`hard_sigmoid` and :func:`binarize` -- deterministic ``w_b = sign(w)`` (paper Eq. 1,
+  book Eq. ``bc-sign``; ``sign(0) = +1``) and stochastic binarization, ``w_b = +1`` with
+  probability ``sigma(w) = clip((w + 1) / 2, 0, 1)`` (paper Eqs. 2-3, book Eqs.
+  ``bc-stochastic`` and ``bc-hard-sigmoid``);
+- :class:`BinarizeSTE` -- binarization in the forward pass, the straight-through estimator in the
+  backward pass (the gradient with respect to ``w_b`` is applied to ``w`` unchanged, paper
+  Algorithm 1, book Eq. ``bc-ste``);
+- :class:`BinaryLinear`, :class:`BinaryConv2d` -- ``nn.Linear`` / ``nn.Conv2d`` whose ``weight``
+  Parameter holds the real-valued latent weights; :func:`clip_latent_weights_` (book Eq. ``bc-clip``);
+- :func:`pack_binary_weights` / :func:`load_packed_weights` -- 1 bit per binary weight on disk;
+- :func:`xnor_popcount_matmul` and :func:`binary_conv2d` -- products of +-1 vectors on packed
+  codes, ``a . b = n - 2 popcount(a XOR b)`` (book Eq. ``bc-xnor``), exact.
+
+What is implemented, precisely: the plain straight-through estimator of Algorithm 1 (identity
+gradient). BinaryNet-style gradient cancelling (zero gradient where ``|w| > 1``) is not needed
+because the latent weights are clipped to ``[-1, 1]`` after every update, so the cancelling
+indicator would always be 1.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "hard_sigmoid",
+    "binarize",
+    "BinarizeSTE",
+    "binarize_ste",
+    "BinaryLinear",
+    "BinaryConv2d",
+    "binary_layers",
+    "clip_latent_weights_",
+    "pack_binary_weights",
+    "load_packed_weights",
+    "packed_nbytes",
+    "serialized_nbytes",
+    "xnor_popcount_matmul",
+    "binary_conv2d",
+    "make_binary_mlp",
+    "init_latent_weights_",
+    "binaryconnect_optimizer",
+    "fit_binaryconnect",
+    "make_binary_cnn",
+    "binarization_explorer",
+    "MODES",
+]
+
+#: Training modes used by the model builders: real-valued baseline, BC-deterministic, BC-stochastic.
+MODES = ("float", "det", "stoch")
+_EVAL_WEIGHTS = ("sign", "real")
+
+
+# ---------------------------------------------------------------------------------------------
+# Binarization
+# ---------------------------------------------------------------------------------------------
+def hard_sigmoid(x):
+    """The hard sigmoid ``sigma(x) = clip((x + 1) / 2, 0, 1) = max(0, min(1, (x + 1) / 2))``.
+
+    Paper Eq. 3, book Eq. ``bc-hard-sigmoid``. It is the probability that stochastic
+    binarization outputs +1.
+
+    Parameters
+    ----------
+    x : torch.Tensor or array_like
+        Real values.
+
+    Returns
+    -------
+    torch.Tensor or ndarray
+        Same type and shape as ``x`` (a tensor in, a tensor out).
+
+    Examples
+    --------
+    >>> hard_sigmoid(torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]))
+    tensor([0.0000, 0.0000, 0.5000, 0.7500, 1.0000, 1.0000])
+    """
+    if isinstance(x, torch.Tensor):
+        return torch.clamp((x + 1) / 2, 0.0, 1.0)
+    arr = np.asarray(x, dtype=np.float64) if not np.issubdtype(np.asarray(x).dtype, np.floating) \
+        else np.asarray(x)
+    return np.clip((arr + 1) / 2, 0.0, 1.0)
+
+
+def _check_tensor(w, name="w"):
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if not torch.is_floating_point(w):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {w.dtype}")
+
+
+def binarize(w: torch.Tensor, stochastic: bool = False,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Binarize real values to -1/+1 (no gradient handling; see :class:`BinarizeSTE`).
+
+    Deterministic (paper Eq. 1, book Eq. ``bc-sign``): ``w_b = +1`` if ``w >= 0`` else ``-1``
+    (so ``sign(0) = +1``). Stochastic (paper Eq. 2, book Eq. ``bc-stochastic``): ``w_b = +1``
+    with probability ``hard_sigmoid(w)``, else ``-1``; for ``w`` in ``[-1, 1]`` this keeps the
+    value in expectation, ``E[w_b] = 2 sigma(w) - 1 = w`` (book Eq. ``bc-expectation``).
+
+    Parameters
+    ----------
+    w : torch.Tensor (floating point)
+        Real-valued weights.
+    stochastic : bool, default False
+        Draw ``w_b`` at random instead of taking the sign.
+    generator : torch.Generator, optional
+        Random source for the stochastic case (default: torch's global generator).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype as ``w``, entries in {-1, +1}.
+
+    Examples
+    --------
+    >>> binarize(torch.tensor([0.1, 0.1, 0.1, 0.1]))
+    tensor([1., 1., 1., 1.])
+    >>> binarize(torch.tensor([-0.3, 0.0, 2.0]))
+    tensor([-1.,  1.,  1.])
+    """
+    _check_tensor(w)
+    if not isinstance(stochastic, (bool, np.bool_)):
+        raise TypeError(f"stochastic must be a bool, got {stochastic!r}")
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    if not stochastic:
+        return torch.where(w >= 0, one, -one)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    u = torch.rand(w.shape, generator=generator, dtype=w.dtype, device=w.device)
+    return torch.where(u < hard_sigmoid(w), one, -one)
+
+
+class BinarizeSTE(torch.autograd.Function):
+    """Binarize in the forward pass, pass the gradient straight through in the backward pass.
+
+    Forward: ``w_b = binarize(w, stochastic, generator)``. Backward: ``dC/dw := dC/dw_b``
+    (the identity; paper Algorithm 1 updates ``w`` with ``dC/dw_b``; book Eq. ``bc-ste``;
+    Bengio et al. 2013 call it the straight-through estimator).
+    """
+
+    @staticmethod
+    def forward(ctx, w, stochastic=False, generator=None):
+        return binarize(w, stochastic=stochastic, generator=generator)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output, None, None
+
+
+def binarize_ste(w: torch.Tensor, stochastic: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`binarize` with the straight-through gradient (``BinarizeSTE.apply``)."""
+    _check_tensor(w)
+    return BinarizeSTE.apply(w, stochastic, generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+class _BinaryWeightMixin:
+    """Shared logic of the binary layers: which weights the forward pass uses."""
+
+    def _setup_binary(self, stochastic, eval_weights):
+        if not isinstance(stochastic, (bool, np.bool_)):
+            raise TypeError(f"stochastic must be a bool, got {stochastic!r}")
+        if eval_weights not in _EVAL_WEIGHTS:
+            raise ValueError(f"eval_weights must be one of {_EVAL_WEIGHTS}, got {eval_weights!r}")
+        self.stochastic = bool(stochastic)
+        self.eval_weights = eval_weights
+        self.generator = None
+
+    def binary_weight(self) -> torch.Tensor:
+        """The weights used by ``forward``.
+
+        Training: ``binarize(weight, stochastic)`` with the straight-through gradient.
+        Evaluation: ``sign(weight)`` when ``eval_weights == "sign"`` (default; the paper's
+        choice for BC-deterministic), or the real-valued ``weight`` when ``eval_weights ==
+        "real"`` (the paper's choice for BC-stochastic, Section 2.6).
+        """
+        if self.training:
+            return binarize_ste(self.weight, self.stochastic, self.generator)
+        if self.eval_weights == "real":
+            return self.weight
+        return binarize_ste(self.weight, False, None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", stochastic={self.stochastic}, eval_weights={self.eval_weights!r}"
+
+
+class BinaryLinear(_BinaryWeightMixin, nn.Linear):
+    """A fully connected layer with BinaryConnect weights (paper Section 2, Algorithm 1).
+
+    ``weight`` is an ordinary ``nn.Parameter`` that holds the real-valued latent weights; the
+    optimizer updates it. ``forward`` computes ``F.linear(x, w_b, bias)`` with ``w_b`` from
+    :meth:`binary_weight`: binarized in training (gradient passed straight through to ``weight``),
+    ``sign(weight)`` in eval mode unless ``eval_weights="real"``. The bias stays real-valued.
+    Clip the latent weights after every step with :func:`clip_latent_weights_`.
+
+    Parameters
+    ----------
+    in_features, out_features, bias : as in ``nn.Linear``.
+    stochastic : bool, default False
+        Stochastic (Eq. ``bc-stochastic``) instead of deterministic (Eq. ``bc-sign``) binarization
+        during training.
+    eval_weights : {"sign", "real"}, default "sign"
+        Weights used in eval mode.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, stochastic: bool = False,
+                 eval_weights: str = "sign", device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._setup_binary(stochastic, eval_weights)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.binary_weight(), self.bias)
+
+
+class BinaryConv2d(_BinaryWeightMixin, nn.Conv2d):
+    """A 2-D convolution with BinaryConnect weights (see :class:`BinaryLinear`).
+
+    Takes every ``nn.Conv2d`` argument plus ``stochastic`` and ``eval_weights``; ``forward`` is
+    ``nn.Conv2d``'s convolution with the binary weights of :meth:`binary_weight`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", stochastic: bool = False,
+                 eval_weights: str = "sign", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
+                         device=device, dtype=dtype)
+        self._setup_binary(stochastic, eval_weights)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.binary_weight(), self.bias)
+
+
+_BINARY_TYPES = (BinaryLinear, BinaryConv2d)
+
+
+def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The :class:`BinaryLinear` / :class:`BinaryConv2d` submodules of ``model`` by qualified name."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return {name: m for name, m in model.named_modules() if isinstance(m, _BINARY_TYPES)}
+
+
+@torch.no_grad()
+def clip_latent_weights_(model: nn.Module, bound: float = 1.0) -> nn.Module:
+    """Clip the latent weights of every binary layer to ``[-bound, bound]``, in place.
+
+    Paper Algorithm 1 (``w_t = clip(w_{t-1} - eta dC/dw_b)``), book Eq. ``bc-clip``. Without the
+    clip the latent weights could grow without bound while ``sign`` ignores them; with it, the
+    stochastic binarization keeps ``E[w_b] = w``. Use it as ``fit(..., after_step=clip_latent_weights_)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model that contains at least one :class:`BinaryLinear` or :class:`BinaryConv2d`.
+    bound : float, default 1.0
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+    """
+    layers = binary_layers(model)
+    if not layers:
+        raise ValueError("model has no BinaryLinear/BinaryConv2d layer: nothing to clip")
+    if not bound > 0:
+        raise ValueError(f"bound must be > 0, got {bound!r}")
+    for m in layers.values():
+        m.weight.clamp_(-bound, bound)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed weights (1 bit per binary weight)
+# ---------------------------------------------------------------------------------------------
+def _pack_codes(bits: np.ndarray) -> np.ndarray:
+    from .binary_codes import pack_codes
+
+    return pack_codes(bits)
+
+
+def _unpack_codes(codes: np.ndarray, n_bits: int) -> np.ndarray:
+    from .binary_codes import unpack_codes
+
+    return unpack_codes(codes, n_bits)
+
+
+_FORMAT = "courselib.binaryconnect/packed-v1"
+
+
+def pack_binary_weights(model: nn.Module) -> dict:
+    """Pack a BinaryConnect model: 1 bit per binary weight, everything else as float tensors.
+
+    For every :class:`BinaryLinear` / :class:`BinaryConv2d`, ``sign(weight)`` (bit 1 <-> +1,
+    ``sign(0) = +1``) is flattened and packed with :func:`courselib.binary_codes.pack_codes`
+    (8 weights per byte, so 32x smaller than float32 up to the last byte's padding). Every
+    other entry of ``model.state_dict()`` (biases, BatchNorm weights and running statistics,
+    float layers) is copied as is. :func:`load_packed_weights` restores a model that predicts
+    exactly like ``model`` in eval mode. Save the result with ``torch.save`` (it holds only
+    tensors, ints, tuples and strings, so ``torch.load(..., weights_only=True)`` reads it).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Contains binary layers, all with ``eval_weights="sign"`` (the packed format stores signs;
+        a model evaluated with real-valued weights is not a binary model).
+
+    Returns
+    -------
+    dict
+        ``{"format": str, "binary": {name: {"codes": uint8 tensor (1, ceil(numel/8)),
+        "shape": tuple}}, "state": {key: tensor}}``.
+    """
+    layers = binary_layers(model)
+    if not layers:
+        raise ValueError("model has no BinaryLinear/BinaryConv2d layer: nothing to pack")
+    for name, m in layers.items():
+        if m.eval_weights != "sign":
+            raise ValueError(f"layer {name!r} uses eval_weights={m.eval_weights!r}; the packed format "
+                             "stores sign(weight), so set eval_weights='sign' before packing")
+    binary = {}
+    for name, m in layers.items():
+        w = m.weight.detach().cpu()
+        bits = (w >= 0).reshape(1, -1).numpy().astype(np.uint8)
+        binary[name] = {"codes": torch.from_numpy(_pack_codes(bits)), "shape": tuple(w.shape)}
+    skip = {f"{name}.weight" if name else "weight" for name in layers}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
+    return {"format": _FORMAT, "binary": binary, "state": state}
+
+
+@torch.no_grad()
+def load_packed_weights(model: nn.Module, packed: dict) -> nn.Module:
+    """Load :func:`pack_binary_weights` output into ``model`` in place (inverse of packing).
+
+    The binary layers' latent weights become the unpacked -1/+1 values and every other state
+    entry is copied, so in eval mode the model's outputs equal those of the packed model exactly.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Same architecture as the packed model.
+    packed : dict
+        Output of :func:`pack_binary_weights` (possibly after ``torch.save`` / ``torch.load``).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+    """
+    if not isinstance(packed, dict) or packed.get("format") != _FORMAT:
+        raise ValueError("packed must be the dict returned by pack_binary_weights")
+    layers = binary_layers(model)
+    if set(layers) != set(packed["binary"]):
+        raise ValueError(f"binary layers differ: model has {sorted(layers)}, packed has {sorted(packed['binary'])}")
+    for name, m in layers.items():
+        entry = packed["binary"][name]
+        shape = tuple(entry["shape"])
+        if shape != tuple(m.weight.shape):
+            raise ValueError(f"layer {name!r}: packed shape {shape} != model shape {tuple(m.weight.shape)}")
+        n = int(np.prod(shape))
+        bits = _unpack_codes(np.asarray(entry["codes"].cpu().numpy(), dtype=np.uint8), n)
+        signs = torch.from_numpy(bits.reshape(shape).astype(np.float32) * 2 - 1)
+        m.weight.copy_(signs.to(m.weight.dtype))
+    own = model.state_dict()
+    skip = {f"{name}.weight" if name else "weight" for name in layers}
+    expected = set(own) - skip
+    if expected != set(packed["state"]):
+        raise ValueError(f"state entries differ: missing {sorted(expected - set(packed['state']))}, "
+                         f"unexpected {sorted(set(packed['state']) - expected)}")
+    for k, v in packed["state"].items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"state entry {k!r}: shape {tuple(v.shape)} != {tuple(own[k].shape)}")
+        own[k].copy_(v)
+    return model
+
+
+def packed_nbytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the binary layers' weights as float32 and packed, and of the other state entries.
+
+    Returns
+    -------
+    dict
+        ``binary_float32`` (4 bytes per weight), ``binary_packed`` (``ceil(n / 8)`` per layer),
+        ``other`` (every other state entry at its own dtype).
+    """
+    packed = pack_binary_weights(model)
+    f32 = sum(4 * int(np.prod(e["shape"])) for e in packed["binary"].values())
+    pk = sum(int(e["codes"].numel()) for e in packed["binary"].values())
+    other = sum(int(v.numel() * v.element_size()) for v in packed["state"].values())
+    return {"binary_float32": f32, "binary_packed": pk, "other": other}
+
+
+def serialized_nbytes(obj) -> int:
+    """Size in bytes of ``torch.save(obj)`` (a state dict or a packed dict), measured in memory."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer().nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# XNOR-popcount products on packed codes
+# ---------------------------------------------------------------------------------------------
+def _check_codes(codes, name):
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:
+        got = f"{type(codes).__name__}" + (f" {codes.dtype} ndim={codes.ndim}" if isinstance(codes, np.ndarray) else "")
+        raise ValueError(f"{name} must be a 2-D uint8 array of packed codes (pack_codes output), got {got}")
+    if codes.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+
+
+def _to_words(codes: np.ndarray, n_bits: int) -> np.ndarray:
+    """View (or copy) packed byte codes as uint64 words with the padding bits cleared."""
+    n_bytes = codes.shape[1]
+    if n_bytes % 8 == 0 and n_bits % 8 == 0 and codes.flags.c_contiguous:
+        return codes.view(np.uint64)  # zero-copy fast path
+    n_words = -(-n_bytes // 8)
+    buf = np.zeros((codes.shape[0], n_words * 8), dtype=np.uint8)
+    buf[:, :n_bytes] = codes
+    if n_bits % 8:
+        buf[:, n_bytes - 1] &= np.uint8((1 << (n_bits % 8)) - 1)
+    return buf.view(np.uint64)
+
+
+def _numpy_xnor(aw, bw, n_bits, a_mask=None, chunk=256):
+    out = np.empty((aw.shape[0], bw.shape[0]), dtype=np.int32)
+    for s in range(0, aw.shape[0], chunk):
+        x = aw[s:s + chunk, None, :] ^ bw[None, :, :]
+        if a_mask is None:
+            out[s:s + chunk] = n_bits - 2 * np.bitwise_count(x).sum(-1, dtype=np.int32)
+        else:
+            m = a_mask[s:s + chunk]
+            n_valid = np.bitwise_count(m).sum(-1, dtype=np.int32)[:, None]
+            out[s:s + chunk] = n_valid - 2 * np.bitwise_count(x & m[:, None, :]).sum(-1, dtype=np.int32)
+    return out
+
+
+def _backend(backend):
+    from . import _xnor_kernels
+
+    if backend not in ("auto", "numba", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if backend == "numba" and not _xnor_kernels.HAVE_NUMBA:
+        raise ValueError("backend='numba' needs numba, which is not installed")
+    if backend == "auto":
+        backend = "numba" if _xnor_kernels.HAVE_NUMBA else "numpy"
+    return backend, _xnor_kernels
+
+
+def xnor_popcount_matmul(a_codes: np.ndarray, b_codes: np.ndarray, n_bits: int, *,
+                         backend: str = "auto") -> np.ndarray:
+    """Exact products ``A B^T`` of +-1 vectors given as packed codes, by XNOR and popcount.
+
+    Row ``i`` of ``a_codes`` encodes a vector ``a_i`` in {-1, +1}^n_bits (bit 1 <-> +1, bit 0 <->
+    -1, the layout of :func:`courselib.binary_codes.pack_codes`). Agreeing positions contribute
+    +1 and disagreeing ones -1, so (book Eq. ``bc-xnor``)
+
+        a_i . b_j = n_bits - 2 popcount(a_i XOR b_j) = 2 popcount(XNOR(a_i, b_j)) - n_bits.
+
+    The bytes are read as 64-bit words (without copying when ``n_bits`` is a multiple of 64), so
+    one XOR and one ``popcnt`` instruction handle 64 multiply-adds.
+
+    Parameters
+    ----------
+    a_codes : ndarray of uint8, shape (n_a, ceil(n_bits / 8))
+    b_codes : ndarray of uint8, shape (n_b, ceil(n_bits / 8))
+    n_bits : int
+        Length of the +-1 vectors. Padding bits beyond ``n_bits`` are ignored.
+    backend : {"auto", "numba", "numpy"}, default "auto"
+        ``"numba"``: compiled loop with the ``ctpop`` intrinsic; ``"numpy"``: ``np.bitwise_count``.
+
+    Returns
+    -------
+    ndarray of int32, shape (n_a, n_b)
+        Exactly the float matrix ``(2 A_bits - 1) (2 B_bits - 1)^T``.
+    """
+    _check_codes(a_codes, "a_codes")
+    _check_codes(b_codes, "b_codes")
+    if not isinstance(n_bits, (int, np.integer)) or isinstance(n_bits, bool) or n_bits < 1:
+        raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
+    n_bits = int(n_bits)
+    n_bytes = -(-n_bits // 8)
+    for name, c in (("a_codes", a_codes), ("b_codes", b_codes)):
+        if c.shape[1] != n_bytes:
+            raise ValueError(f"{name} has {c.shape[1]} bytes per row, but n_bits={n_bits} needs {n_bytes}")
+    backend, kernels = _backend(backend)
+    aw, bw = _to_words(a_codes, n_bits), _to_words(b_codes, n_bits)
+    if backend == "numba":
+        return kernels.xnor_matmul_words(aw, bw, n_bits)
+    return _numpy_xnor(aw, bw, n_bits)
+
+
+def _as_pm1_tensor(x, name):
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or ndarray, got {type(x).__name__}")
+    x = x.detach().to(torch.float32)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D, got shape {tuple(x.shape)}")
+    if not bool(((x == 1) | (x == -1)).all()):
+        raise ValueError(f"{name} must contain only -1 and +1 (binarize it first)")
+    return x
+
+
+def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str = "auto") -> torch.Tensor:
+    """2-D convolution of +-1 inputs with +-1 filters by im2col, packing and XNOR-popcount.
+
+    Each output is the dot product of a ``C kh kw`` input patch with a filter, so it is one
+    entry of :func:`xnor_popcount_matmul` between the packed patches (im2col, ``F.unfold``) and
+    the packed filters. Zero padding is exact too: a padded position is masked out of the
+    popcount (it contributes 0, as in ``F.conv2d``), i.e. the result is
+    ``n_valid - 2 popcount((a XOR b) AND mask)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor or ndarray, shape (N, C, H, W), entries in {-1, +1}
+    weight : torch.Tensor or ndarray, shape (O, C, kh, kw), entries in {-1, +1}
+    stride, padding : int
+        As in ``F.conv2d`` (same value for both spatial dimensions).
+    backend : {"auto", "numba", "numpy"}
+
+    Returns
+    -------
+    torch.Tensor of float32, shape (N, O, H_out, W_out)
+        Equal (exactly) to ``F.conv2d(x, weight, stride=stride, padding=padding)``.
+    """
+    x = _as_pm1_tensor(x, "x")
+    weight = _as_pm1_tensor(weight, "weight")
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    n, c, h, w = x.shape
+    o, c_w, kh, kw = weight.shape
+    if c != c_w:
+        raise ValueError(f"x has {c} channels but weight expects {c_w}")
+    h_out = (h + 2 * padding - kh) // stride + 1
+    w_out = (w + 2 * padding - kw) // stride + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
+    k = c * kh * kw
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, k, L), zeros at padding
+    cols = cols.transpose(1, 2).reshape(-1, k).numpy()  # (N L, k)
+    a_codes = _pack_codes((cols > 0).astype(np.uint8))
+    b_codes = _pack_codes((weight.reshape(o, k).numpy() > 0).astype(np.uint8))
+    backend, kernels = _backend(backend)
+    aw, bw = _to_words(a_codes, k), _to_words(b_codes, k)
+    if padding == 0:
+        out = kernels.xnor_matmul_words(aw, bw, k) if backend == "numba" else _numpy_xnor(aw, bw, k)
+    else:
+        mw = _to_words(_pack_codes((cols != 0).astype(np.uint8)), k)
+        out = kernels.xnor_matmul_words_masked(aw, mw, bw) if backend == "numba" \
+            else _numpy_xnor(aw, bw, k, a_mask=mw)
+    out = torch.from_numpy(out.astype(np.float32)).reshape(n, h_out * w_out, o)
+    return out.transpose(1, 2).reshape(n, o, h_out, w_out).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small models for the chapter, the lab and the benchmark
+# ---------------------------------------------------------------------------------------------
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _linear(mode, i, o, eval_weights):
+    if mode == "float":
+        return nn.Linear(i, o)
+    return BinaryLinear(i, o, stochastic=(mode == "stoch"), eval_weights=eval_weights)
+
+
+def make_binary_mlp(mode: str = "det", in_features: int = 64, hidden: Sequence[int] = (256, 256),
+                    n_classes: int = 10, eval_weights: str = "sign") -> nn.Sequential:
+    """The MLP of the chapter: [Linear - BatchNorm - ReLU] x len(hidden), Linear - BatchNorm.
+
+    Following the paper's MNIST setup (Section 3.1) every weight layer, the output layer
+    included, is binarized when ``mode`` is ``"det"`` or ``"stoch"``, and every layer is followed
+    by batch normalization (which also rescales the +-1 weights' large pre-activations).
+    ``mode="float"`` builds the same network with ordinary ``nn.Linear`` layers (the paper's
+    "no regularizer" baseline). Flattens its input.
+
+    Parameters
+    ----------
+    mode : {"float", "det", "stoch"}
+    in_features, hidden, n_classes : layer sizes.
+    eval_weights : {"sign", "real"}
+        Passed to the binary layers.
+    """
+    _check_mode(mode)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [_linear(mode, width, h, eval_weights), nn.BatchNorm1d(h), nn.ReLU()]
+        width = h
+    layers += [_linear(mode, width, n_classes, eval_weights), nn.BatchNorm1d(n_classes)]
+    return nn.Sequential(*layers)
+
+
+class _AddChannel(nn.Module):
+    def forward(self, x):
+        return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+def make_binary_cnn(mode: str = "det", in_channels: int = 1, channels: Sequence[int] = (16, 32),
+                    n_classes: int = 10, image_size: int = 8, eval_weights: str = "sign") -> nn.Sequential:
+    """A small CNN with binary convolutions: [Conv3x3 - BN - ReLU - MaxPool2] x 2, Linear - BN.
+
+    With ``mode`` ``"det"`` / ``"stoch"`` both convolutions are :class:`BinaryConv2d` and the
+    classifier is a :class:`BinaryLinear`; ``"float"`` uses the ordinary layers. Accepts
+    (N, H, W) or (N, C, H, W) inputs.
+    """
+    _check_mode(mode)
+    if image_size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 (two 2x2 poolings), got {image_size}")
+    layers: list[nn.Module] = [_AddChannel()]
+    c_in = in_channels
+    for c in channels:
+        conv = nn.Conv2d(c_in, c, 3, padding=1) if mode == "float" else \
+            BinaryConv2d(c_in, c, 3, padding=1, stochastic=(mode == "stoch"), eval_weights=eval_weights)
+        layers += [conv, nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    side = image_size // 2 ** len(channels)
+    layers += [nn.Flatten(), _linear(mode, c_in * side * side, n_classes, eval_weights), nn.BatchNorm1d(n_classes)]
+    return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training recipe (paper Section 3 and its published code)
+# ---------------------------------------------------------------------------------------------
+def _glorot_scale(m: nn.Module) -> float:
+    """``1 / sqrt(1.5 / (fan_in + fan_out))``, the paper's per-layer learning-rate scale."""
+    w = m.weight
+    receptive = int(np.prod(w.shape[2:])) if w.dim() > 2 else 1
+    fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+    return float(1.0 / np.sqrt(1.5 / (fan_in + fan_out)))
+
+
+@torch.no_grad()
+def init_latent_weights_(model: nn.Module, bound: float = 1.0, seed: int | None = None) -> nn.Module:
+    """Draw every binary layer's latent weights from ``U(-bound, bound)``, in place.
+
+    The authors' code initializes the latent weights uniformly in ``[-H, H]`` with ``H = 1``
+    (the binary values are +-1). With PyTorch's default (about ``+-1/sqrt(fan_in)``) the
+    stochastic binarization starts almost at ``p = 1/2`` everywhere, i.e. as pure noise.
+    """
+    layers = binary_layers(model)
+    if not layers:
+        raise ValueError("model has no BinaryLinear/BinaryConv2d layer")
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    for m in layers.values():
+        m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 2 * bound - bound)
+    return model
+
+
+def binaryconnect_optimizer(model: nn.Module, lr: float = 3e-3, latent_lr_scale="glorot") -> torch.optim.Adam:
+    """Adam with the paper's per-layer learning rates for the latent weights.
+
+    The paper (Section 3.1, following its code) scales each binary layer's learning rate by
+    ``1 / sqrt(1.5 / (fan_in + fan_out))`` (Glorot & Bengio's initialization coefficient): the
+    latent weights live in ``[-1, 1]``, so they need larger steps than ordinary weights to flip
+    signs. Other parameters (biases, BatchNorm, float layers) use ``lr``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    lr : float
+    latent_lr_scale : "glorot" or float
+        Multiplier of ``lr`` for the binary layers' ``weight``.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if latent_lr_scale != "glorot" and not (isinstance(latent_lr_scale, (int, float)) and latent_lr_scale > 0):
+        raise ValueError(f"latent_lr_scale must be 'glorot' or a positive number, got {latent_lr_scale!r}")
+    groups, seen = [], set()
+    for m in binary_layers(model).values():
+        scale = _glorot_scale(m) if latent_lr_scale == "glorot" else float(latent_lr_scale)
+        groups.append({"params": [m.weight], "lr": lr * scale, "base_lr": lr * scale})
+        seen.add(id(m.weight))
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr": lr, "base_lr": lr})
+    return torch.optim.Adam(groups)
+
+
+def fit_binaryconnect(model: nn.Module, data, *, epochs: int = 20, lr: float = 3e-3, lr_final: float = 3e-5,
+                      latent_lr_scale="glorot", batch_size: int = 64, val_data=None, seed: int = 0,
+                      progress: bool = False, desc: str | None = None) -> dict[str, list[float]]:
+    """Train a BinaryConnect (or float) model with the paper's recipe; returns ``fit``'s history.
+
+    Adam (:func:`binaryconnect_optimizer`), a learning rate decaying exponentially from ``lr`` to
+    ``lr_final`` over the epochs, and :func:`clip_latent_weights_` after every step when the model
+    has binary layers (paper Algorithm 1). Each epoch is one call of
+    :func:`courselib.training.fit` with the same optimizer (seed ``seed + epoch``).
+    """
+    from .training import fit
+    from .utils import progress as progress_bar
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not (lr > 0 and lr_final > 0):
+        raise ValueError(f"lr and lr_final must be > 0, got {lr!r} and {lr_final!r}")
+    has_binary = bool(binary_layers(model))
+    opt = binaryconnect_optimizer(model, lr, latent_lr_scale if has_binary else 1.0)
+    after = clip_latent_weights_ if has_binary else None
+    history: dict[str, list[float]] = {}
+    for epoch in progress_bar(range(epochs), desc=desc or "epochs", disable=not progress):
+        factor = (lr_final / lr) ** (epoch / max(epochs - 1, 1))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        h = fit(model, data, epochs=1, optimizer=opt, batch_size=batch_size, after_step=after,
+                val_data=val_data, seed=seed + epoch, progress=False)
+        for k, v in h.items():
+            history.setdefault(k, []).extend(v)
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Explorer callback
+# ---------------------------------------------------------------------------------------------
+def binarization_explorer(mode: str = "stochastic", w: float = 0.1, n_samples: int = 200, seed: int = 0):
+    """Draw one figure: samples of ``w_b`` for one weight ``w`` and the mean they converge to.
+
+    Left: the running mean of ``n_samples`` binarizations of ``w`` (deterministic: always
+    ``sign(w)``; stochastic: tends to ``clip(w, -1, 1)``, Eq. ``bc-expectation``). Right:
+    ``E[w_b]`` as a function of ``w`` for both modes, with the chosen ``w`` marked.
+
+    Parameters
+    ----------
+    mode : {"deterministic", "stochastic"}
+    w : float
+        The real-valued weight.
+    n_samples : int >= 1
+    seed : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    if mode not in ("deterministic", "stochastic"):
+        raise ValueError(f"mode must be 'deterministic' or 'stochastic', got {mode!r}")
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    samples = binarize(torch.full((int(n_samples),), float(w)), stochastic=(mode == "stochastic"),
+                       generator=gen).numpy()
+    running = np.cumsum(samples) / np.arange(1, len(samples) + 1)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax0.plot(np.arange(1, len(samples) + 1), running, color="C0", label="running mean of $w_b$")
+    ax0.axhline(float(w), color="C3", ls="--", label=f"$w$ = {float(w):.2f}")
+    ax0.set_ylim(-1.1, 1.1)
+    ax0.set_xlabel("number of samples")
+    ax0.set_ylabel("mean of $w_b$")
+    ax0.set_title(f"{mode}: first samples " + " ".join(f"{int(s):+d}" for s in samples[:6]))
+    ax0.legend(loc="lower right", fontsize=8)
+    grid = np.linspace(-1.5, 1.5, 301)
+    ax1.plot(grid, np.where(grid >= 0, 1.0, -1.0), color="C1", label="deterministic: sign($w$)")
+    ax1.plot(grid, 2 * hard_sigmoid(grid) - 1, color="C0", label=r"stochastic: $2\sigma(w)-1$")
+    ax1.plot([float(w)], [running[-1]], "ko", label="empirical mean")
+    ax1.set_xlabel("$w$")
+    ax1.set_ylabel("E[$w_b$]")
+    ax1.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
