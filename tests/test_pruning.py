@@ -1,0 +1,477 @@
+"""Tests for courselib.pruning: answer keys from torch.autograd.functional.hessian,
+torch.nn.utils.prune and hand-worked tensors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from courselib import pruning as P
+from courselib.models import CourseCNN
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny_net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    X = torch.randn(12, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    return net, X, y
+
+
+def _cat(d, names):
+    return torch.cat([d[n].reshape(-1) for n in names])
+
+
+# ---------------------------------------------------------------- Hessian diagonal
+
+def test_exact_hessian_matches_autograd_hessian():
+    net, X, y = _tiny_net()
+    names = [n for n, _ in net.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    shapes = [p.shape for _, p in net.named_parameters()]
+
+    def loss(v):
+        d, i = {}, 0
+        for n, s in zip(names, shapes):
+            d[n] = v[i:i + s.numel()].reshape(s)
+            i += s.numel()
+        return F.cross_entropy(torch.func.functional_call(net, d, (X,)), y)
+
+    want = torch.autograd.functional.hessian(loss, flat).diagonal()
+    got = P.diagonal_hessian(net, F.cross_entropy, (X, y), method="exact")
+    assert set(got) == set(names)
+    for n, p in net.named_parameters():
+        assert got[n].shape == p.shape and got[n].dtype == p.dtype
+    torch.testing.assert_close(_cat(got, names), want, atol=1e-6, rtol=0)
+
+
+def test_exact_hessian_dataloader_equals_full_batch():
+    net, X, y = _tiny_net(1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=5)
+    full = P.diagonal_hessian(net, F.cross_entropy, (X, y))
+    batched = P.diagonal_hessian(net, F.cross_entropy, loader)
+    for n in full:
+        torch.testing.assert_close(batched[n], full[n], atol=1e-10, rtol=0)
+
+
+def test_gauss_newton_matches_jacobian_formula():
+    """GN diagonal = (1/N) sum_i diag(J_i^T (diag(p_i) - p_i p_i^T) J_i) for softmax cross-entropy."""
+    net, X, y = _tiny_net(2)
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+
+    def outputs(v):
+        d, i = {}, 0
+        for n, s in zip(names, shapes):
+            d[n] = v[i:i + s.numel()].reshape(s)
+            i += s.numel()
+        return torch.func.functional_call(net, d, (X,))
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    J = torch.autograd.functional.jacobian(outputs, flat)           # (N, C, P)
+    p = torch.softmax(outputs(flat), dim=1)
+    H_out = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    want = torch.einsum("ncp,ncd,ndp->p", J, H_out, J) / X.shape[0]
+    got = P.diagonal_hessian(net, F.cross_entropy, (X, y), method="gauss-newton")
+    torch.testing.assert_close(_cat(got, names), want, atol=1e-10, rtol=0)
+    assert all((g >= 0).all() for g in got.values())
+
+
+def test_gauss_newton_is_exact_for_a_linear_model():
+    torch.manual_seed(3)
+    lin = nn.Linear(4, 3).double()
+    X = torch.randn(20, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    exact = P.diagonal_hessian(lin, F.cross_entropy, (X, y), method="exact")
+    gn = P.diagonal_hessian(lin, F.cross_entropy, (X, y), method="gauss-newton")
+    for n in exact:
+        torch.testing.assert_close(gn[n], exact[n], atol=1e-10, rtol=0)
+
+
+def test_empirical_fisher_is_mean_squared_per_sample_gradient():
+    net, X, y = _tiny_net(4)
+    want = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    for i in range(X.shape[0]):
+        net.zero_grad()
+        F.cross_entropy(net(X[i:i + 1]), y[i:i + 1]).backward()
+        for n, p in net.named_parameters():
+            want[n] += p.grad ** 2 / X.shape[0]
+    got = P.diagonal_hessian(net, F.cross_entropy, (X, y), method="empirical-fisher")
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=0)
+
+
+def test_hand_worked_mse_hessian_and_saliency():
+    """E = mean_i (w.x_i - y_i)^2  =>  h_kk = mean_i 2 x_ik^2; s_k = h_kk w_k^2 / 2."""
+    lin = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[2.0, -3.0]]))
+    X = torch.tensor([[1.0, 2.0], [3.0, 0.0]], dtype=torch.float64)
+    y = torch.zeros(2, 1, dtype=torch.float64)
+    for method in ("exact", "gauss-newton"):
+        h = P.diagonal_hessian(lin, F.mse_loss, (X, y), method=method)
+        torch.testing.assert_close(h["weight"], torch.tensor([[10.0, 4.0]], dtype=torch.float64))
+        s = P.obd_saliency(lin, F.mse_loss, (X, y), method=method)
+        torch.testing.assert_close(s["weight"], torch.tensor([[20.0, 18.0]], dtype=torch.float64))
+
+
+def test_obd_saliency_from_given_hessian():
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.0]]))
+        lin.bias.copy_(torch.tensor([3.0, -1.0]))
+    h = {"weight": torch.tensor([[4.0, 1.0], [8.0, 5.0]]), "bias": torch.tensor([0.0, 2.0])}
+    s = P.obd_saliency(lin, hessian=h)
+    torch.testing.assert_close(s["weight"], torch.tensor([[2.0, 2.0], [1.0, 0.0]]))
+    torch.testing.assert_close(s["bias"], torch.tensor([0.0, 1.0]))
+
+
+def test_diagonal_hessian_bad_arguments():
+    net, X, y = _tiny_net()
+    with pytest.raises(ValueError, match="method"):
+        P.diagonal_hessian(net, F.cross_entropy, (X, y), method="newton")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        P.diagonal_hessian(net, F.cross_entropy, (X, y), parameters=["nope.weight"])
+    with pytest.raises(TypeError):
+        P.diagonal_hessian(net, F.cross_entropy, 42)
+    with pytest.raises(ValueError, match="hessian"):
+        P.obd_saliency(net)
+    cnn = CourseCNN(channels=(2, 3), image_size=8)
+    cnn.train()
+    with pytest.raises(ValueError, match="eval"):
+        P.diagonal_hessian(cnn, F.cross_entropy, (torch.rand(4, 8, 8), torch.randint(0, 10, (4,))),
+                           method="gauss-newton")
+
+
+def test_gauss_newton_runs_on_cnn_in_eval_mode():
+    torch.manual_seed(0)
+    cnn = CourseCNN(channels=(2, 3), image_size=8).eval()
+    X, y = torch.rand(6, 8, 8), torch.randint(0, 10, (6,))
+    gn = P.diagonal_hessian(cnn, F.cross_entropy, (X, y), method="gauss-newton")
+    assert gn["conv1.weight"].shape == cnn.conv1.weight.shape
+    assert float(gn["fc.weight"].sum()) > 0
+
+
+# ---------------------------------------------------------------- unstructured masks
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_layer_magnitude_prune_matches_torch_l1_unstructured():
+    a, b = _mlp(), _mlp()
+    P.magnitude_prune(a, 0.4, scope="layer")
+    for m in (b[0], b[2]):
+        prune.l1_unstructured(m, "weight", amount=0.4)
+    torch.testing.assert_close(a[0].weight_mask, b[0].weight_mask)
+    torch.testing.assert_close(a[2].weight_mask, b[2].weight_mask)
+
+
+def test_global_magnitude_prune_matches_torch_global_unstructured():
+    a, b = _mlp(1), _mlp(1)
+    P.magnitude_prune(a, 0.7)
+    prune.global_unstructured([(b[0], "weight"), (b[2], "weight")], pruning_method=prune.L1Unstructured, amount=0.7)
+    torch.testing.assert_close(a[0].weight_mask, b[0].weight_mask)
+    torch.testing.assert_close(a[2].weight_mask, b[2].weight_mask)
+    assert P.sparsity(a) == pytest.approx(round(0.7 * 72) / 72)
+
+
+def test_masks_survive_training_and_prune_remove():
+    net = _mlp(2)
+    P.magnitude_prune(net, 0.5)
+    mask = net[0].weight_mask.clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(5, 6)).sum().backward()
+        opt.step()
+    net(torch.randn(1, 6))
+    assert torch.all(net[0].weight[mask == 0] == 0)
+    prune.remove(net[0], "weight")
+    prune.remove(net[2], "weight")
+    assert isinstance(net[0].weight, nn.Parameter) and not hasattr(net[0], "weight_mask")
+    assert torch.all(net[0].weight[mask == 0] == 0)
+    assert P.sparsity(net) == pytest.approx(0.5, abs=1 / 72)
+
+
+def test_saliency_prune_removes_lowest_saliency():
+    lin = nn.Linear(3, 2, bias=False)
+    sal = {"weight": torch.tensor([[5.0, 0.1, 3.0], [0.2, 9.0, 0.3]])}
+    P.saliency_prune(lin, sal, 0.5)
+    torch.testing.assert_close(lin.weight_mask, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+
+
+def test_repruning_keeps_earlier_removals_and_accepts_orig_keys():
+    net = _mlp(3)
+    P.magnitude_prune(net, 0.5)
+    first = [net[0].weight_mask.clone(), net[2].weight_mask.clone()]
+    sal = {n: torch.rand(p.shape) for n, p in net.named_parameters()}  # keys "0.weight_orig", ...
+    P.saliency_prune(net, sal, 0.8)
+    assert P.sparsity(net) == pytest.approx(round(0.8 * 72) / 72)
+    assert torch.all(net[0].weight_mask[first[0] == 0] == 0)
+    assert torch.all(net[2].weight_mask[first[1] == 0] == 0)
+    # the OBD saliency of a removed weight is zero
+    s = P.obd_saliency(net, hessian={n: torch.ones_like(p) for n, p in net.named_parameters()})
+    assert torch.all(s["0.weight_orig"][net[0].weight_mask == 0] == 0)
+
+
+def test_random_prune_is_seeded():
+    a, b, c = _mlp(), _mlp(), _mlp()
+    P.random_prune(a, 0.6, seed=5)
+    P.random_prune(b, 0.6, seed=5)
+    P.random_prune(c, 0.6, seed=6)
+    torch.testing.assert_close(a[0].weight_mask, b[0].weight_mask)
+    assert not torch.equal(a[0].weight_mask, c[0].weight_mask)
+    assert P.sparsity(a) == pytest.approx(round(0.6 * 72) / 72)
+
+
+@pytest.mark.parametrize("amount", [-0.1, 1.5, float("nan")])
+def test_amount_out_of_range(amount):
+    with pytest.raises(ValueError, match="amount"):
+        P.magnitude_prune(_mlp(), amount)
+    with pytest.raises(ValueError, match="amount"):
+        P.random_prune(_mlp(), amount)
+    with pytest.raises(ValueError, match="amount"):
+        P.saliency_prune(_mlp(), {"0.weight": torch.rand(8, 6), "2.weight": torch.rand(3, 8)}, amount)
+
+
+def test_bad_pruning_arguments():
+    with pytest.raises(TypeError):
+        P.magnitude_prune(_mlp(), "half")
+    with pytest.raises(ValueError, match="scope"):
+        P.magnitude_prune(_mlp(), 0.5, scope="row")
+    with pytest.raises(ValueError, match="no entry"):
+        P.saliency_prune(_mlp(), {"0.weight": torch.rand(8, 6)}, 0.5)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        P.magnitude_prune(_mlp(), 0.5, parameters=["5.weight"])
+    with pytest.raises(ValueError, match="shape"):
+        P.saliency_prune(_mlp(), {"0.weight": torch.rand(6, 8), "2.weight": torch.rand(3, 8)}, 0.5)
+
+
+def test_iterative_prune_with_retraining():
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    calls = []
+
+    def retrain(model):
+        calls.append(P.sparsity(model))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt.zero_grad()
+        F.cross_entropy(model(X), y).backward()
+        opt.step()
+
+    for method in ("magnitude", "obd", "random"):
+        calls.clear()
+        net = _mlp(4)
+        hist = P.iterative_prune(net, [0.5, 0.8], method=method, retrain=retrain,
+                                 evaluate=lambda m: float((m(X).argmax(1) == y).float().mean()),
+                                 loss_fn=F.cross_entropy, data=(X, y))
+        assert [h["amount"] for h in hist] == [0.5, 0.8]
+        assert [h["sparsity"] for h in hist] == pytest.approx([36 / 72, round(0.8 * 72) / 72])
+        assert calls == pytest.approx([36 / 72, round(0.8 * 72) / 72])
+        assert 0.0 <= hist[-1]["score"] <= 1.0
+    with pytest.raises(ValueError, match="non-decreasing"):
+        P.iterative_prune(_mlp(), [0.8, 0.5])
+    with pytest.raises(ValueError, match="loss_fn"):
+        P.iterative_prune(_mlp(), [0.5], method="obd")
+
+
+def test_obd_iterative_prune_matches_manual_steps():
+    torch.manual_seed(1)
+    X, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
+    a, b = _mlp(5), _mlp(5)
+    P.iterative_prune(a, [0.3, 0.6], method="obd", loss_fn=F.cross_entropy, data=(X, y))
+    for amount in (0.3, 0.6):
+        keys = [n for n, _ in b.named_parameters() if n.endswith("weight") or n.endswith("weight_orig")]
+        P.saliency_prune(b, P.obd_saliency(b, F.cross_entropy, (X, y), parameters=keys), amount)
+    torch.testing.assert_close(a[0].weight_mask, b[0].weight_mask)
+    torch.testing.assert_close(a[2].weight_mask, b[2].weight_mask)
+
+
+# ---------------------------------------------------------------- filter pruning
+
+def test_l1_filter_norms_hand_worked():
+    conv = nn.Conv2d(2, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5], [-3.0, 0.0]]).reshape(3, 2, 1, 1))
+    torch.testing.assert_close(P.l1_filter_norms(conv), torch.tensor([3.0, 1.0, 3.0]))
+    assert P.smallest_filters(conv, 1 / 3) == [1]
+    with pytest.raises(TypeError):
+        P.l1_filter_norms(nn.Linear(2, 2))
+
+
+def _randomize_bn(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+
+
+@pytest.mark.parametrize("layer, nxt, indices", [("conv1", "conv2", [1, 4]), ("conv2", "fc", [0, 3, 7])])
+def test_remove_filters_equals_zeroed_next_layer_coursecnn(layer, nxt, indices):
+    torch.manual_seed(0)
+    model = CourseCNN(channels=(6, 8), image_size=12)
+    _randomize_bn(model)
+    model.eval()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        w = getattr(reference, nxt).weight
+        if isinstance(getattr(reference, nxt), nn.Conv2d):
+            w[:, indices] = 0
+        else:  # fc after flatten: channel c covers H*W consecutive inputs (here 3*3)
+            for c in indices:
+                w[:, c * 9:(c + 1) * 9] = 0
+    X = torch.rand(5, 12, 12)
+    P.remove_filters(model, layer, indices)
+    conv = getattr(model, layer)
+    assert conv.out_channels == {"conv1": 6, "conv2": 8}[layer] - len(indices)
+    assert getattr(model, "bn" + layer[-1]).num_features == conv.out_channels
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=0)
+
+
+def test_remove_filters_sequential_model_and_parameter_count():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3))
+    _randomize_bn(model, 1)
+    model.eval()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[4].weight[:, [2]] = 0
+        reference[7].weight[:, 3 * 16:4 * 16] = 0
+    X = torch.rand(3, 1, 8, 8)
+    before = P.count_parameters(model)
+    P.remove_filters(model, "0", [2])
+    P.remove_filters(model, "4", np.array([3]))
+    # conv0 filter: 1*9 w + 1 b; bn: 2; conv4 inputs: 5*9; conv4 filter (3 inputs left): 3*9 w + 1 b;
+    # linear columns: 16 inputs x 3 outputs
+    assert P.count_parameters(model) == before - (9 + 1 + 2 + 45 + 27 + 1 + 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=0)
+
+
+def test_remove_filters_errors():
+    model = CourseCNN(channels=(4, 4), image_size=8)
+    with pytest.raises(ValueError, match="unknown layer"):
+        P.remove_filters(model, "conv9", [0])
+    with pytest.raises(ValueError, match="expected a Conv2d"):
+        P.remove_filters(model, "bn1", [0])
+    with pytest.raises(ValueError, match="at least one"):
+        P.remove_filters(model, "conv1", [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        P.remove_filters(model, "conv1", [4])
+    with pytest.raises(ValueError, match="distinct"):
+        P.remove_filters(model, "conv1", [1, 1])
+    last = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        P.remove_filters(last, "0", [0])
+    odd = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LayerNorm([2, 6, 6]), nn.Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match="cannot determine"):
+        P.remove_filters(odd, "0", [0])
+    pruned = CourseCNN(channels=(4, 4), image_size=8)
+    P.magnitude_prune(pruned, 0.5)
+    with pytest.raises(ValueError, match="prune.remove"):
+        P.remove_filters(pruned, "conv1", [0])
+    with pytest.raises(ValueError, match="amount"):
+        P.prune_filters(model, "conv1", 1.2)
+
+
+def test_prune_filters_removes_smallest_l1():
+    torch.manual_seed(2)
+    model = CourseCNN(channels=(8, 4), image_size=8)
+    norms = P.l1_filter_norms(model.conv1)
+    removed = P.prune_filters(model, "conv1", 0.25)
+    assert sorted(removed) == sorted(torch.argsort(norms)[:2].tolist())
+    kept = sorted(set(range(8)) - set(removed))
+    torch.testing.assert_close(P.l1_filter_norms(model.conv1), norms[kept])
+    assert model.conv2.in_channels == 6
+
+
+# ---------------------------------------------------------------- cost model
+
+def test_count_macs_hand_counted():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3),
+                          nn.Flatten(), nn.Linear(6 * 6 * 6, 10))
+    # conv a: batch 2 x 4 maps x 8x8 outputs x (1 in x 3x3) = 4608
+    # conv b: 2 x 6 x 6x6 x (4 x 3x3) = 15552
+    # linear: 2 rows x 10 outputs x 216 inputs = 4320
+    assert P.count_macs(model, (2, 1, 8, 8)) == 4608 + 15552 + 4320
+
+
+def test_count_macs_coursecnn_and_after_removal():
+    model = CourseCNN(channels=(16, 32), image_size=28)
+    # conv1 28x28x16x9, conv2 14x14x32x(16x9), fc 10x(32x7x7)
+    full = 28 * 28 * 16 * 9 + 14 * 14 * 32 * 16 * 9 + 10 * 32 * 7 * 7
+    assert P.count_macs(model, (1, 1, 28, 28)) == full
+    P.remove_filters(model, "conv1", list(range(8)))
+    assert P.count_macs(model, (1, 1, 28, 28)) == 28 * 28 * 8 * 9 + 14 * 14 * 32 * 8 * 9 + 10 * 32 * 7 * 7
+    with pytest.raises(ValueError, match="input_shape"):
+        P.count_macs(model, (28, -1))
+
+
+def test_count_parameters_nonzero():
+    lin = nn.Linear(4, 5)
+    assert P.count_parameters(lin) == 25
+    P.magnitude_prune(lin, 0.25)
+    assert P.count_parameters(lin) == 25
+    assert P.count_parameters(lin, nonzero=True) == 25 - 5
+
+
+def test_measure_latency_restores_state():
+    model = CourseCNN(channels=(2, 2), image_size=8).train()
+    before = torch.get_num_threads()
+    t = P.measure_latency(model, torch.rand(2, 8, 8), repeats=3, warmup=1, num_threads=1)
+    assert isinstance(t, float) and t > 0
+    assert torch.get_num_threads() == before and model.training
+    with pytest.raises(ValueError):
+        P.measure_latency(model, torch.rand(2, 8, 8), repeats=0)
+
+
+def test_storage_bytes_hand_worked_and_dense_vs_csr():
+    w = torch.tensor([[1.0, 0, 0, 2], [0, 0, 0, 0], [3, 4, 0, 5]])
+    assert P.storage_bytes(w, "dense") == 48
+    assert P.storage_bytes(w, "csr") == 5 * (4 + 4) + 4 * 4
+    assert P.storage_bytes(w, "csr", index_bytes=8) == 5 * 12 + 4 * 8
+    with pytest.raises(ValueError):
+        P.storage_bytes(w, "coo")
+    res = P.dense_vs_csr(w, torch.rand(2, 4), repeats=2)
+    assert res["dense_bytes"] == 48
+    assert res["csr_bytes"] == 5 * (4 + 8) + 4 * 8  # torch CSR stores int64 indices
+    assert res["density"] == pytest.approx(5 / 12)
+
+
+def test_explorer_callbacks_draw():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    w = torch.randn(50)
+    fig = P.plot_saliency_vs_magnitude(w, torch.rand(50) * w ** 2, amount=0.3)
+    assert "15" in fig.axes[0].get_title()
+    plt.close(fig)
+    model = CourseCNN(channels=(6, 4), image_size=8)
+    for amount in (0.0, 0.5):
+        fig = P.plot_filter_ranking(model, "conv1", amount, input_shape=(1, 1, 8, 8))
+        assert len(fig.axes[0].patches) == 6
+        plt.close(fig)
+    assert model.conv1.out_channels == 6  # the callback works on a copy
