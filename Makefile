@@ -8,7 +8,6 @@ STAMP  := $(VENV)/.installed
 # nbgrader runs `alembic` by name: the venv's bin must come first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: book test install labs bench lock clean clean-labs
 

@@ -14,7 +14,8 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 # nbgrader runs `alembic` by name: put this interpreter's bin first on PATH for every test.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-os.environ.setdefault("MPLBACKEND", "Agg")
+# No MPLBACKEND here: kernels started by the tests inherit the environment, and a forced Agg backend
+# would stop notebooks from showing their figures inline.
 
 
 @pytest.fixture
