@@ -1,0 +1,286 @@
+"""Concept-check question bank: load ``book/question_bank/questions.yml``, grade answers, render pages.
+
+The bank holds multiple-choice, multiple-select and numeric questions, one set per chapter, with their
+answers. :func:`grade` autogrades a student's answers (a mapping ``question id -> response``);
+:func:`render_chapter` writes the MyST page of one chapter (answers hidden in ``{solution}`` dropdowns of
+sphinx-exercise), so the book's pages and the autograder read the same file.
+
+Command line::
+
+    .venv/bin/python -m courselib.quiz render              # regenerate book/question_bank/<chapter>.md
+    .venv/bin/python -m courselib.quiz grade answers.yml   # score a YAML/JSON file of {id: response}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Mapping
+
+__all__ = ["QUESTION_TYPES", "default_bank_path", "load_bank", "load_questions", "check_answer", "grade",
+           "render_chapter", "write_pages", "main"]
+
+QUESTION_TYPES = ("multiple_choice", "multiple_select", "numeric")
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_LETTER = re.compile(r"^[a-z]$")
+
+
+def default_bank_path() -> Path:
+    """``book/question_bank/questions.yml`` of the repository this package sits in."""
+    return Path(__file__).resolve().parents[1] / "book" / "question_bank" / "questions.yml"
+
+
+def _validate(bank: Mapping) -> None:
+    if not isinstance(bank, Mapping) or "questions" not in bank or "chapters" not in bank:
+        raise ValueError("the bank must be a mapping with 'chapters' and 'questions'")
+    chapters = bank["chapters"]
+    seen = set()
+    for i, q in enumerate(bank["questions"]):
+        where = f"question #{i} ({q.get('id', '?') if isinstance(q, Mapping) else '?'})"
+        if not isinstance(q, Mapping):
+            raise ValueError(f"{where}: expected a mapping")
+        for key in ("id", "chapter", "type", "prompt", "answer", "explanation"):
+            if key not in q:
+                raise ValueError(f"{where}: missing field {key!r}")
+        if not isinstance(q["id"], str) or not _ID.match(q["id"]):
+            raise ValueError(f"{where}: id must be lowercase letters, digits and '-'")
+        if q["id"] in seen:
+            raise ValueError(f"{where}: duplicate id")
+        seen.add(q["id"])
+        if q["chapter"] not in chapters:
+            raise ValueError(f"{where}: unknown chapter {q['chapter']!r}; known: {sorted(chapters)}")
+        qtype = q["type"]
+        if qtype not in QUESTION_TYPES:
+            raise ValueError(f"{where}: type must be one of {QUESTION_TYPES}, got {qtype!r}")
+        if qtype == "numeric":
+            if isinstance(q["answer"], bool) or not isinstance(q["answer"], (int, float)):
+                raise ValueError(f"{where}: a numeric answer must be a number")
+            tol = q.get("tolerance", 0)
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+                raise ValueError(f"{where}: tolerance must be a number >= 0")
+        else:
+            choices = q.get("choices")
+            if not isinstance(choices, Mapping) or len(choices) < 2:
+                raise ValueError(f"{where}: needs at least two choices")
+            if not all(isinstance(k, str) and _LETTER.match(k) for k in choices):
+                raise ValueError(f"{where}: choice keys must be single lowercase letters")
+            answers = q["answer"] if qtype == "multiple_select" else [q["answer"]]
+            if qtype == "multiple_select" and (not isinstance(q["answer"], list) or not q["answer"]):
+                raise ValueError(f"{where}: a multiple_select answer must be a non-empty list of letters")
+            if any(a not in choices for a in answers):
+                raise ValueError(f"{where}: answer {q['answer']!r} is not among the choices {sorted(choices)}")
+
+
+def load_bank(path: str | Path | None = None) -> dict:
+    """Read and validate the whole bank (``chapters`` and ``questions``)."""
+    import yaml
+
+    p = Path(path) if path is not None else default_bank_path()
+    if not p.exists():
+        raise FileNotFoundError(f"question bank not found: {p}")
+    bank = yaml.safe_load(p.read_text(encoding="utf-8"))
+    _validate(bank)
+    return bank
+
+
+def load_questions(path: str | Path | None = None, chapter: str | None = None) -> list[dict]:
+    """The questions of the bank, optionally only those of one chapter (a key of ``chapters``)."""
+    bank = load_bank(path)
+    if chapter is not None and chapter not in bank["chapters"]:
+        raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(bank['chapters'])}")
+    return [dict(q) for q in bank["questions"] if chapter is None or q["chapter"] == chapter]
+
+
+def _letters(response) -> set[str]:
+    if isinstance(response, str):
+        items = re.split(r"[\s,;]+", response.strip())
+    elif isinstance(response, Iterable):
+        items = list(response)
+    else:
+        raise TypeError(f"expected letters, got {type(response).__name__}")
+    out = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"expected letters, got {item!r}")
+        item = item.strip().strip(").").lower()
+        if item:
+            out.add(item)
+    return out
+
+
+def check_answer(question: Mapping, response) -> bool:
+    """True when ``response`` answers ``question`` correctly.
+
+    - multiple_choice: one letter, case and surrounding spaces/``)`` ignored (``"B"``, ``" b) "``);
+    - multiple_select: the exact set of letters, as a list or a string (``"a, c"``, ``["c", "a"]``);
+    - numeric: a number (or a numeric string, ``"0.25"``, ``"1,152"``) within the question's absolute
+      ``tolerance`` of the answer (a relative 1e-9 is always allowed for float round-off).
+
+    ``None`` (unanswered) is wrong. A response of the wrong kind raises ``TypeError``.
+    """
+    if response is None:
+        return False
+    qtype = question["type"]
+    if qtype == "numeric":
+        if isinstance(response, bool):
+            raise TypeError("a numeric answer cannot be True/False")
+        if isinstance(response, str):
+            try:
+                value = float(response.strip().replace(",", "").replace("_", ""))
+            except ValueError:
+                return False
+        elif isinstance(response, (int, float)):
+            value = float(response)
+        else:
+            raise TypeError(f"a numeric answer must be a number, got {type(response).__name__}")
+        if not math.isfinite(value):
+            return False
+        target = float(question["answer"])
+        tol = float(question.get("tolerance", 0)) + 1e-9 * max(1.0, abs(target))
+        return abs(value - target) <= tol
+    letters = _letters(response)
+    if qtype == "multiple_choice":
+        return len(letters) == 1 and letters == {question["answer"]}
+    return letters == set(question["answer"])
+
+
+def grade(answers: Mapping[str, object], *, chapter: str | None = None, path: str | Path | None = None,
+          strict: bool = True) -> dict:
+    """Autograde ``answers`` (``{question id: response}``) against the bank.
+
+    Parameters
+    ----------
+    answers : mapping
+        Responses by question id; missing questions count as wrong.
+    chapter : str, optional
+        Grade only this chapter's questions (ids of other chapters are then ignored).
+    path : path, optional
+        Another bank file (default: the book's).
+    strict : bool, default True
+        Raise ``ValueError`` for ids that are not in the bank (typos), instead of ignoring them.
+
+    Returns
+    -------
+    dict
+        ``score`` (correct answers), ``total``, ``fraction``, ``results`` (``id -> bool``) and
+        ``feedback`` (``id -> explanation`` for the wrong ones).
+    """
+    if not isinstance(answers, Mapping):
+        raise TypeError(f"answers must be a mapping of question id to response, got {type(answers).__name__}")
+    questions = load_questions(path, chapter)
+    if strict:
+        known = {q["id"] for q in load_questions(path)}
+        unknown = sorted(set(answers) - known)
+        if unknown:
+            raise ValueError(f"unknown question id(s): {unknown}")
+    results, feedback = {}, {}
+    for q in questions:
+        try:
+            ok = check_answer(q, answers.get(q["id"]))
+        except TypeError:
+            ok = False
+        results[q["id"]] = ok
+        if not ok:
+            feedback[q["id"]] = q["explanation"]
+    score = sum(results.values())
+    total = len(questions)
+    return {"score": score, "total": total, "fraction": score / total if total else 0.0,
+            "results": results, "feedback": feedback}
+
+
+# ---------------------------------------------------------------------------------------------
+# MyST pages
+# ---------------------------------------------------------------------------------------------
+_KIND = {"multiple_choice": "Multiple choice (one answer)", "multiple_select": "Multiple choice (select all that apply)",
+         "numeric": "Numeric answer"}
+
+
+def _answer_text(q: Mapping) -> str:
+    if q["type"] == "numeric":
+        tol = q.get("tolerance", 0)
+        return f"{q['answer']}" + (f" (accepted within $\\pm${tol})" if tol else "")
+    if q["type"] == "multiple_select":
+        return ", ".join(f"**{a}**" for a in q["answer"])
+    return f"**{q['answer']}**"
+
+
+def render_chapter(chapter: str, path: str | Path | None = None) -> str:
+    """The MyST Markdown page of one chapter's questions (answers in sphinx-exercise solution dropdowns)."""
+    bank = load_bank(path)
+    if chapter not in bank["chapters"]:
+        raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(bank['chapters'])}")
+    info = bank["chapters"][chapter]
+    lines = [
+        "<!-- Generated from book/question_bank/questions.yml by `python -m courselib.quiz render`. "
+        "Do not edit by hand. -->",
+        f"(qb-{chapter.replace('_', '-')})=",
+        f"# Concept check: {info['title']}",
+        "",
+        f"Questions on the chapter *{info['title']}* (`{info['page']}`). Each solution is hidden "
+        "in a dropdown. To autograde a set of answers, write them as `{question id: answer}` and run "
+        "`python -m courselib.quiz grade answers.yml` or call `courselib.quiz.grade(answers)`.",
+        "",
+    ]
+    for n, q in enumerate((q for q in bank["questions"] if q["chapter"] == chapter), start=1):
+        label = f"qb-{q['id']}"
+        lines += ["```{exercise}", f":label: {label}", "", f"*{_KIND[q['type']]}* (id `{q['id']}`)", "",
+                  q["prompt"].strip(), ""]
+        if q["type"] != "numeric":
+            for letter, text in q["choices"].items():
+                lines.append(f"- **{letter})** {text}")
+            lines.append("")
+        lines += ["```", "", f"```{{solution}} {label}", ":class: dropdown", "",
+                  f"Answer: {_answer_text(q)}. {q['explanation'].strip()}", "", "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_pages(path: str | Path | None = None, out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``<chapter>.md`` for every chapter of the bank into ``out_dir`` (default: next to the bank)."""
+    bank_path = Path(path) if path is not None else default_bank_path()
+    out = Path(out_dir) if out_dir is not None else bank_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for chapter in load_bank(bank_path)["chapters"]:
+        p = out / f"{chapter}.md"
+        p.write_text(render_chapter(chapter, bank_path), encoding="utf-8")
+        written.append(p)
+    return written
+
+
+def _read_answers(file: Path) -> dict:
+    import yaml
+
+    text = file.read_text(encoding="utf-8")
+    data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a mapping of question id to answer")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m courselib.quiz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="regenerate the MyST pages from questions.yml")
+    r.add_argument("--bank", default=None)
+    g = sub.add_parser("grade", help="grade a YAML/JSON file of {question id: answer}")
+    g.add_argument("answers")
+    g.add_argument("--chapter", default=None)
+    g.add_argument("--bank", default=None)
+    args = parser.parse_args(argv)
+    if args.cmd == "render":
+        for p in write_pages(args.bank):
+            print(p)
+        return 0
+    res = grade(_read_answers(Path(args.answers)), chapter=args.chapter, path=args.bank)
+    for qid, ok in res["results"].items():
+        print(f"{'ok   ' if ok else 'WRONG'} {qid}")
+    print(f"score: {res['score']}/{res['total']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
