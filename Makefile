@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: book test install labs bench lock clean clean-labs
+.PHONY: book test install labs bench lock clean clean-labs browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,21 @@ labs: $(STAMP)
 book: $(STAMP) labs
 	$(BIN)/python tools/build_book.py
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+test: $(STAMP) browser
+	@rm -f _build/screenshots/report.txt
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup; status=$$?; \
+	  if [ -f _build/screenshots/report.txt ]; then head -1 _build/screenshots/report.txt; fi; exit $$status
+
+# Headless Chromium for tests/test_browser.py (Debian's packages). Installed when missing and we are
+# root; otherwise the browser tests are skipped and say why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null) || echo "apt-get could not install chromium: the browser tests will be skipped"; \
+	else echo "chromium/chromedriver missing and not root: the browser tests will be skipped" \
+	  "(install Debian's chromium and chromium-driver)"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
