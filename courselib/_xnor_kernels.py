@@ -76,3 +76,64 @@ if HAVE_NUMBA:
                     c += _popcount64((a[i, k] ^ b[j, k]) & a_mask[i, k])
                 out[i, j] = np.int32(n_valid) - 2 * np.int32(c)
         return out
+
+
+if HAVE_NUMBA:
+
+    @njit(nogil=True, fastmath=False)
+    def pack_channels(x, n_words):
+        """Pack a float (N, C, H, W) array of +-1 values along C: uint64 (N, H, W, n_words), bit 1 <-> +1.
+
+        Channel ``c`` goes to bit ``c % 64`` of word ``c // 64``; unused high bits stay 0.
+        """
+        n, c, h, w = x.shape
+        out = np.zeros((n, h, w, n_words), dtype=np.uint64)
+        for i in range(n):
+            for y in range(h):
+                for z in range(w):
+                    for word in range(n_words):
+                        acc = np.uint64(0)
+                        for b in range(min(64, c - 64 * word)):
+                            if x[i, 64 * word + b, y, z] > 0:
+                                acc |= np.uint64(1) << np.uint64(b)
+                        out[i, y, z, word] = acc
+        return out
+
+    @njit(nogil=True, fastmath=False)
+    def binary_conv_packed(xp, wp, n_channels, stride, padding, h_out, w_out):
+        """Direct binary convolution on channel-packed words (im2col fused into the loop).
+
+        ``xp``: (N, H, W, n_words) packed inputs from :func:`pack_channels`; ``wp``: (kh, kw,
+        n_words, O) packed filters (filters last, so the innermost loop runs over contiguous
+        filters and LLVM can vectorize the popcounts). Every kernel tap (ky, kx) inside the image
+        contributes ``n_channels - 2 popcount(x_word XOR w_word)`` summed over the words; taps on
+        the zero padding contribute 0, exactly as in ``F.conv2d``. Returns int32 (N, O, h_out, w_out).
+        """
+        n, h, w, n_w = xp.shape
+        kh, kw, _, o = wp.shape
+        out = np.empty((n, o, h_out, w_out), dtype=np.int32)
+        acc = np.empty(o, dtype=np.int64)
+        for i in range(n):
+            for oy in range(h_out):
+                y0 = oy * stride - padding
+                for ox in range(w_out):
+                    x0 = ox * stride - padding
+                    acc[:] = 0
+                    n_taps = 0
+                    for ky in range(kh):
+                        y = y0 + ky
+                        if y < 0 or y >= h:
+                            continue
+                        for kx in range(kw):
+                            z = x0 + kx
+                            if z < 0 or z >= w:
+                                continue
+                            n_taps += 1
+                            for k in range(n_w):
+                                xw = xp[i, y, z, k]
+                                for f in range(o):
+                                    acc[f] += _popcount64(xw ^ wp[ky, kx, k, f])
+                    base = n_taps * n_channels
+                    for f in range(o):
+                        out[i, f, oy, ox] = base - 2 * acc[f]
+        return out

@@ -47,13 +47,18 @@ __all__ = [
     "serialized_nbytes",
     "xnor_popcount_matmul",
     "binary_conv2d",
+    "pack_channels",
+    "binary_conv2d_packed",
     "make_binary_mlp",
     "init_latent_weights_",
     "binaryconnect_optimizer",
     "fit_binaryconnect",
     "make_binary_cnn",
+    "train_and_evaluate",
     "binarization_explorer",
     "MODES",
+    "RECIPE",
+    "ARCHS",
 ]
 
 #: Training modes used by the model builders: real-valued baseline, BC-deterministic, BC-stochastic.
@@ -517,13 +522,20 @@ def _as_pm1_tensor(x, name):
 
 
 def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str = "auto") -> torch.Tensor:
-    """2-D convolution of +-1 inputs with +-1 filters by im2col, packing and XNOR-popcount.
+    """2-D convolution of +-1 inputs with +-1 filters by packing and XNOR-popcount (book Eq. ``bc-xnor``).
 
-    Each output is the dot product of a ``C kh kw`` input patch with a filter, so it is one
-    entry of :func:`xnor_popcount_matmul` between the packed patches (im2col, ``F.unfold``) and
-    the packed filters. Zero padding is exact too: a padded position is masked out of the
-    popcount (it contributes 0, as in ``F.conv2d``), i.e. the result is
-    ``n_valid - 2 popcount((a XOR b) AND mask)``.
+    Each output is the dot product of a ``C kh kw`` input patch with a filter, i.e. one entry of
+    an XNOR-popcount matrix product between the im2col patches and the filters. Two backends:
+
+    - ``"numpy"``: literally that -- im2col (``F.unfold``), :func:`courselib.binary_codes.pack_codes`
+      on the patches and filters, and the product of :func:`xnor_popcount_matmul`; a padded
+      position is masked out of the popcount, ``n_valid - 2 popcount((a XOR b) AND mask)``;
+    - ``"numba"`` (default when numba is installed): im2col fused into a compiled loop. The
+      inputs and filters are packed once along the channels (64 channels per ``uint64`` word) and
+      every kernel tap inside the image adds ``C - 2 popcount(x XOR w)``; taps on the padding add
+      nothing. Same products, no patch matrix in memory.
+
+    Zero padding is exact in both: a padded position contributes 0, as in ``F.conv2d``.
 
     Parameters
     ----------
@@ -551,21 +563,89 @@ def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str 
     w_out = (w + 2 * padding - kw) // stride + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
+    backend, _ = _backend(backend)
+    if backend == "numba":
+        # im2col fused into a compiled loop: inputs and filters packed once along the channels
+        return binary_conv2d_packed(_pack_channels_checked(x), _pack_channels_checked(weight), c, stride=stride,
+                                    padding=padding)
     k = c * kh * kw
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, k, L), zeros at padding
     cols = cols.transpose(1, 2).reshape(-1, k).numpy()  # (N L, k)
     a_codes = _pack_codes((cols > 0).astype(np.uint8))
     b_codes = _pack_codes((weight.reshape(o, k).numpy() > 0).astype(np.uint8))
-    backend, kernels = _backend(backend)
     aw, bw = _to_words(a_codes, k), _to_words(b_codes, k)
     if padding == 0:
-        out = kernels.xnor_matmul_words(aw, bw, k) if backend == "numba" else _numpy_xnor(aw, bw, k)
+        out = _numpy_xnor(aw, bw, k)
     else:
         mw = _to_words(_pack_codes((cols != 0).astype(np.uint8)), k)
-        out = kernels.xnor_matmul_words_masked(aw, mw, bw) if backend == "numba" \
-            else _numpy_xnor(aw, bw, k, a_mask=mw)
+        out = _numpy_xnor(aw, bw, k, a_mask=mw)
     out = torch.from_numpy(out.astype(np.float32)).reshape(n, h_out * w_out, o)
     return out.transpose(1, 2).reshape(n, o, h_out, w_out).contiguous()
+
+
+def pack_channels(x) -> np.ndarray:
+    """Pack a +-1 tensor of shape (N, C, H, W) along its channels: uint64 words (N, H, W, ceil(C / 64)).
+
+    Channel ``c`` is bit ``c % 64`` of word ``c // 64`` (bit 1 <-> +1). Pack a binary layer's
+    filters (O, C, kh, kw) once when the model is loaded, and a binary activation map once per layer;
+    :func:`binary_conv2d_packed` then convolves the packed operands. Needs numba.
+    """
+    from . import _xnor_kernels
+
+    if not _xnor_kernels.HAVE_NUMBA:
+        raise ValueError("pack_channels needs numba, which is not installed")
+    return _pack_channels_checked(_as_pm1_tensor(x, "x"))
+
+
+def _pack_channels_checked(t: torch.Tensor) -> np.ndarray:
+    from . import _xnor_kernels
+
+    return _xnor_kernels.pack_channels(np.ascontiguousarray(t.numpy()), -(-t.shape[1] // 64))
+
+
+def binary_conv2d_packed(x_packed: np.ndarray, w_packed: np.ndarray, n_channels: int, *, stride: int = 1,
+                         padding: int = 0) -> torch.Tensor:
+    """Binary convolution of channel-packed operands (see :func:`pack_channels`), by XNOR-popcount.
+
+    ``out[n, o, y, x] = sum over kernel taps inside the image of (C - 2 popcount(x_word XOR w_word))``
+    (book Eq. ``bc-xnor``, 64 channels per word); taps on the zero padding add 0, as in ``F.conv2d``.
+
+    Parameters
+    ----------
+    x_packed : ndarray of uint64, shape (N, H, W, words)
+        ``pack_channels(x)`` of the +-1 inputs.
+    w_packed : ndarray of uint64, shape (O, kh, kw, words)
+        ``pack_channels(weight)`` of the +-1 filters.
+    n_channels : int
+        C, the number of (unpacked) input channels.
+    stride, padding : int
+
+    Returns
+    -------
+    torch.Tensor of float32, shape (N, O, H_out, W_out)
+        Equal (exactly) to ``F.conv2d(x, weight, stride=stride, padding=padding)``.
+    """
+    from . import _xnor_kernels
+
+    for name, a in (("x_packed", x_packed), ("w_packed", w_packed)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 4:
+            raise ValueError(f"{name} must be a 4-D uint64 array from pack_channels")
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("n_channels", n_channels, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    n, h, w, n_words = x_packed.shape
+    o, kh, kw, w_words = w_packed.shape
+    if n_words != w_words or n_words != -(-int(n_channels) // 64):
+        raise ValueError(f"x_packed has {n_words} words, w_packed {w_words}, but n_channels={n_channels} "
+                         f"needs {-(-int(n_channels) // 64)}")
+    h_out = (h + 2 * padding - kh) // stride + 1
+    w_out = (w + 2 * padding - kw) // stride + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
+    wt = np.ascontiguousarray(w_packed.transpose(1, 2, 3, 0))  # (kh, kw, words, O): filters innermost
+    out = _xnor_kernels.binary_conv_packed(np.ascontiguousarray(x_packed), wt, int(n_channels), int(stride),
+                                           int(padding), h_out, w_out)
+    return torch.from_numpy(out.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,21 +695,44 @@ class _AddChannel(nn.Module):
 
 
 def make_binary_cnn(mode: str = "det", in_channels: int = 1, channels: Sequence[int] = (16, 32),
-                    n_classes: int = 10, image_size: int = 8, eval_weights: str = "sign") -> nn.Sequential:
-    """A small CNN with binary convolutions: [Conv3x3 - BN - ReLU - MaxPool2] x 2, Linear - BN.
+                    n_classes: int = 10, image_size: int = 8, eval_weights: str = "sign",
+                    float_first_conv: bool = False) -> nn.Sequential:
+    """A small CNN with binary convolutions: [Conv3x3 - BN - ReLU - MaxPool2] x len(channels), Linear - BN.
 
-    With ``mode`` ``"det"`` / ``"stoch"`` both convolutions are :class:`BinaryConv2d` and the
-    classifier is a :class:`BinaryLinear`; ``"float"`` uses the ordinary layers. Accepts
-    (N, H, W) or (N, C, H, W) inputs.
+    With ``mode`` ``"det"`` / ``"stoch"`` the convolutions are :class:`BinaryConv2d` and the
+    classifier is a :class:`BinaryLinear`; ``"float"`` uses the ordinary layers. Every weight
+    layer is followed by batch normalization, as in the paper. Accepts (N, H, W) or (N, C, H, W)
+    inputs.
+
+    Parameters
+    ----------
+    mode : {"float", "det", "stoch"}
+    in_channels, channels, n_classes : layer sizes (3x3 convolutions with padding 1).
+    image_size : int
+        Side of the square input; must be divisible by ``2 ** len(channels)``.
+    eval_weights : {"sign", "real"}
+        Passed to the binary layers.
+    float_first_conv : bool, default False
+        Keep the first convolution real-valued (``nn.Conv2d``) in the binary modes. The paper
+        binarizes every layer; keeping the first layer in float is common practice for binary
+        networks (e.g. XNOR-Net) and matters most with one input channel, where each 3x3
+        filter has only 9 binary weights. The chapter and the benchmark state when it is used.
     """
     _check_mode(mode)
-    if image_size % 4:
-        raise ValueError(f"image_size must be a multiple of 4 (two 2x2 poolings), got {image_size}")
+    if not isinstance(float_first_conv, (bool, np.bool_)):
+        raise TypeError(f"float_first_conv must be a bool, got {float_first_conv!r}")
+    if len(channels) < 1:
+        raise ValueError("channels must hold at least one layer width")
+    if image_size % 2 ** len(channels):
+        raise ValueError(f"image_size must be a multiple of {2 ** len(channels)} ({len(channels)} 2x2 "
+                         f"poolings), got {image_size}")
     layers: list[nn.Module] = [_AddChannel()]
     c_in = in_channels
-    for c in channels:
-        conv = nn.Conv2d(c_in, c, 3, padding=1) if mode == "float" else \
-            BinaryConv2d(c_in, c, 3, padding=1, stochastic=(mode == "stoch"), eval_weights=eval_weights)
+    for i, c in enumerate(channels):
+        if mode == "float" or (i == 0 and float_first_conv):
+            conv = nn.Conv2d(c_in, c, 3, padding=1)
+        else:
+            conv = BinaryConv2d(c_in, c, 3, padding=1, stochastic=(mode == "stoch"), eval_weights=eval_weights)
         layers += [conv, nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
         c_in = c
     side = image_size // 2 ** len(channels)
@@ -725,6 +828,83 @@ def fit_binaryconnect(model: nn.Module, data, *, epochs: int = 20, lr: float = 3
         for k, v in h.items():
             history.setdefault(k, []).extend(v)
     return history
+
+
+#: The book's training recipe per mode (digits and MNIST): epochs and the learning rate's exponential
+#: decay ``lr -> lr_final``. Stochastic BinaryConnect gets more epochs and a higher final rate: its
+#: noisy binary weights need more steps to average out (paper Section 3: stochastic runs train longer).
+RECIPE = {
+    "float": {"epochs": 20, "lr": 3e-3, "lr_final": 3e-4},
+    "det": {"epochs": 20, "lr": 3e-3, "lr_final": 3e-5},
+    "stoch": {"epochs": 30, "lr": 3e-3, "lr_final": 3e-4},
+}
+
+#: The architectures of the chapter and the benchmark (builder keyword arguments).
+ARCHS = {
+    "MLP": {"hidden": (256, 256)},
+    "CNN": {"channels": (32, 64), "float_first_conv": True},
+}
+
+
+def train_and_evaluate(arch: str, mode: str, train, test, *, seed: int = 0, epochs: int | None = None,
+                       epoch_scale: float = 1.0, arch_kwargs: dict | None = None, track: bool = False):
+    """Build, train (:data:`RECIPE`) and test one model of the chapter; the shared experiment runner.
+
+    The binary layers' latent weights start from ``U(-1, 1)`` (:func:`init_latent_weights_`);
+    training is :func:`fit_binaryconnect`. The test error is measured with the paper's test-time
+    weights (Section 2.6): the model itself for ``"float"``, ``sign(w)`` for ``"det"``, and for ``"stoch"`` both ``sign(w)`` and the real-valued ``w``
+    (the paper's choice for the stochastic variant).
+
+    Parameters
+    ----------
+    arch : {"MLP", "CNN"}
+        :func:`make_binary_mlp` or :func:`make_binary_cnn` with :data:`ARCHS` ``[arch]``
+        updated by ``arch_kwargs``; the input size is read from ``train``'s images.
+    mode : {"float", "det", "stoch"}
+    train, test : (X, y) pairs of arrays, X of shape (n, H, W).
+    seed : int
+        Fixes the initialization and the batch order.
+    epochs : int, optional
+        Overrides ``RECIPE[mode]["epochs"] * epoch_scale``.
+    epoch_scale : float
+        Multiplies the recipe's epochs (for quick runs); at least 1 epoch.
+    track : bool
+        Evaluate the test set after every epoch (history ``val_accuracy``; the chapter's curves).
+
+    Returns
+    -------
+    model : nn.Module (eval mode; binary layers with ``eval_weights="sign"``)
+    history : dict of lists (from :func:`courselib.training.fit`)
+    errors : dict
+        ``{"sign": test error in %}`` plus ``"real"`` for ``mode="stoch"``.
+    """
+    from .training import evaluate
+
+    _check_mode(mode)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
+    X = np.asarray(train[0])
+    kwargs = {**ARCHS[arch], **(arch_kwargs or {})}
+    torch.manual_seed(seed)
+    if arch == "MLP":
+        model = make_binary_mlp(mode, in_features=int(np.prod(X.shape[1:])), **kwargs)
+    else:
+        model = make_binary_cnn(mode, image_size=int(X.shape[-1]), **kwargs)
+    if mode != "float":
+        init_latent_weights_(model, seed=seed)
+    r = RECIPE[mode]
+    n_epochs = int(epochs) if epochs is not None else max(1, int(round(r["epochs"] * epoch_scale)))
+    history = fit_binaryconnect(model, train, epochs=n_epochs, lr=r["lr"], lr_final=r["lr_final"], seed=seed,
+                                val_data=test if track else None)
+    errors = {"sign": 100 * (1 - evaluate(model, test)["accuracy"])}
+    if mode == "stoch":
+        layers = binary_layers(model).values()
+        for layer in layers:
+            layer.eval_weights = "real"
+        errors["real"] = 100 * (1 - evaluate(model, test)["accuracy"])
+        for layer in layers:
+            layer.eval_weights = "sign"
+    return model.eval(), history, errors
 
 
 # ---------------------------------------------------------------------------------------------

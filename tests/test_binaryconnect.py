@@ -342,3 +342,62 @@ def test_explorer_callback():
         bc.binarization_explorer(mode="sign")
     with pytest.raises(ValueError):
         bc.binarization_explorer(n_samples=0)
+
+
+@pytest.mark.parametrize("cfg", [dict(c=64, o=5, k=3, stride=1, padding=1, hw=6),
+                                 dict(c=70, o=3, k=3, stride=2, padding=1, hw=7),
+                                 dict(c=130, o=4, k=1, stride=1, padding=0, hw=4),
+                                 dict(c=5, o=2, k=5, stride=1, padding=2, hw=5)])
+def test_binary_conv2d_packed_equals_f_conv2d(cfg):
+    # multi-word channel packing (C > 64, C not a multiple of 64) and padding taps
+    gen = torch.Generator().manual_seed(cfg["c"] + cfg["k"])
+    x = bc.binarize(torch.randn(2, cfg["c"], cfg["hw"], cfg["hw"], generator=gen))
+    w = bc.binarize(torch.randn(cfg["o"], cfg["c"], cfg["k"], cfg["k"], generator=gen))
+    xp, wp = bc.pack_channels(x), bc.pack_channels(w)
+    assert xp.dtype == np.uint64 and xp.shape == (2, cfg["hw"], cfg["hw"], -(-cfg["c"] // 64))
+    expected = F.conv2d(x, w, stride=cfg["stride"], padding=cfg["padding"])
+    got = bc.binary_conv2d_packed(xp, wp, cfg["c"], stride=cfg["stride"], padding=cfg["padding"])
+    assert torch.equal(got, expected)
+    assert torch.equal(bc.binary_conv2d(x, w, stride=cfg["stride"], padding=cfg["padding"]), expected)
+
+
+def test_pack_channels_bit_layout_and_bad_input():
+    x = -torch.ones(1, 66, 1, 1)
+    x[0, [0, 3, 65], 0, 0] = 1.0
+    p = bc.pack_channels(x)
+    assert p.shape == (1, 1, 1, 2)
+    assert int(p[0, 0, 0, 0]) == (1 << 0) | (1 << 3) and int(p[0, 0, 0, 1]) == 1 << 1
+    with pytest.raises(ValueError):
+        bc.pack_channels(torch.zeros(1, 2, 3, 3))
+    xp = bc.pack_channels(torch.ones(1, 3, 4, 4))
+    wp = bc.pack_channels(torch.ones(2, 3, 3, 3))
+    with pytest.raises(ValueError):
+        bc.binary_conv2d_packed(xp, wp, 65)
+    with pytest.raises(ValueError):
+        bc.binary_conv2d_packed(xp.astype(np.int64), wp, 3)
+    with pytest.raises(ValueError):
+        bc.binary_conv2d_packed(xp, wp, 3, padding=-1)
+
+
+def test_float_first_conv_and_train_and_evaluate():
+    cnn = bc.make_binary_cnn("stoch", channels=(4, 8), image_size=8, float_first_conv=True)
+    convs = [m for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert type(convs[0]) is nn.Conv2d and isinstance(convs[1], bc.BinaryConv2d)
+    assert len(bc.binary_layers(cnn)) == 2
+    with pytest.raises(ValueError):
+        bc.make_binary_cnn("det", channels=(4, 8, 8), image_size=4)
+    with pytest.raises(TypeError):
+        bc.make_binary_cnn("det", float_first_conv="yes")
+    rng = np.random.default_rng(0)
+    X = rng.random((64, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    model, hist, errs = bc.train_and_evaluate("CNN", "stoch", (X, y), (X, y), seed=0, epochs=1, track=True,
+                                              arch_kwargs={"channels": (4, 8)})
+    assert len(hist["val_accuracy"]) == 1 and set(errs) == {"sign", "real"}
+    assert not model.training
+    assert all(m.eval_weights == "sign" for m in bc.binary_layers(model).values())
+    # the reported sign-weight error is the model's own error in eval mode
+    from courselib.training import evaluate
+    assert errs["sign"] == pytest.approx(100 * (1 - evaluate(model, (X, y))["accuracy"]))
+    with pytest.raises(ValueError):
+        bc.train_and_evaluate("RNN", "det", (X, y), (X, y))
