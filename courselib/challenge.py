@@ -1,0 +1,830 @@
+"""The class compression challenge (lab 6): a safe submission format, a published score, a leaderboard.
+
+Students receive a trained reference model (:func:`train_reference`) and hand in a compressed model
+as a folder with exactly two files:
+
+- ``model.json`` -- ``{"format": "courselib-challenge/v1", "arch": NAME, "arch_kwargs": {...},
+  "runtime": "float32" | "int8"}``. ``NAME`` is one of the allow-listed constructors of
+  :data:`ARCHS` (courselib's own models); ``arch_kwargs`` are plain JSON values checked against
+  bounds before anything is built.
+- ``model.safetensors`` -- the weights, a plain tensor format (no pickle, no code). Every entry of
+  the model's ``state_dict()`` is stored either as is (float32 or float16), or, for the weights of
+  ``Linear``/``Conv2d`` layers, encoded:
+
+  * ``"<key>::int8"`` (int8, the weight's shape) + ``"<key>::scale"`` (float32, one per output
+    channel): ``w = scale * q``, symmetric per-channel int8 (:func:`encode_int8`; book Eq.
+    ``quant-symmetric`` with a signed grid);
+  * ``"<key>::bits"`` (uint8, packed signs, 8 per byte) + ``"<key>::alpha"`` (float32, one per output
+    channel): ``w = alpha * sign`` (XNOR-Net's scaling, book Eq. ``quant-xnor-alpha``; ``alpha = 1``
+    for BinaryConnect layers, whose forward pass uses ``sign(w)``).
+
+Loading (:func:`load_submission`) never unpickles and never runs submitted code: it reads the JSON,
+checks the architecture and its sizes (the parameter count is computed on PyTorch's ``meta`` device,
+without allocating), parses the safetensors header itself and checks every entry's name, dtype and
+shape before the bytes are decoded by the ``safetensors`` library. Anything wrong raises
+:class:`ChallengeError` with a ``status``: ``"missing"``, ``"invalid-model"`` or ``"too-large"``.
+
+Score (:func:`challenge_score`, published in the lab)::
+
+    score = 0                                           if accuracy < ref_accuracy - margin
+    score = sqrt( (ref_size / size) * (ref_latency / latency) )   otherwise
+
+the geometric mean of the compression ratio (bytes of the two files on disk) and the speed-up
+(median latency of a batch of :data:`LATENCY_BATCH` test images, ``torch`` threads fixed to 1,
+measured in the grader's process right after the reference's). The reference scores 1.0.
+
+:func:`score_submission` scores one folder, :func:`grade_challenge` scores every student of a
+submissions folder (``<student>/<lab>/submission/``) and :func:`write_leaderboard` writes the CSV and
+a self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ChallengeError",
+    "ARCHS",
+    "FORMAT",
+    "MARGIN",
+    "LATENCY_BATCH",
+    "STATUSES",
+    "challenge_data",
+    "train_reference",
+    "reference_arch",
+    "calibration_data",
+    "encode_int8",
+    "challenge_score",
+    "save_submission",
+    "load_submission",
+    "submission_nbytes",
+    "score_submission",
+    "grade_challenge",
+    "write_leaderboard",
+]
+
+FORMAT = "courselib-challenge/v1"
+#: Allowed accuracy drop below the reference (absolute, 0.02 = 2 percentage points).
+MARGIN = 0.02
+#: Images per timed forward pass.
+LATENCY_BATCH = 64
+#: Every status a scored folder can get; only "scored" and "below-margin" have numbers.
+STATUSES = ("scored", "below-margin", "missing", "invalid-model", "too-large")
+
+JSON_NAME, WEIGHTS_NAME = "model.json", "model.safetensors"
+MAX_JSON_BYTES = 16 << 10
+MAX_WEIGHTS_BYTES = 32 << 20
+MAX_HEADER_BYTES = 1 << 20
+MAX_PARAMETERS = 2_000_000
+_MAX_WIDTH = {"channels": 512, "hidden": 4096}
+RUNTIMES = ("float32", "int8")
+WEIGHT_BITS = (32, 16, 8, 1)
+_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I8": (torch.int8, 1),
+           "U8": (torch.uint8, 1), "I64": (torch.int64, 8)}
+
+
+class ChallengeError(ValueError):
+    """A submission that cannot be scored; ``status`` says why (``missing``, ``invalid-model``, ``too-large``)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------------
+# allow-listed architectures
+# --------------------------------------------------------------------------------------------------
+def _course_cnn(**kw):
+    from .models import CourseCNN
+
+    return CourseCNN(**kw)
+
+
+def _separable_cnn(**kw):
+    from .distillation import SeparableCNN
+
+    return SeparableCNN(**kw)
+
+
+def _mlp(**kw):
+    from .models import MLP
+
+    return MLP(**kw)
+
+
+def _binary_cnn(**kw):
+    from .binaryconnect import make_binary_cnn
+
+    return make_binary_cnn(**kw)
+
+
+#: name -> (constructor, {kwarg: kind}); kinds: "int", "widths", "bool", or a tuple of allowed strings.
+#: Inputs are 28x28 single-channel images and 10 classes, so those kwargs are fixed.
+ARCHS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
+    "CourseCNN": (_course_cnn, {"channels": "widths2", "in_channels": 1, "n_classes": 10, "image_size": 28}),
+    "SeparableCNN": (_separable_cnn, {"channels": "widths", "in_channels": 1, "n_classes": 10}),
+    "MLP": (_mlp, {"hidden": "widths0", "in_features": 784, "n_classes": 10}),
+    "BinaryCNN": (_binary_cnn, {"mode": ("det", "stoch", "float"), "channels": "widths", "in_channels": 1,
+                                "n_classes": 10, "image_size": 28, "float_first_conv": "bool"}),
+}
+
+
+def _check_kwargs(arch, kwargs) -> dict:
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ChallengeError("invalid-model", f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    if not isinstance(kwargs, dict):
+        raise ChallengeError("invalid-model", f"arch_kwargs must be a JSON object, got {type(kwargs).__name__}")
+    spec = ARCHS[arch][1]
+    unknown = sorted(set(kwargs) - set(spec))
+    if unknown:
+        raise ChallengeError("invalid-model", f"{arch} does not take {unknown}; allowed: {sorted(spec)}")
+    out = {}
+    for key, value in kwargs.items():
+        kind = spec[key]
+        if kind in ("widths", "widths2", "widths0"):
+            key_max = _MAX_WIDTH["hidden" if key == "hidden" else "channels"]
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ChallengeError("invalid-model", f"{key} must be a list of integers, got {value!r}")
+            lo = 0 if kind == "widths0" else (2 if kind == "widths2" else 1)
+            hi = 2 if kind == "widths2" else 4
+            if not lo <= len(value) <= hi:
+                raise ChallengeError("invalid-model", f"{arch}: {key} needs {lo} to {hi} widths, got {len(value)}")
+            if any(v < 1 for v in value):
+                raise ChallengeError("invalid-model", f"{key} must be positive, got {value!r}")
+            if any(v > key_max for v in value):
+                raise ChallengeError("too-large", f"{key} {value!r} exceeds the limit of {key_max} per layer")
+            out[key] = tuple(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ChallengeError("invalid-model", f"{key} must be true or false, got {value!r}")
+            out[key] = value
+        elif isinstance(kind, tuple):
+            if value not in kind:
+                raise ChallengeError("invalid-model", f"{key} must be one of {kind}, got {value!r}")
+            out[key] = value
+        else:  # a fixed value
+            if value != kind or isinstance(value, bool):
+                raise ChallengeError("invalid-model", f"{key} is fixed to {kind!r} in the challenge, got {value!r}")
+            out[key] = value
+    return out
+
+
+def _build(arch: str, kwargs: dict, device: str = "cpu") -> nn.Module:
+    ctor = ARCHS[arch][0]
+    try:
+        with torch.device(device):
+            return ctor(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ChallengeError("invalid-model", f"{arch}({kwargs}) cannot be built: {err}") from None
+
+
+def _expected_state(arch: str, kwargs: dict) -> tuple[dict, set, int]:
+    """Shapes/dtypes of the state dict (built on the meta device: no memory), the encodable keys and
+    the number of parameters."""
+    meta = _build(arch, kwargs, "meta")
+    n_params = sum(p.numel() for p in meta.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise ChallengeError("too-large", f"{arch}({kwargs}) has {n_params:,} parameters; the limit is "
+                                          f"{MAX_PARAMETERS:,}")
+    state = {k: (tuple(v.shape), v.dtype) for k, v in meta.state_dict().items()}
+    return state, set(_weight_keys(meta)), int(n_params)
+
+
+def _weight_keys(model: nn.Module) -> list[str]:
+    return [f"{n}.weight" if n else "weight" for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.dim() >= 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# reference, calibration data, encodings, score
+# --------------------------------------------------------------------------------------------------
+def reference_arch() -> tuple[str, dict]:
+    """Architecture of the reference model: ``("CourseCNN", {"channels": [16, 32]})``."""
+    return "CourseCNN", {"channels": [16, 32]}
+
+
+def challenge_data() -> dict:
+    """The challenge's data: digits upsampled to 28x28 (offline, scikit-learn's bundled set).
+
+    Returns ``{"train": (X, y), "val": (X, y), "test": (X, y)}``: the 1257 training images split
+    (stratified, seed 0) into 1000 for training and 257 for validation -- the students' -- and the
+    540 test images, which only the grader uses (the "hidden" test set; an instructor can pass any
+    other test set to :func:`grade_challenge`).
+    """
+    from .data import load_dataset
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_dataset("digits", "train", image_size=28)
+    Xtr, Xva, ytr, yva = train_test_split(X, y, train_size=1000, stratify=y, random_state=0)
+    return {"train": (Xtr, ytr), "val": (Xva, yva), "test": load_dataset("digits", "test", image_size=28)}
+
+
+def train_reference(seed: int = 0, epochs: int = 4, train=None) -> nn.Module:
+    """The challenge's reference: ``CourseCNN(channels=(16, 32))`` trained on digits at 28x28.
+
+    Adam, learning rate 3e-3, batches of 64, ``epochs`` epochs, seeded, one torch thread (so that
+    every run on the same machine gives the same model). About 2 s per epoch on one core.
+
+    Parameters
+    ----------
+    seed : int
+    epochs : int
+    train : (X, y), optional
+        Default ``challenge_data()["train"]`` (1000 digits images at 28x28).
+    """
+    from .training import fit
+
+    if train is None:
+        train = challenge_data()["train"]
+    arch, kw = reference_arch()
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = _build(arch, _check_kwargs(arch, kw))
+        fit(model, train, epochs=epochs, lr=3e-3, seed=seed, progress=False)
+    finally:
+        torch.set_num_threads(old)
+    return model.eval()
+
+
+def calibration_data(n: int = 256) -> np.ndarray:
+    """The public calibration images of the ``"int8"`` runtime: the first ``n`` digits training images, 28x28."""
+    from .data import load_dataset
+
+    return load_dataset("digits", "train", image_size=28)[0][:n]
+
+
+def encode_int8(w) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``w ~ scale[c] * q`` with ``q in [-127, 127]``.
+
+    ``scale[c] = max |w[c]| / 127``; ``q = round(w / scale)`` (ties to even). An all-zero channel gets
+    ``scale = 0`` and ``q = 0``. (Book Eq. ``quant-symmetric`` with the signed grid ``-127..127``, as
+    PyTorch's ``qint8`` with ``quant_min=-127``.)
+
+    Parameters
+    ----------
+    w : torch.Tensor or ndarray, at least 1-D, finite
+        Axis 0 is the output channel.
+
+    Returns
+    -------
+    q : torch.Tensor, int8, shape of ``w``
+    scale : torch.Tensor, float32, shape ``(w.shape[0],)``
+    """
+    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w).detach().to(torch.float32)
+    if t.dim() < 1 or t.numel() == 0:
+        raise ValueError(f"w must be a non-empty tensor with an output-channel axis, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("w contains NaN or infinite values")
+    flat = t.reshape(t.shape[0], -1)
+    scale = flat.abs().amax(dim=1) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / safe[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
+    return q, scale
+
+
+def challenge_score(accuracy: float, size_bytes: float, latency_s: float, ref_accuracy: float,
+                    ref_size_bytes: float, ref_latency_s: float, margin: float = MARGIN) -> float:
+    """The published score: 0 below the margin, else ``sqrt(size ratio * speed-up)`` (see the module doc).
+
+    ``accuracy < ref_accuracy - margin`` scores 0; otherwise the score is the geometric mean of
+    ``ref_size_bytes / size_bytes`` and ``ref_latency_s / latency_s``, so the reference itself
+    scores 1 and a model 4x smaller and 4x faster scores 4.
+    """
+    vals = dict(accuracy=accuracy, size_bytes=size_bytes, latency_s=latency_s, ref_accuracy=ref_accuracy,
+                ref_size_bytes=ref_size_bytes, ref_latency_s=ref_latency_s, margin=margin)
+    for k, v in vals.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+            raise ValueError(f"{k} must be a finite number, got {v!r}")
+    for k in ("size_bytes", "latency_s", "ref_size_bytes", "ref_latency_s"):
+        if vals[k] <= 0:
+            raise ValueError(f"{k} must be > 0, got {vals[k]!r}")
+    for k in ("accuracy", "ref_accuracy", "margin"):
+        if not 0 <= vals[k] <= 1:
+            raise ValueError(f"{k} must be in [0, 1], got {vals[k]!r}")
+    if accuracy < ref_accuracy - margin:
+        return 0.0
+    return float(math.sqrt((ref_size_bytes / size_bytes) * (ref_latency_s / latency_s)))
+
+
+# --------------------------------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------------------------------
+def _binary_module_names(model) -> set[str]:
+    from .binaryconnect import binary_layers
+
+    return {f"{n}.weight" if n else "weight" for n in binary_layers(model)}
+
+
+def save_submission(model: nn.Module, folder, arch: str, arch_kwargs: dict | None = None, *,
+                    weight_bits: int = 32, runtime: str = "float32") -> Path:
+    """Write ``model`` as a challenge submission: ``folder/model.json`` and ``folder/model.safetensors``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Built by ``ARCHS[arch]`` with ``arch_kwargs`` (its ``state_dict`` must match: plain weights,
+        call ``torch.nn.utils.prune.remove`` on pruned layers first).
+    folder : path
+        Created if needed; the two files are overwritten.
+    arch : str
+        A key of :data:`ARCHS`.
+    arch_kwargs : dict
+        JSON-serializable constructor arguments (lists for widths).
+    weight_bits : {32, 16, 8, 1}
+        Encoding of the Linear/Conv2d weights: float32, float16, per-channel int8
+        (:func:`encode_int8`) or 1 bit (signs packed 8 per byte and a per-channel ``alpha``; ``alpha = 1``
+        for BinaryConnect layers, ``mean |w|`` otherwise). Other entries (biases, BatchNorm) are
+        stored as float32 (float16 when ``weight_bits=16``).
+    runtime : {"float32", "int8"}
+        How the grader runs the model: as loaded, or through
+        :func:`courselib.quantization.quantize_static_int8` calibrated on :func:`calibration_data`.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    from safetensors.torch import save_file
+
+    from .binary_codes import pack_codes
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if weight_bits not in WEIGHT_BITS:
+        raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}, got {weight_bits!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    arch_kwargs = {} if arch_kwargs is None else arch_kwargs
+    try:
+        json_kwargs = json.loads(json.dumps(arch_kwargs))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"arch_kwargs must be JSON-serializable: {err}") from None
+    try:
+        kwargs = _check_kwargs(arch, json_kwargs)
+        expected, weight_keys, _ = _expected_state(arch, kwargs)
+    except ChallengeError as err:
+        raise ValueError(err.message) from None
+    state = model.state_dict()
+    if set(state) != set(expected):
+        raise ValueError(f"model's state_dict does not match {arch}({json_kwargs}): missing "
+                         f"{sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))}")
+    for k, v in state.items():
+        if tuple(v.shape) != expected[k][0]:
+            raise ValueError(f"{k}: shape {tuple(v.shape)} but {arch}({json_kwargs}) expects {expected[k][0]}")
+    binary = _binary_module_names(model)
+    other_dtype = torch.float16 if weight_bits == 16 else torch.float32
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if not v.is_floating_point():
+            tensors[k] = v.to(torch.int64).contiguous()
+        elif k in weight_keys and weight_bits == 8:
+            q, s = encode_int8(v)
+            tensors[k + "::int8"], tensors[k + "::scale"] = q.contiguous(), s.contiguous()
+        elif k in weight_keys and weight_bits == 1:
+            bits = (v >= 0).reshape(1, -1).numpy().astype(np.uint8)
+            tensors[k + "::bits"] = torch.from_numpy(pack_codes(bits).reshape(-1).copy())
+            alpha = (torch.ones(v.shape[0]) if k in binary
+                     else v.abs().reshape(v.shape[0], -1).mean(dim=1)).to(torch.float32)
+            tensors[k + "::alpha"] = alpha.contiguous()
+        elif k in weight_keys and weight_bits == 16:
+            tensors[k] = v.to(torch.float16).contiguous()
+        else:
+            tensors[k] = v.to(other_dtype).contiguous()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / WEIGHTS_NAME))
+    meta = {"format": FORMAT, "arch": arch, "arch_kwargs": json_kwargs, "runtime": runtime}
+    (folder / JSON_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# loading (untrusted input)
+# --------------------------------------------------------------------------------------------------
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ChallengeError("missing", f"no {what} ({path.name}) in {path.parent}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ChallengeError("invalid-model", f"{path.name} must be a regular file (not a link or folder)")
+    if st.st_size > limit:
+        raise ChallengeError("too-large", f"{path.name} has {st.st_size:,} bytes; the limit is {limit:,}")
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ChallengeError("too-large", f"{path.name} exceeds {limit:,} bytes")
+    return data
+
+
+def _parse_header(data: bytes) -> dict:
+    """Validate the safetensors layout: 8-byte header length, JSON header, contiguous offsets."""
+    if len(data) < 8:
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} is truncated ({len(data)} bytes): not a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES:
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: declared header of {n:,} bytes (limit "
+                                              f"{MAX_HEADER_BYTES:,}); not a safetensors file")
+    if 8 + n > len(data):
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} is truncated: header needs {8 + n} bytes, "
+                                              f"file has {len(data)}")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: header is not JSON; not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: header must be a JSON object")
+    header.pop("__metadata__", None)
+    body = len(data) - 8 - n
+    spans = []
+    for key, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: malformed entry {key!r}")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _DTYPES:
+            raise ChallengeError("invalid-model", f"{key}: dtype {dtype!r} not allowed ({sorted(_DTYPES)})")
+        if (not isinstance(shape, list) or len(shape) > 8
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape)):
+            raise ChallengeError("invalid-model", f"{key}: bad shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise ChallengeError("invalid-model", f"{key}: bad data_offsets {offs!r}")
+        numel = math.prod(shape)
+        if numel > MAX_PARAMETERS:
+            raise ChallengeError("too-large", f"{key}: declared shape {shape} holds {numel:,} values "
+                                              f"(limit {MAX_PARAMETERS:,})")
+        if offs[1] - offs[0] != numel * _DTYPES[dtype][1] or not 0 <= offs[0] <= offs[1] <= body:
+            raise ChallengeError("invalid-model", f"{key}: data_offsets {offs} do not match shape {shape} "
+                                                  f"{dtype} inside a body of {body} bytes (truncated file?)")
+        spans.append((offs[0], offs[1]))
+    spans.sort()
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: overlapping or gapped tensor data")
+        pos = b
+    if pos != body:
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: {body - pos} trailing bytes after the tensors")
+    return header
+
+
+def _decode_state(header: dict, data: bytes, expected: dict, weight_keys: set) -> dict:
+    from safetensors.torch import load as st_load
+
+    from .binary_codes import unpack_codes
+
+    want = {}  # entry name -> (dtype names allowed, shape)
+    groups = {}
+    present = set(header)
+    for k, (shape, dt) in expected.items():
+        if not dt.is_floating_point:
+            want[k] = ({"I64"}, shape)
+            groups[k] = ("plain", k)
+            continue
+        if k in weight_keys and k + "::int8" in present:
+            want[k + "::int8"], want[k + "::scale"] = ({"I8"}, shape), ({"F32"}, (shape[0],))
+            groups[k] = ("int8", k)
+        elif k in weight_keys and k + "::bits" in present:
+            want[k + "::bits"] = ({"U8"}, (math.ceil(math.prod(shape) / 8),))
+            want[k + "::alpha"] = ({"F32"}, (shape[0],))
+            groups[k] = ("bits", k)
+        else:
+            want[k] = ({"F32", "F16"}, shape)
+            groups[k] = ("plain", k)
+    missing, extra = sorted(set(want) - present), sorted(present - set(want))
+    if missing or extra:
+        raise ChallengeError("invalid-model", f"weights do not match the declared architecture: missing "
+                                              f"{missing[:5]}, unexpected {extra[:5]}")
+    for name, (dtypes, shape) in want.items():
+        info = header[name]
+        if info["dtype"] not in dtypes:
+            raise ChallengeError("invalid-model", f"{name}: dtype {info['dtype']}, expected one of {sorted(dtypes)}")
+        if tuple(info["shape"]) != tuple(shape):
+            raise ChallengeError("invalid-model", f"{name}: shape {tuple(info['shape'])}, the architecture "
+                                                  f"needs {tuple(shape)}")
+    try:
+        raw = st_load(data)
+    except Exception as err:  # noqa: BLE001 - the library's own validation
+        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} cannot be decoded: {err}") from None
+    state = {}
+    for k, (kind, _) in groups.items():
+        shape, dt = expected[k]
+        if kind == "plain":
+            v = raw[k]
+        elif kind == "int8":
+            v = raw[k + "::int8"].to(torch.float32) * raw[k + "::scale"].reshape(-1, *([1] * (len(shape) - 1)))
+        else:
+            n = math.prod(shape)
+            bits = unpack_codes(raw[k + "::bits"].numpy().reshape(1, -1), n).reshape(shape).astype(np.float32)
+            v = torch.from_numpy(bits * 2 - 1) * raw[k + "::alpha"].reshape(-1, *([1] * (len(shape) - 1)))
+        v = v.to(dt)
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ChallengeError("invalid-model", f"{k} contains NaN or infinite values")
+        state[k] = v
+    return state
+
+
+def load_submission(folder) -> tuple[nn.Module, dict]:
+    """Load and validate a submission folder; never unpickles, never runs submitted code.
+
+    Returns
+    -------
+    model : nn.Module
+        In eval mode; for ``runtime="int8"`` already converted by
+        :func:`courselib.quantization.quantize_static_int8` (calibrated on :func:`calibration_data`).
+    meta : dict
+        The validated ``model.json`` content plus ``"n_parameters"``.
+
+    Raises
+    ------
+    ChallengeError
+        ``status="missing"`` (no folder or file), ``"invalid-model"`` (bad JSON, arch not allowed,
+        wrong kwargs, not a safetensors file, truncated, wrong names/dtypes/shapes, NaN) or
+        ``"too-large"`` (files, declared widths or declared tensors above the limits).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ChallengeError("missing", f"{folder} is not a folder")
+    raw_json = _read_regular(folder / JSON_NAME, MAX_JSON_BYTES, "model description")
+    try:
+        meta = json.loads(raw_json.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ChallengeError("invalid-model", f"{JSON_NAME} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ChallengeError("invalid-model", f"{JSON_NAME} must hold a JSON object")
+    allowed = {"format", "arch", "arch_kwargs", "runtime"}
+    if set(meta) - allowed or "arch" not in meta:
+        raise ChallengeError("invalid-model", f"{JSON_NAME} must have keys {sorted(allowed)} (arch required), "
+                                              f"got {sorted(meta)}")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise ChallengeError("invalid-model", f"format must be {FORMAT!r}, got {meta.get('format')!r}")
+    runtime = meta.get("runtime", "float32")
+    if runtime not in RUNTIMES:
+        raise ChallengeError("invalid-model", f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    kwargs = _check_kwargs(meta["arch"], meta.get("arch_kwargs", {}))
+    expected, weight_keys, n_params = _expected_state(meta["arch"], kwargs)
+    data = _read_regular(folder / WEIGHTS_NAME, MAX_WEIGHTS_BYTES, "weights file")
+    header = _parse_header(data)
+    state = _decode_state(header, data, expected, weight_keys)
+    model = _build(meta["arch"], kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ChallengeError("invalid-model", f"state does not load: {str(err)[:300]}") from None
+    model.eval()
+    if runtime == "int8":
+        from .quantization import quantize_static_int8
+
+        if meta["arch"] == "BinaryCNN":
+            raise ChallengeError("invalid-model", "runtime 'int8' is for CourseCNN, SeparableCNN and MLP")
+        model = quantize_static_int8(model, calibration_data()).eval()
+    out = {"format": FORMAT, "arch": meta["arch"], "arch_kwargs": meta.get("arch_kwargs", {}), "runtime": runtime,
+           "n_parameters": n_params}
+    return model, out
+
+
+def submission_nbytes(folder) -> int:
+    """Bytes on disk of a submission: ``model.json`` plus ``model.safetensors``."""
+    folder = Path(folder)
+    return sum(os.lstat(folder / n).st_size for n in (JSON_NAME, WEIGHTS_NAME))
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------------------
+def _measure(model, X_test, y_test, latency_batch, repeats):
+    from .pruning import measure_latency
+    from .training import evaluate
+
+    acc = evaluate(model, (X_test, y_test))["accuracy"]
+    x = torch.as_tensor(np.asarray(X_test[:latency_batch]), dtype=torch.float32)
+    lat = measure_latency(model, x, repeats=repeats, warmup=3, num_threads=1)
+    return acc, lat
+
+
+def _reference_stats(reference, X_test, y_test, latency_batch, repeats) -> dict:
+    if isinstance(reference, dict):
+        return reference
+    if not isinstance(reference, nn.Module):
+        raise TypeError(f"reference must be an nn.Module or a dict of its stats, got {type(reference).__name__}")
+    arch, kw = reference_arch()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_submission(reference, tmp, arch, kw)
+        size = submission_nbytes(tmp)
+    acc, lat = _measure(reference, X_test, y_test, latency_batch, repeats)
+    return {"accuracy": acc, "size_bytes": size, "latency_s": lat}
+
+
+def score_submission(folder, X_test, y_test, reference, *, margin: float = MARGIN,
+                     latency_batch: int = LATENCY_BATCH, repeats: int = 20) -> dict:
+    """Load, measure and score one submission against the reference, in this process.
+
+    Parameters
+    ----------
+    folder : path
+        The submission (``model.json`` + ``model.safetensors``).
+    X_test, y_test : arrays
+        The grader's test images (n, 28, 28) and labels.
+    reference : nn.Module or dict
+        The reference model (saved as float32 with :func:`save_submission` to measure its size, and
+        timed now), or its stats ``{"accuracy", "size_bytes", "latency_s"}`` measured earlier in the
+        same process.
+    margin : float
+    latency_batch, repeats : int
+        Batch of the timed forward pass and number of timed repeats (median; one torch thread).
+
+    Returns
+    -------
+    dict
+        ``status`` (see :data:`STATUSES`), ``accuracy``, ``size_bytes``, ``latency_ms``, ``score``
+        (``None`` unless scored), ``reference`` (the reference stats), ``note``. Never raises on a
+        bad submission: a :class:`ChallengeError` becomes its status with ``score=None``.
+    """
+    ref = _reference_stats(reference, X_test, y_test, latency_batch, repeats)
+    out = {"status": None, "accuracy": None, "size_bytes": None, "latency_ms": None, "score": None,
+           "reference": {"accuracy": ref["accuracy"], "size_bytes": ref["size_bytes"],
+                         "latency_ms": 1e3 * ref["latency_s"]}, "note": ""}
+    try:
+        model, meta = load_submission(folder)
+    except ChallengeError as err:
+        out.update(status=err.status, note=err.message)
+        return out
+    size = submission_nbytes(folder)
+    try:
+        acc, lat = _measure(model, X_test, y_test, latency_batch, repeats)
+    except Exception as err:  # noqa: BLE001 - a valid file whose model cannot run the test images
+        out.update(status="invalid-model", note=f"the model fails on the test images: {err}"[:300])
+        return out
+    score = challenge_score(acc, size, lat, ref["accuracy"], ref["size_bytes"], ref["latency_s"], margin)
+    below = acc < ref["accuracy"] - margin
+    out.update(status="below-margin" if below else "scored", accuracy=acc, size_bytes=size,
+               latency_ms=1e3 * lat, score=score,
+               note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']}"
+                    + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""))
+    return out
+
+
+def grade_challenge(submissions, out_dir, *, lab: str = "lab06_challenge", folder_name: str = "submission",
+                    X_test=None, y_test=None, reference=None, margin: float = MARGIN,
+                    latency_batch: int = LATENCY_BATCH, repeats: int = 20, students=None) -> list[dict]:
+    """Score every ``<submissions>/<student>/<lab>/<folder_name>/`` and write the leaderboard.
+
+    Writes ``<out_dir>/<lab>_leaderboard.csv`` and ``<out_dir>/<lab>_leaderboard.html``
+    (:func:`write_leaderboard`). Runs in the grader's own process: loading is safe by design
+    (:func:`load_submission`), and every submission is timed in the same process as the reference.
+
+    Parameters
+    ----------
+    submissions : path
+        nbgrader's layout ``<student>/<lab>/...``.
+    out_dir : path
+    X_test, y_test : arrays, optional
+        The hidden test set; default ``challenge_data()["test"]``.
+    reference : nn.Module, optional
+        Default :func:`train_reference` ``()``.
+    students : iterable of str, optional
+        Score these ids (a missing folder is ``missing``); default every student folder.
+
+    Returns
+    -------
+    list of dict
+        One row per student (``student_id`` plus the :func:`score_submission` fields), best first.
+    """
+    if X_test is None or y_test is None:
+        X_test, y_test = challenge_data()["test"]
+    if reference is None:
+        reference = train_reference()
+    ref = _reference_stats(reference, X_test, y_test, latency_batch, repeats)
+    submissions = Path(submissions)
+    if students is None:
+        students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows = []
+    for student in students:
+        res = score_submission(submissions / student / lab / folder_name, X_test, y_test, ref, margin=margin,
+                               latency_batch=latency_batch, repeats=repeats)
+        rows.append({"student_id": student, **res})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_leaderboard(rows, out_dir / f"{lab}_leaderboard.csv", out_dir / f"{lab}_leaderboard.html",
+                      reference=ref, margin=margin, latency_batch=latency_batch)
+    return _ranked(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# leaderboard
+# --------------------------------------------------------------------------------------------------
+_COLUMNS = ("rank", "student_id", "status", "score", "accuracy", "size_bytes", "latency_ms", "note")
+
+
+def _ranked(results):
+    return sorted(results, key=lambda r: (r.get("score") is None, -(r.get("score") or 0.0), str(r.get("student_id"))))
+
+
+def _fmt(key, value):
+    if value is None:
+        return ""
+    if key == "score":
+        return f"{value:.3f}"
+    if key == "accuracy":
+        return f"{value:.4f}"
+    if key == "latency_ms":
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_leaderboard(results, csv_path, html_path, *, reference: dict | None = None, margin: float = MARGIN,
+                      latency_batch: int = LATENCY_BATCH, title: str = "Compression challenge leaderboard"):
+    """Write the ranked results as CSV and as a self-contained HTML page (inline CSS, no scripts).
+
+    Parameters
+    ----------
+    results : list of dict
+        Rows with ``student_id``, ``status``, ``score``, ``accuracy``, ``size_bytes``, ``latency_ms``,
+        ``note`` (as returned by :func:`score_submission` plus ``student_id``).
+    csv_path, html_path : path
+    reference : dict, optional
+        Reference stats shown above the table (``accuracy``, ``size_bytes``, ``latency_s`` or ``latency_ms``).
+
+    Returns
+    -------
+    (Path, Path)
+    """
+    rows = _ranked(list(results))
+    for r in rows:
+        if "student_id" not in r or "status" not in r:
+            raise ValueError(f"every result needs student_id and status, got keys {sorted(r)}")
+    csv_path, html_path = Path(csv_path), Path(html_path)
+    table = []
+    rank = 0
+    for r in rows:
+        if r.get("score") is not None:
+            rank += 1
+        table.append({"rank": rank if r.get("score") is not None else "", **{k: r.get(k) for k in _COLUMNS[1:]}})
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=_COLUMNS)
+        w.writeheader()
+        for t in table:
+            w.writerow({k: _fmt(k, t[k]) for k in _COLUMNS})
+    esc = html.escape
+    ref_line = ""
+    if reference:
+        lat = reference.get("latency_ms", 1e3 * reference["latency_s"] if "latency_s" in reference else None)
+        ref_line = (f"<p>Reference: accuracy {reference['accuracy']:.4f}, {reference['size_bytes']:,} bytes, "
+                    f"{lat:.3f} ms per batch of {latency_batch} (1 torch thread). A submission scores 0 below "
+                    f"accuracy {reference['accuracy'] - margin:.4f} (margin {margin}).</p>")
+    head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
+    body = "\n".join("<tr class=\"%s\">" % esc(str(t["status"])) + "".join(
+        f"<td>{esc(_fmt(c, t[c]))}</td>" for c in _COLUMNS) + "</tr>" for t in table)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #999;padding:.3em .6em;text-align:right}}th{{background:#eee}}
+td:nth-child(2),td:nth-child(3),td:nth-child(8){{text-align:left}}tr.scored td:nth-child(4){{font-weight:bold}}
+tr.invalid-model,tr.too-large,tr.missing{{color:#777}}</style></head>
+<body><h1>{esc(title)}</h1>
+<p>score = 0 if accuracy &lt; reference accuracy &minus; margin, else
+sqrt((reference size / size) &times; (reference latency / latency)); higher is better.</p>
+{ref_line}
+<table><thead><tr>{head}</tr></thead><tbody>
+{body}
+</tbody></table></body></html>
+"""
+    html_path.write_text(page, encoding="utf-8")
+    return csv_path, html_path
+
+
+def main(argv=None) -> int:
+    """``python -m courselib.challenge SUBMISSIONS OUT_DIR``: score every submission, write the leaderboard."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m courselib.challenge", description=main.__doc__)
+    p.add_argument("submissions")
+    p.add_argument("out_dir")
+    p.add_argument("--lab", default="lab06_challenge")
+    a = p.parse_args(argv)
+    rows = grade_challenge(a.submissions, a.out_dir, lab=a.lab)
+    for r in rows:
+        print(f"{r['student_id']}: {r['status']} score={_fmt('score', r['score']) or '-'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""Putting it together: every method of the book on one model, measured the same way.
+
+Implements the chapter ``book/putting_together.md`` and ``benchmarks/bench_compare.py``:
+
+- :func:`evaluate_compressed` -- accuracy, size of the file really written to disk, and median
+  latency (:func:`courselib.pruning.measure_latency`, torch threads fixed) of one model;
+- savers that decide what "size on disk" means for each method: :func:`save_dense`
+  (``torch.save`` of the state dict; int8 models store their weights as one byte each),
+  :func:`save_sparse` (pruned weights as CSR tensors with int32 indices, book Eq. ``obd-csr-bytes``:
+  unstructured sparsity only saves space in a sparse format) and :func:`save_packed_binary`
+  (1 bit per binary weight, :func:`courselib.binaryconnect.pack_binary_weights`);
+- :func:`pareto_front` and :func:`plot_pareto` -- the accuracy-versus-cost trade-off;
+- the recipes of the chapter's table, one function per method, each a few calls of the book's
+  modules: :func:`obd_prune` (LeCun et al. 1989), :func:`filter_prune` (Li et al. 2017),
+  :func:`train_binary` (Courbariaux et al. 2015), :func:`distill_student` (Hinton et al. 2015,
+  MobileNets-style student), :func:`combined_pipeline` (distill, then prune filters, then static
+  int8, Jacob et al. 2018) and :func:`trade_off_study`, which runs them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "save_dense",
+    "save_sparse",
+    "save_packed_binary",
+    "file_nbytes",
+    "evaluate_compressed",
+    "pareto_front",
+    "plot_pareto",
+    "markdown_table",
+    "obd_prune",
+    "filter_prune",
+    "train_binary",
+    "distill_student",
+    "combined_pipeline",
+    "trade_off_study",
+    "STUDY",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# sizes on disk
+# --------------------------------------------------------------------------------------------------
+def save_dense(model: nn.Module, path) -> None:
+    """``torch.save(model.state_dict(), path)``: every stored value at its dtype (int8 models: 1 byte)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(model.state_dict(), path)
+
+
+def _weight_names(model: nn.Module) -> set[str]:
+    return {f"{n}.weight" if n else "weight" for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def save_sparse(model: nn.Module, path) -> None:
+    """Save the state dict with every Linear/Conv weight in CSR (values + int32 column indices + row pointers).
+
+    A conv weight ``(out, in, kh, kw)`` is stored as the ``(out, in*kh*kw)`` matrix. The file holds
+    ``nnz * (4 + 4) + (rows + 1) * 4`` bytes per weight plus the format's overhead (book Eq.
+    ``obd-csr-bytes`` with 4-byte indices), so it is smaller than the dense file only above 50%
+    sparsity. Pruning masks must have been made permanent (``torch.nn.utils.prune.remove``).
+    """
+    state = model.state_dict()
+    if any(k.endswith("_orig") or k.endswith("_mask") for k in state):
+        raise ValueError("save_sparse needs plain weights: call torch.nn.utils.prune.remove(...) first")
+    names = _weight_names(model)
+    out = {}
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        for k, v in state.items():
+            if k in names:
+                csr = v.detach().reshape(v.shape[0], -1).to_sparse_csr()
+                out[k] = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                                 csr.values(), csr.shape)
+                out[k + ".shape"] = torch.tensor(v.shape, dtype=torch.int32)
+            else:
+                out[k] = v
+        torch.save(out, path)
+
+
+def save_packed_binary(model: nn.Module, path) -> None:
+    """``torch.save(pack_binary_weights(model))``: 1 bit per BinaryConnect weight, the rest as is."""
+    from .binaryconnect import pack_binary_weights
+
+    torch.save(pack_binary_weights(model), path)
+
+
+def file_nbytes(model: nn.Module, saver: Callable = save_dense) -> int:
+    """Write ``model`` with ``saver(model, path)`` to ``model.pt`` in a temporary folder; its size in bytes.
+
+    The name is fixed because ``torch.save`` records it inside its zip archive (a longer name, a
+    larger file).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.pt")
+        saver(model, path)
+        return os.path.getsize(path)
+
+
+def evaluate_compressed(model: nn.Module, X, y, example_input, *, saver: Callable = save_dense,
+                        repeats: int = 20, num_threads: int = 1) -> dict:
+    """Accuracy on ``(X, y)``, size of the file ``saver`` writes, and median latency on ``example_input``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    X, y : arrays or tensors
+        Test data in the shape the model expects.
+    example_input : torch.Tensor
+        The timed batch (state its size next to the numbers).
+    saver : callable, default :func:`save_dense`
+        ``saver(model, path)``; :func:`save_sparse` for unstructured pruning, :func:`save_packed_binary`
+        for BinaryConnect models.
+    repeats : int
+        Timed repeats (median), after 3 warm-up calls.
+    num_threads : int
+        torch intra-op threads while timing (:func:`courselib.pruning.measure_latency`).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (float), ``size_bytes`` (int), ``latency_ms`` (float).
+    """
+    from .pruning import measure_latency
+    from .training import evaluate
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
+    acc = evaluate(model, (X, y))["accuracy"]
+    size = file_nbytes(model, saver)
+    lat = measure_latency(model, example_input, repeats=repeats, warmup=3, num_threads=num_threads)
+    return {"accuracy": float(acc), "size_bytes": int(size), "latency_ms": 1e3 * float(lat)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto front, figure, table
+# --------------------------------------------------------------------------------------------------
+def pareto_front(points) -> list[int]:
+    """Indices of the non-dominated ``(cost, accuracy)`` points, by increasing cost.
+
+    A point is dominated when another has cost ``<=`` and accuracy ``>=`` with at least one strict.
+    Exact duplicates are all kept.
+
+    Parameters
+    ----------
+    points : sequence of (cost, accuracy) pairs, finite
+    """
+    P = np.asarray(points, dtype=float)
+    if P.ndim != 2 or P.shape[1] != 2:
+        raise ValueError(f"points must be a sequence of (cost, accuracy) pairs, got shape {P.shape}")
+    if not np.all(np.isfinite(P)):
+        raise ValueError("points must be finite")
+    keep = []
+    for i, (c, a) in enumerate(P):
+        dominated = np.any((P[:, 0] <= c) & (P[:, 1] >= a) & ((P[:, 0] < c) | (P[:, 1] > a)))
+        if not dominated:
+            keep.append(i)
+    return sorted(keep, key=lambda i: (P[i, 0], -P[i, 1]))
+
+
+def plot_pareto(results: Sequence[dict], cost: str = "size_bytes", *, ax=None, log: bool = True):
+    """Accuracy against ``cost`` (``"size_bytes"`` or ``"latency_ms"``), the Pareto front as a step line.
+
+    Parameters
+    ----------
+    results : sequence of dict
+        Each with ``name``, ``accuracy`` and ``cost``.
+    ax : matplotlib Axes, optional
+    log : bool
+        Log-scaled cost axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    if cost not in ("size_bytes", "latency_ms"):
+        raise ValueError(f"cost must be 'size_bytes' or 'latency_ms', got {cost!r}")
+    if not results:
+        raise ValueError("results is empty")
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8.0, 3.8))
+    else:
+        fig = ax.figure
+    xs = np.array([r[cost] / (1024 if cost == "size_bytes" else 1) for r in results], dtype=float)
+    ys = np.array([100 * r["accuracy"] for r in results])
+    front = pareto_front(list(zip(xs, ys)))
+    ax.plot(xs[front], ys[front], color="C2", lw=1.5, drawstyle="steps-post", zorder=1)
+    handles = [Line2D([], [], color="C2", lw=1.5, label="Pareto front")]
+    for i, r in enumerate(results):
+        on = i in front
+        ax.scatter(xs[i], ys[i], s=60, color="C0" if on else "0.75", edgecolor="k", zorder=2)
+        ax.annotate(str(i + 1), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 3), fontsize=9,
+                    fontweight="bold" if on else "normal")
+        handles.append(Line2D([], [], ls="", marker="o", color="C0" if on else "0.75", markeredgecolor="k",
+                              label=f"{i + 1}  {r['name']}"))
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xlabel("size on disk (KiB)" if cost == "size_bytes" else "latency (ms per batch)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(results: Sequence[dict], *, reference: str | None = None) -> str:
+    """The trade-off table as Markdown: method, accuracy, size, latency and the ratios to ``reference``."""
+    if not results:
+        raise ValueError("results is empty")
+    ref = next((r for r in results if r["name"] == reference), results[0])
+    lines = ["| method | accuracy (%) | size on disk (bytes) | smaller | latency (ms) | faster | storage |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f} | {r['size_bytes']:,} | "
+                     f"{ref['size_bytes'] / r['size_bytes']:.1f}x | {r['latency_ms']:.2f} | "
+                     f"{ref['latency_ms'] / r['latency_ms']:.1f}x | {r.get('storage', '')} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# recipes: one per row of the table
+# --------------------------------------------------------------------------------------------------
+def obd_prune(model: nn.Module, train, amount: float = 0.8, *, n_hessian: int = 256, finetune_epochs: int = 1,
+              lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Optimal Brain Damage on a copy: Gauss-Newton saliencies, prune ``amount`` of the weights, retrain.
+
+    LeCun et al. (1989) steps 2-5 with :func:`courselib.pruning.obd_saliency` (book Eq.
+    ``obd-saliency``) on the first ``n_hessian`` training examples, global
+    :func:`courselib.pruning.saliency_prune` over every Linear/Conv weight, ``finetune_epochs`` of
+    retraining with the masks on, then ``prune.remove`` (the zeros become plain weights).
+    """
+    from torch.nn.utils import prune
+
+    from .pruning import obd_saliency, prunable_parameters, saliency_prune
+    from .training import fit
+
+    m = copy.deepcopy(model).eval()
+    X, y = train
+    sub = (torch.as_tensor(np.asarray(X[:n_hessian])), torch.as_tensor(np.asarray(y[:n_hessian])))
+    sal = obd_saliency(m, F.cross_entropy, sub, method="gauss-newton")
+    saliency_prune(m, sal, amount)
+    if finetune_epochs:
+        fit(m, train, epochs=finetune_epochs, lr=lr, seed=seed, progress=False)
+    for _, module, attr in prunable_parameters(m):
+        if hasattr(module, attr + "_mask"):
+            prune.remove(module, attr)
+    return m.eval()
+
+
+def filter_prune(model: nn.Module, train, amount: float = 0.5, *, layers: Sequence[str] = ("conv1", "conv2"),
+                 finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Li et al. (2017) on a copy, layer by layer: remove the ``amount`` smallest-L1 filters, retrain, next layer."""
+    from .pruning import prune_filters
+    from .training import fit
+
+    m = copy.deepcopy(model)
+    for i, layer in enumerate(layers):
+        prune_filters(m, layer, amount)
+        if finetune_epochs:
+            fit(m, train, epochs=finetune_epochs, lr=lr, seed=seed + i, progress=False)
+    return m.eval()
+
+
+def train_binary(train, *, channels: Sequence[int] = (16, 32), epochs: int = 4, seed: int = 0) -> nn.Module:
+    """A BinaryConnect CNN of the reference's widths (deterministic binarization, first conv in float).
+
+    :func:`courselib.binaryconnect.make_binary_cnn` with ``float_first_conv=True``, latent weights from
+    ``U(-1, 1)``, trained with :func:`courselib.binaryconnect.fit_binaryconnect` (the paper's recipe,
+    ``epochs`` epochs). Evaluated with ``sign(w)``.
+    """
+    from .binaryconnect import RECIPE, fit_binaryconnect, init_latent_weights_, make_binary_cnn
+
+    X = np.asarray(train[0])
+    torch.manual_seed(seed)
+    m = make_binary_cnn("det", channels=tuple(channels), image_size=int(X.shape[-1]), float_first_conv=True)
+    init_latent_weights_(m, seed=seed)
+    fit_binaryconnect(m, train, epochs=epochs, lr=RECIPE["det"]["lr"], lr_final=RECIPE["det"]["lr_final"], seed=seed)
+    return m.eval()
+
+
+def distill_student(teacher: nn.Module, train, *, channels: Sequence[int] = (8, 16, 32), epochs: int = 8,
+                    lr: float = 1e-2, batch_size: int = 32, temperature: float = 4.0, alpha: float = 0.9,
+                    seed: int = 0) -> nn.Module:
+    """Distil ``teacher`` into a :class:`courselib.distillation.SeparableCNN` (Hinton et al. 2015 soft targets)."""
+    from .distillation import SeparableCNN, distill
+
+    torch.manual_seed(seed)
+    student = SeparableCNN(channels=tuple(channels))
+    distill(student, teacher, train, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
+            batch_size=batch_size, seed=seed, progress=False)
+    return student.eval()
+
+
+def combined_pipeline(student: nn.Module, teacher: nn.Module, train, calibration_X, *, amount: float = 0.5,
+                      finetune_epochs: int = 2, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+    """Distil, then prune, then quantize: the book's three steps in a row, on a copy of ``student``.
+
+    1. ``student`` is a distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`);
+    2. the ``amount`` smallest-L1 filters of its last pointwise convolution are removed
+       (:func:`courselib.pruning.prune_filters`, structured, so the network stays dense and smaller: the
+       depthwise layers before it cannot lose channels alone) and the student is distilled again for
+       ``finetune_epochs``;
+    3. post-training static int8 (:func:`courselib.quantization.quantize_static_int8`) calibrated on
+       ``calibration_X``.
+    """
+    from .distillation import distill
+    from .pruning import prune_filters
+    from .quantization import quantize_static_int8
+
+    m = copy.deepcopy(student)
+    last = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1][-1]
+    prune_filters(m, last, amount)
+    if finetune_epochs:
+        distill(m, teacher, train, epochs=finetune_epochs, lr=lr, batch_size=32, seed=seed, progress=False)
+    return quantize_static_int8(m.eval(), calibration_X)
+
+
+#: The chapter's settings (the benchmark scales the epochs and the data).
+STUDY = {"reference_epochs": 4, "binary_epochs": 4, "obd_amount": 0.8, "filter_amount": 0.5,
+         "student_channels": (8, 16, 32), "student_epochs": 8, "pipeline_amount": 0.5,
+         "finetune_epochs": 1, "latency_batch": 64, "repeats": 20}
+
+
+def trade_off_study(train, test, *, settings: dict | None = None, reference: nn.Module | None = None,
+                    seed: int = 0, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Every method of the book on one reference model; returns the table rows and the models.
+
+    Rows (in order): float32 reference (``CourseCNN(16, 32)``), dynamic int8, static int8,
+    BinaryConnect (1-bit weights, packed), OBD-pruned (CSR file), filter-pruned, distilled
+    ``SeparableCNN``, and the combined pipeline. Each row: ``name``, ``accuracy``, ``size_bytes``,
+    ``latency_ms``, ``storage`` (what the file holds). Latency: a batch of ``latency_batch`` test
+    images, one torch thread.
+
+    Parameters
+    ----------
+    train, test : (X, y) with X of shape (n, 28, 28)
+    settings : dict, optional
+        Overrides of :data:`STUDY`.
+    reference : nn.Module, optional
+        A trained reference (default: :func:`courselib.challenge.train_reference` on ``train``).
+    log : callable, optional
+        Called with a short message after each method (progress).
+    """
+    from .challenge import train_reference
+    from .quantization import quantize_dynamic_int8, quantize_static_int8
+
+    s = {**STUDY, **(settings or {})}
+    unknown = set(s) - set(STUDY)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(STUDY)}")
+    say = log or (lambda msg: None)
+    Xte, yte = test
+    example = torch.as_tensor(np.asarray(Xte[:s["latency_batch"]]), dtype=torch.float32)
+    calib = np.asarray(train[0][:256])
+    ev = lambda m, saver=save_dense: evaluate_compressed(m, Xte, yte, example, saver=saver, repeats=s["repeats"])
+    models, rows = {}, []
+
+    def add(name, model, storage, saver=save_dense):
+        models[name] = model
+        rows.append({"name": name, **ev(model, saver), "storage": storage})
+        say(f"{name}: done")
+
+    ref = reference if reference is not None else train_reference(seed=seed, epochs=s["reference_epochs"], train=train)
+    add("float32 reference", ref, "float32 weights")
+    add("int8 dynamic", quantize_dynamic_int8(ref), "int8 Linear weights, float32 convs")
+    add("int8 static", quantize_static_int8(ref, calib), "int8 weights and activations")
+    add("BinaryConnect", train_binary(train, epochs=s["binary_epochs"], seed=seed), "1 bit/weight packed; float conv1",
+        save_packed_binary)
+    add(f"OBD {int(100 * s['obd_amount'])}% pruned",
+        obd_prune(ref, train, s["obd_amount"], finetune_epochs=s["finetune_epochs"], seed=seed),
+        "CSR (float32 values, int32 indices)", save_sparse)
+    add(f"filters {int(100 * s['filter_amount'])}% pruned",
+        filter_prune(ref, train, s["filter_amount"], finetune_epochs=s["finetune_epochs"], seed=seed),
+        "float32, smaller dense CNN")
+    student = distill_student(ref, train, channels=s["student_channels"], epochs=s["student_epochs"], seed=seed)
+    add("distilled student", student, "float32 SeparableCNN")
+    add("distill + prune + int8",
+        combined_pipeline(student, ref, train, calib, amount=s["pipeline_amount"],
+                          finetune_epochs=max(1, s["finetune_epochs"]), seed=seed),
+        "int8 SeparableCNN, fewer filters")
+    return rows, models

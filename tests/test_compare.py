@@ -1,0 +1,137 @@
+"""courselib.compare: sizes on disk, evaluation, Pareto front, recipes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from courselib import compare
+from courselib.binaryconnect import make_binary_cnn
+from courselib.data import load_dataset
+from courselib.models import CourseCNN, MLP
+from courselib.training import fit, predict
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.set_num_threads(1)
+    X, y = load_dataset("digits", "train", image_size=28)
+    Xte, yte = load_dataset("digits", "test", image_size=28)
+    return (X[:300], y[:300]), (Xte[:120], yte[:120])
+
+
+def _sparse_mlp(density, seed=0):
+    torch.manual_seed(seed)
+    m = MLP(in_features=784, hidden=(64,))
+    with torch.no_grad():
+        for layer in (m.net[0], m.net[2]):
+            mask = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(seed)) < density
+            layer.weight.mul_(mask)
+    return m
+
+
+def test_file_nbytes_is_the_written_file(tmp_path):
+    m = CourseCNN()
+    path = tmp_path / "model.pt"
+    compare.save_dense(m, path)
+    assert compare.file_nbytes(m) == os.path.getsize(path)
+    n_float = sum(v.numel() * v.element_size() for v in m.state_dict().values())
+    assert n_float < compare.file_nbytes(m) < n_float + 8192  # values plus the container's overhead
+
+
+def test_save_sparse_size_follows_csr_formula_and_round_trips(tmp_path):
+    dense_m, sparse_m = _sparse_mlp(1.0), _sparse_mlp(0.1)
+    assert compare.file_nbytes(sparse_m, compare.save_sparse) < compare.file_nbytes(sparse_m) / 3
+    # at full density CSR costs more than dense: 8 bytes per value instead of 4
+    assert compare.file_nbytes(dense_m, compare.save_sparse) > compare.file_nbytes(dense_m)
+    from courselib.pruning import storage_bytes
+
+    w = sparse_m.net[0].weight.detach()
+    csr_payload = storage_bytes(w, "csr", value_bytes=4, index_bytes=4)
+    diff = compare.file_nbytes(_sparse_mlp(1.0), compare.save_sparse) - compare.file_nbytes(sparse_m, compare.save_sparse)
+    nnz_diff = int((_sparse_mlp(1.0).net[0].weight != 0).sum() + (_sparse_mlp(1.0).net[2].weight != 0).sum()
+                   - (w != 0).sum() - (sparse_m.net[2].weight != 0).sum())
+    assert abs(diff - 8 * nnz_diff) < 2048 and csr_payload < w.numel() * 4
+    compare.save_sparse(sparse_m, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    w_back = state["net.0.weight"].to_dense().reshape(tuple(state["net.0.weight.shape"].tolist()))
+    assert torch.equal(w_back, w) and state["net.0.weight"].col_indices().dtype == torch.int32
+
+
+def test_save_sparse_refuses_masks():
+    m = _sparse_mlp(0.5)
+    prune.l1_unstructured(m.net[0], "weight", 0.5)
+    with pytest.raises(ValueError, match="prune.remove"):
+        compare.file_nbytes(m, compare.save_sparse)
+
+
+def test_packed_binary_is_about_32x_smaller():
+    m = make_binary_cnn("det", channels=(16, 32), image_size=28)
+    n_bin = sum(l.weight.numel() for l in m.modules() if hasattr(l, "eval_weights"))
+    saved = compare.file_nbytes(m) - compare.file_nbytes(m, compare.save_packed_binary)
+    assert saved > 0.9 * (4 * n_bin - n_bin / 8)
+
+
+def test_evaluate_compressed(small):
+    (X, y), (Xte, yte) = small
+    m = CourseCNN()
+    out = compare.evaluate_compressed(m, Xte, yte, torch.as_tensor(Xte[:8]), repeats=2)
+    assert set(out) == {"accuracy", "size_bytes", "latency_ms"}
+    assert out["accuracy"] == pytest.approx(np.mean(predict(m, Xte).argmax(1) == yte))
+    assert out["size_bytes"] == compare.file_nbytes(m) and out["latency_ms"] > 0
+    with pytest.raises(TypeError):
+        compare.evaluate_compressed(m, Xte, yte, Xte[:8])
+
+
+def test_pareto_front_hand_worked_and_brute_force():
+    pts = [(10, 0.9), (5, 0.8), (20, 0.95), (12, 0.85), (5, 0.7), (20, 0.95), (1, 0.5)]
+    assert compare.pareto_front(pts) == [6, 1, 0, 2, 5]
+    rng = np.random.default_rng(0)
+    P = rng.integers(0, 6, size=(40, 2)).astype(float)
+    front = set(compare.pareto_front(P))
+    for i in range(len(P)):
+        dom = any((P[j] [0] <= P[i][0]) and (P[j][1] >= P[i][1]) and tuple(P[j]) != tuple(P[i]) for j in range(len(P)))
+        assert (i in front) == (not dom)
+    with pytest.raises(ValueError, match="pairs"):
+        compare.pareto_front([1, 2, 3])
+    with pytest.raises(ValueError, match="finite"):
+        compare.pareto_front([(1, np.nan)])
+
+
+def test_plot_pareto_and_table():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [{"name": "a", "accuracy": 0.9, "size_bytes": 4096, "latency_ms": 2.0},
+            {"name": "b", "accuracy": 0.8, "size_bytes": 1024, "latency_ms": 4.0}]
+    fig = compare.plot_pareto(rows, "latency_ms")
+    assert fig.axes[0].get_xlabel().startswith("latency")
+    table = compare.markdown_table(rows)
+    assert "| b | 80.0 | 1,024 | 4.0x | 4.00 | 0.5x |" in table
+    with pytest.raises(ValueError, match="cost"):
+        compare.plot_pareto(rows, "accuracy")
+
+
+def test_recipes_shrink_the_model(small):
+    (X, y), _ = small
+    ref = CourseCNN(channels=(8, 16))
+    fit(ref, (X, y), epochs=1, progress=False)
+    obd = compare.obd_prune(ref, (X, y), 0.7, n_hessian=32, finetune_epochs=0)
+    w = torch.cat([obd.conv1.weight.flatten(), obd.conv2.weight.flatten(), obd.fc.weight.flatten()])
+    assert float((w == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+    assert not any(k.endswith("_mask") for k in obd.state_dict())
+    fp = compare.filter_prune(ref, (X, y), 0.5, finetune_epochs=0)
+    assert (fp.conv1.out_channels, fp.conv2.out_channels) == (4, 8)
+    assert ref.conv1.out_channels == 8  # the reference is untouched
+    student = compare.distill_student(ref, (X, y), channels=(4, 8), epochs=1)
+    q = compare.combined_pipeline(student, ref, (X, y), X[:32], amount=0.5, finetune_epochs=0)
+    assert predict(q, X[:4]).shape == (4, 10)
+    convs = [m for m in q.modules() if type(m).__name__ == "Conv2d" or "Conv" in type(m).__name__]
+    assert convs[-1].weight().shape[0] == 4  # the last pointwise conv lost half its filters, and is int8
+    assert convs[-1].weight().dtype == torch.qint8
+    with pytest.raises(ValueError, match="unknown settings"):
+        compare.trade_off_study((X, y), (X, y), settings={"epochs": 3})
