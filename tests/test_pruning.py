@@ -323,6 +323,7 @@ def _randomize_bn(model, seed=0):
                 m.bias.copy_(torch.randn(m.num_features, generator=gen))
                 m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model
 
 
 @pytest.mark.parametrize("layer, nxt, indices", [("conv1", "conv2", [1, 4]), ("conv2", "fc", [0, 3, 7])])
@@ -475,3 +476,65 @@ def test_explorer_callbacks_draw():
         assert len(fig.axes[0].patches) == 6
         plt.close(fig)
     assert model.conv1.out_channels == 6  # the callback works on a copy
+
+
+def test_fold_batchnorm_matches_original_and_torch_fusion():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    model = _randomize_bn(CourseCNN(channels=(6, 4), image_size=8)).eval()
+    x = torch.rand(5, 8, 8)
+    folded = P.fold_batchnorm(model)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    assert isinstance(model.bn1, nn.BatchNorm2d)  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+        ref = fuse_conv_bn_eval(copy.deepcopy(model.conv1), copy.deepcopy(model.bn1))
+        torch.testing.assert_close(folded.conv1.weight, ref.weight)
+        torch.testing.assert_close(folded.conv1.bias, ref.bias)
+        # hand-worked: W * gamma / sqrt(var + eps)
+        scale = model.bn2.weight / torch.sqrt(model.bn2.running_var + model.bn2.eps)
+        torch.testing.assert_close(folded.conv2.weight, model.conv2.weight * scale[:, None, None, None])
+        deployed = P.inference_copy(model)
+        assert deployed.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        xcl = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(deployed(xcl), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fold_batchnorm_after_filter_removal():
+    torch.manual_seed(1)
+    model = _randomize_bn(CourseCNN(channels=(6, 4), image_size=8)).eval()
+    P.remove_filters(model, "conv1", [0, 3])
+    x = torch.rand(3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(P.fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compare_latency_and_layer_times():
+    model = CourseCNN(channels=(2, 2), image_size=8).train()
+    other = CourseCNN(channels=(1, 1), image_size=8).eval()
+    x = torch.rand(2, 8, 8)
+    before = torch.get_num_threads()
+    for deploy in (False, True):
+        res = P.compare_latency({"a": model, "b": other}, x, rounds=2, repeats=2, warmup=1, deploy=deploy)
+        assert set(res) == {"a", "b"} and all(isinstance(v, float) and v >= 0 for v in res.values())
+    res = P.compare_latency({"a": model}, x, rounds=2, repeats=2, clock="wall", num_threads=2, statistic="min")
+    assert res["a"] > 0
+    every = P.compare_latency({"a": model, "b": other}, x, rounds=3, repeats=2, statistic="all")
+    assert [len(v) for v in every.values()] == [6, 6]
+    assert torch.get_num_threads() == before and model.training and not other.training
+    parts = P.layer_times(model, x, repeats=2, warmup=1)
+    assert list(parts) == ["conv1", "bn1", "relu#1", "pool#1", "conv2", "bn2", "relu#2", "pool#2", "fc"]
+    assert list(P.layer_times(model, x, repeats=2, warmup=1, deploy=True)) == [
+        "conv1", "relu#1", "pool#1", "conv2", "relu#2", "pool#2", "fc"]
+    assert model.training and isinstance(model.bn1, nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("kwargs", [{"clock": "cpu"}, {"clock": "thread", "num_threads": 2}, {"rounds": 0},
+                                    {"statistic": "mean"}, {"repeats": 0}])
+def test_compare_latency_bad_arguments(kwargs):
+    model = CourseCNN(channels=(2, 2), image_size=8)
+    with pytest.raises(ValueError):
+        P.compare_latency({"a": model}, torch.rand(2, 8, 8), **kwargs)
+    with pytest.raises(ValueError):
+        P.compare_latency({}, torch.rand(2, 8, 8))
