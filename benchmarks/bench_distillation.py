@@ -1,18 +1,31 @@
 """Knowledge distillation: share of the teacher-student gap closed, temperature sweep, ensemble table.
 
-Run: ``.venv/bin/python benchmarks/run.py distillation`` (``--quick``: digits only, fewer rows).
+Run: ``.venv/bin/python benchmarks/run.py distillation`` (``--quick``: digits only, no sweep).
 
-Setting (chapter "Knowledge distillation"): the teacher is ``CourseCNN(32, 64)`` trained on the whole
-training split; the student is ``SeparableCNN`` (depthwise-separable) trained on a small transfer set
-(a different random subset per seed) alone, with soft targets (T=4, alpha=0.9), with FitNets feature
-matching through a 1x1 HintRegressor (beta=1e-3) and with both. "Gap closed" is
-``(acc - acc_alone) / (acc_teacher - acc_alone)`` per seed; mean +- std over 3 seeds.
-MNIST rows use the real 10,000-image MNIST test set from ``../shared/data/mnist`` (split 80/20 with seed 0),
-when present. One torch thread throughout.
+Setting (chapter "Knowledge distillation", section "Experiments on digits"): the teacher is
+``CourseCNN(32, 64)`` trained on the whole training split; the student is the depthwise-separable
+``SeparableCNN`` (average pooling to a 2x2 grid before its classifier). The student has only ``n_labelled`` labelled images (a different random subset per
+seed); the **transfer set** is the whole training split, the other images being *unlabelled*
+(``courselib.distillation.UNLABELLED``): the teacher labels them with its soft targets and features
+(Hinton, Vinyals & Dean 2015 note that the transfer set may be unlabelled). Rows:
+
+- student alone: cross-entropy on the labelled images, 40 epochs, Adam lr 1e-2, batch 32;
+- + soft targets: ``distill`` on the transfer set, T=4, alpha=0.9 (hard loss on the labelled images
+  only), 10 epochs, Adam lr 1e-2, batch 64;
+- + feature matching (FitNets, two stages): stage 1 trains the student up to its last block
+  (``blocks.0.6``) to predict the teacher's last feature map (``pool``) through a 1x1
+  ``HintRegressor``, on the transfer set (10 epochs, batch 32, no labels); stage 2 trains the whole
+  student on the labelled images as "student alone";
+- + both: stage 1 as above, then stage 2 is the soft-target distillation (FitNets' own recipe).
+
+"Gap closed" is ``(acc - acc_alone) / (acc_teacher - acc_alone)`` per seed; mean +- std over 3 seeds.
+MNIST rows use the real 10,000-image MNIST test set from ``../shared/data/mnist`` (split 80/20 with
+seed 0; the transfer set is the first ``n_transfer`` training images), when present. One torch thread.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -20,14 +33,13 @@ import torch
 
 from _common import SHARED_MNIST, print_table, shared_mnist_available
 from courselib.data import load_dataset, train_test_split_arrays
-from courselib.distillation import Ensemble, HintRegressor, SeparableCNN, distill
-from courselib.models import MLP, CourseCNN
+from courselib.distillation import UNLABELLED, Ensemble, HintRegressor, SeparableCNN, distill
+from courselib.models import CourseCNN
 from courselib.pruning import count_macs, count_parameters, measure_latency
 from courselib.training import evaluate, fit
 
 SEEDS = (0, 1, 2)
-CONFIGS = {"student alone": dict(alpha=0.0), "+ soft targets": dict(alpha=0.9),
-           "+ feature matching": dict(beta=1e-3), "+ both": dict(alpha=0.9, beta=1e-3)}
+LR = 1e-2
 
 
 def _pm(values, fmt="{:.3f}"):
@@ -40,88 +52,137 @@ def _setting(name: str):
     if name == "digits":
         Xtr, ytr = load_dataset("digits", "train")
         Xte, yte = load_dataset("digits", "test")
-        return dict(train=(Xtr, ytr), test=(Xte, yte), size=8, n_transfer=150, teacher_epochs=15,
-                    epochs=40, student=lambda: SeparableCNN(channels=(16, 32)), width=(32, 64))
+        return dict(train=(Xtr, ytr), test=(Xte, yte), size=8, n_labelled=150, teacher_epochs=10,
+                    teacher=(32, 64), student=(16, 32), hint=("blocks.0.6", "pool", 32, 64))
     X, y = load_dataset("mnist", "test", root=SHARED_MNIST)
     Xtr, Xte, ytr, yte = train_test_split_arrays(X, y, test_size=0.2, seed=0)
-    return dict(train=(Xtr, ytr), test=(Xte, yte), size=28, n_transfer=500, teacher_epochs=4,
-                epochs=30, student=lambda: SeparableCNN(channels=(8, 16, 32)), width=(16, 64))
+    n = 3000
+    return dict(train=(Xtr[:n], ytr[:n]), test=(Xte, yte), size=28, n_labelled=300, teacher_epochs=6,
+                teacher=(16, 32), student=(8, 16, 32), hint=("blocks.0.6", "pool", 16, 32))
 
 
-def _run_student(st, teacher, seed, *, alpha=0.0, beta=0.0, temperature=4.0):
+def _split(st, seed):
     Xtr, ytr = st["train"]
-    idx = np.random.default_rng(seed).permutation(len(Xtr))[:st["n_transfer"]]
+    idx = np.random.default_rng(seed).permutation(len(Xtr))
+    labelled = (Xtr[idx[:st["n_labelled"]]], ytr[idx[:st["n_labelled"]]])
+    y = ytr.copy()
+    y[idx[st["n_labelled"]:]] = UNLABELLED
+    return labelled, (Xtr, y)
+
+
+def _student(st, seed):
     torch.manual_seed(seed)
-    student = st["student"]()
-    extra = {}
-    if beta > 0:
-        extra = dict(student_layer="blocks.0.4", teacher_layer="bn2", regressor=HintRegressor(*st["width"]))
-    distill(student, teacher, (Xtr[idx], ytr[idx]), temperature=temperature, alpha=alpha, beta=beta,
-            epochs=st["epochs"], lr=1e-2, batch_size=32, seed=seed, progress=False, **extra)
-    return evaluate(student, st["test"])["accuracy"]
+    return SeparableCNN(channels=st["student"], pool_size=2)
+
+
+def _alone(student, labelled, seed):
+    fit(student, labelled, epochs=40, lr=LR, batch_size=32, seed=seed, progress=False)
+    return student
+
+
+def _soft(student, teacher, transfer, seed, temperature=4.0, alpha=0.9):
+    distill(student, teacher, transfer, temperature=temperature, alpha=alpha, epochs=10, lr=LR,
+            batch_size=64, seed=seed, progress=False)
+    return student
+
+
+def _hint_stage(student, teacher, transfer, seed, hint):
+    s_layer, t_layer, s_width, t_width = hint
+    X, y = transfer
+    distill(student, teacher, (X, np.full_like(y, UNLABELLED)), alpha=0.0, beta=1e-2,
+            student_layer=s_layer, teacher_layer=t_layer, regressor=HintRegressor(s_width, t_width),
+            epochs=10, lr=LR, batch_size=32, seed=seed, progress=False)
+    return student
+
+
+def run_seed(st, teacher, seed, temps=()):
+    """Test accuracies of the four rows (and soft targets at extra temperatures) for one seed."""
+    labelled, transfer = _split(st, seed)
+    acc = lambda m: evaluate(m, st["test"])["accuracy"]  # noqa: E731
+    out = {"student alone": acc(_alone(_student(st, seed), labelled, seed)),
+           "+ soft targets": acc(_soft(_student(st, seed), teacher, transfer, seed))}
+    hinted = _hint_stage(_student(st, seed), teacher, transfer, seed, st["hint"])
+    out["+ feature matching"] = acc(_alone(copy.deepcopy(hinted), labelled, seed))
+    out["+ both"] = acc(_soft(hinted, teacher, transfer, seed))
+    for T in temps:
+        out[f"T={T:g}"] = acc(_soft(_student(st, seed), teacher, transfer, seed, temperature=T))
+    return out
 
 
 def gap_table(name: str, quick: bool = False) -> None:
     st = _setting(name)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    teacher = CourseCNN(channels=(32, 64), image_size=st["size"])
+    teacher = CourseCNN(channels=st["teacher"], image_size=st["size"])
     fit(teacher, st["train"], epochs=st["teacher_epochs"], progress=False)
     teacher.eval()
     t_acc = evaluate(teacher, st["test"])["accuracy"]
-    student = st["student"]()
+    student = SeparableCNN(channels=st["student"], pool_size=2)
     x1 = torch.from_numpy(st["test"][0][:1])
     shape = (1, 1, st["size"], st["size"])
     print_table(f"{name}: teacher vs student cost (batch 1, 1 thread)",
                 ["network", "params", "MACs", "latency (us)"],
-                [[f"teacher CourseCNN(32, 64)", count_parameters(teacher), count_macs(teacher, shape),
+                [[f"teacher CourseCNN{st['teacher']}", count_parameters(teacher), count_macs(teacher, shape),
                   f"{1e6 * measure_latency(teacher, x1, repeats=50):.0f}"],
-                 [f"student SeparableCNN{student.channels}", count_parameters(student), count_macs(student, shape),
-                  f"{1e6 * measure_latency(student, x1, repeats=50):.0f}"]])
-    accs = {c: np.array([_run_student(st, teacher, s, **kw) for s in SEEDS]) for c, kw in CONFIGS.items()}
+                 [f"student SeparableCNN{student.channels}, pool 2x2", count_parameters(student),
+                  count_macs(student, shape), f"{1e6 * measure_latency(student, x1, repeats=50):.0f}"]])
+    temps = () if quick else (1.0, 2.0, 8.0, 16.0)
+    runs = [run_seed(st, teacher, s, temps) for s in SEEDS]
+    accs = {k: np.array([r[k] for r in runs]) for k in runs[0]}
     alone = accs["student alone"]
-    rows = [["teacher (full training split)", f"{t_acc:.3f}", "", ""]]
-    for c, a in accs.items():
+    rows = [[f"teacher ({len(st['train'][0])} labelled images)", f"{t_acc:.3f}", "", ""]]
+    for c in ("student alone", "+ soft targets", "+ feature matching", "+ both"):
+        a = accs[c]
         closed = (a - alone) / (t_acc - alone)
         rows.append([c, _pm(a), "" if c == "student alone" else _pm(100 * closed, "{:.0f}%"),
                      " ".join(f"{v:.3f}" for v in a)])
-    print_table(f"{name}: share of the teacher-student gap closed ({st['n_transfer']} transfer images, "
-                f"3 seeds, {time.perf_counter() - t0:.0f} s)",
+    print_table(f"{name}: share of the teacher-student gap closed ({st['n_labelled']} labelled + "
+                f"{len(st['train'][0]) - st['n_labelled']} unlabelled transfer images, 3 seeds, "
+                f"{time.perf_counter() - t0:.0f} s)",
                 ["model", "test accuracy", "gap closed", "per seed"], rows)
-    if not quick:
-        temps = [1.0, 2.0, 4.0, 8.0, 16.0]
+    if temps:
         rows = []
-        for T in temps:
-            a = accs["+ soft targets"] if T == 4.0 else np.array(
-                [_run_student(st, teacher, s, alpha=0.9, temperature=T) for s in SEEDS])
+        for T in sorted((4.0,) + temps):
+            a = accs["+ soft targets"] if T == 4.0 else accs[f"T={T:g}"]
             rows.append([f"{T:g}", _pm(a), _pm(100 * (a - alone) / (t_acc - alone), "{:.0f}%")])
-        print_table(f"{name}: temperature sweep (alpha=0.9, 3 seeds)", ["T", "test accuracy", "gap closed"], rows)
+        print_table(f"{name}: temperature sweep (soft targets, alpha=0.9, 3 seeds)",
+                    ["T", "test accuracy", "gap closed"], rows)
+
+
+ENSEMBLE = dict(members=5, epochs=40, batch_size=32, temperature=4.0, alpha=0.9)
+
+
+def ensemble_run(st, seed: int, cfg=ENSEMBLE):
+    """Baseline (mean member accuracy), ensemble and distilled single student for one seed.
+
+    Members are students trained alone on the seed's labelled images (member 0 is exactly the "student
+    alone" of the gap table); the distilled student sees the same labelled images only.
+    """
+    labelled, _ = _split(st, seed)
+    members = [_alone(_student(st, seed + k), labelled, seed + k) for k in range(cfg["members"])]
+    base = float(np.mean([evaluate(m, st["test"])["accuracy"] for m in members]))
+    ens = Ensemble(members).eval()
+    e_acc = evaluate(ens, st["test"])["accuracy"]
+    single = _student(st, seed + cfg["members"])
+    distill(single, ens, labelled, temperature=cfg["temperature"], alpha=cfg["alpha"], epochs=cfg["epochs"],
+            lr=LR, batch_size=cfg["batch_size"], seed=seed, progress=False)
+    return base, e_acc, evaluate(single, st["test"])["accuracy"]
 
 
 def ensemble_table(quick: bool = False) -> None:
-    Xtr, ytr = load_dataset("digits", "train")
-    test = load_dataset("digits", "test")
-    members = []
-    for s in range(10):
-        torch.manual_seed(100 + s)
-        m = MLP(in_features=64, hidden=(32,))
-        fit(m, (Xtr, ytr), epochs=15, lr=3e-3, batch_size=64, seed=100 + s, progress=False)
-        members.append(m)
-    m_acc = np.array([evaluate(m, test)["accuracy"] for m in members])
-    ens = Ensemble(members).eval()
-    e_acc = evaluate(ens, test)["accuracy"]
-    d_acc = []
-    for s in SEEDS[:1] if quick else SEEDS:
-        torch.manual_seed(200 + s)
-        single = MLP(in_features=64, hidden=(32,))
-        distill(single, ens, (Xtr, ytr), temperature=2.0, alpha=0.9, epochs=15, lr=3e-3, batch_size=64,
-                seed=200 + s, progress=False)
-        d_acc.append(evaluate(single, test)["accuracy"])
-    print_table("Ensemble distillation: Hinton et al. (speech frame accuracy) vs digits (MLP 64-32-10)",
-                ["system", "paper", "digits (ours)"],
-                [["baseline (one model)", "58.9%", f"{_pm(100 * m_acc, '{:.1f}')}% (10 models)"],
-                 ["ensemble of 10 models", "61.1%", f"{100 * e_acc:.1f}%"],
-                 ["distilled single model", "60.8%", f"{_pm(100 * np.array(d_acc), '{:.1f}')}% ({len(d_acc)} seeds)"]])
+    st = _setting("digits")
+    r = np.array([ensemble_run(st, s) for s in SEEDS]) * 100
+    c = ENSEMBLE
+    per = lambda col: " ".join(f"{v:.1f}" for v in col)  # noqa: E731
+    print_table(f"Ensemble distillation: Hinton et al. (speech frame accuracy) vs digits (SeparableCNN"
+                f"{st['student']}, {st['n_labelled']} labelled images, {c['members']} members, {c['epochs']} "
+                f"epochs, distilled with T={c['temperature']:g}, alpha={c['alpha']:g} on the same images; "
+                f"mean +- std over 3 seeds)",
+                ["system", "paper", "digits (ours)", "per seed"],
+                [["baseline (one model)", "58.9%", f"{_pm(r[:, 0], '{:.1f}')}%", per(r[:, 0])],
+                 [f"ensemble of {c['members']} (paper: 10) models", "61.1%", f"{_pm(r[:, 1], '{:.1f}')}%",
+                  per(r[:, 1])],
+                 ["distilled single model", "60.8%", f"{_pm(r[:, 2], '{:.1f}')}%", per(r[:, 2])]])
 
 
 def main(quick: bool = False) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "UNLABELLED",
     "softmax_with_temperature",
     "soft_target_loss",
     "distillation_loss",
@@ -39,6 +40,12 @@ __all__ = [
     "distill",
     "explore_soft_targets",
 ]
+
+
+#: Label value marking an *unlabelled* example of the transfer set (PyTorch's ``ignore_index``
+#: convention): it contributes to the soft-target and feature terms but not to the hard-label
+#: cross-entropy. Hinton, Vinyals & Dean (2015, Section 2) note that the transfer set may be unlabelled.
+UNLABELLED = -100
 
 
 # ----------------------------------------------------------------------------- checks
@@ -157,7 +164,9 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     ----------
     student_logits, teacher_logits : torch.Tensor, shape (batch, n_classes)
     labels : torch.Tensor of int, shape (batch,)
-        True classes for the hard-label cross-entropy (computed at ``T = 1``).
+        True classes for the hard-label cross-entropy (computed at ``T = 1``). Examples labelled
+        :data:`UNLABELLED` (-100) are left out of the cross-entropy, which is averaged over the
+        labelled examples only (0 if there are none): they are taught by the teacher alone.
     temperature : float, default 4.0
         ``T > 0`` for the soft term, see :func:`soft_target_loss`.
     alpha : float in [0, 1], default 0.9
@@ -180,8 +189,16 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
         raise ValueError(f"labels must have shape ({s.shape[0]},) to match the logits, got {tuple(y.shape)}")
     if y.dtype.is_floating_point:
         raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
+    y = y.long()
+    labelled = y != UNLABELLED
+    if bool(((y[labelled] < 0) | (y[labelled] >= s.shape[1])).any()):
+        raise ValueError(f"labels must lie in [0, {s.shape[1]}) or equal UNLABELLED ({UNLABELLED}), "
+                         f"got values {sorted(set(y[labelled].tolist()))}")
     soft = soft_target_loss(s, t, temperature)
-    hard = F.cross_entropy(s, y.long())
+    if bool(labelled.any()):
+        hard = F.cross_entropy(s[labelled], y[labelled])
+    else:                                  # a batch of unlabelled transfer examples only
+        hard = s.sum() * 0.0
     return a * soft + (1.0 - a) * hard
 
 
@@ -315,8 +332,9 @@ class SeparableCNN(nn.Module):
     per channel, ``k^2 C_in``) and a pointwise 1x1 convolution (``C_in C_out``).
 
     Layout: ``stem`` (3x3 conv, ``channels[0]``) - bn - relu - maxpool2, then for each further width a
-    block ``blockI`` = depthwise 3x3 - bn - relu - pointwise 1x1 - bn - relu - maxpool2, then global
-    average pooling and the classifier ``fc``. Accepts ``(n, H, W)`` or ``(n, C, H, W)``.
+    block ``blockI`` = depthwise 3x3 - bn - relu - pointwise 1x1 - bn - relu - maxpool2, then average
+    pooling ``pool`` to a ``pool_size x pool_size`` grid (``1``: global average pooling, as in MobileNets)
+    and the classifier ``fc`` on the flattened grid. Accepts ``(n, H, W)`` or ``(n, C, H, W)``.
 
     Parameters
     ----------
@@ -324,14 +342,19 @@ class SeparableCNN(nn.Module):
     channels : tuple of int, default (8, 16)
         Widths of the stem and of each separable block.
     n_classes : int, default 10
+    pool_size : int, default 1
+        Side of the pooled grid fed to the classifier (``fc`` has ``channels[-1] * pool_size**2`` inputs).
+        ``2`` keeps where on the image the last features fire, which helps small students on tiny
+        images (and gives a FitNets hint on the last feature map something to pass on).
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (8, 16), n_classes: int = 10):
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (8, 16), n_classes: int = 10,
+                 pool_size: int = 1):
         super().__init__()
         channels = tuple(int(c) for c in channels)
-        if len(channels) < 1 or min(channels) < 1 or in_channels < 1 or n_classes < 2:
-            raise ValueError(f"need in_channels >= 1, channels of positive ints and n_classes >= 2; got "
-                             f"{in_channels}, {channels}, {n_classes}")
+        if len(channels) < 1 or min(channels) < 1 or in_channels < 1 or n_classes < 2 or pool_size < 1:
+            raise ValueError(f"need in_channels >= 1, channels of positive ints, n_classes >= 2 and "
+                             f"pool_size >= 1; got {in_channels}, {channels}, {n_classes}, {pool_size}")
         self.in_channels = in_channels
         self.channels = channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
@@ -344,8 +367,9 @@ class SeparableCNN(nn.Module):
                 nn.Conv2d(c_in, c_out, 1, bias=False),                          # pointwise
                 nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)))
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], n_classes)
+        self.pool_size = int(pool_size)
+        self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
+        self.fc = nn.Linear(channels[-1] * self.pool_size ** 2, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
@@ -422,7 +446,10 @@ def distill(student: nn.Module, teacher: nn.Module, data, *, temperature: float 
     student, teacher : nn.Module
         Networks mapping a batch to logits (the teacher may be an :class:`Ensemble`).
     data : (X, y) or DataLoader
-        The transfer set, passed to :func:`courselib.training.fit`.
+        The transfer set, passed to :func:`courselib.training.fit`. Labels equal to
+        :data:`UNLABELLED` mark unlabelled examples: they are learned from the teacher only (soft
+        targets and features), the hard-label term uses the labelled ones. (The per-epoch
+        ``train_accuracy`` of the history counts unlabelled examples as errors.)
     temperature : float, default 4.0
     alpha : float in [0, 1], default 0.9
         Weight of the soft-target term.
@@ -477,7 +504,7 @@ def distill(student: nn.Module, teacher: nn.Module, data, *, temperature: float 
         with torch.no_grad():
             z_t = _teacher_logits(teacher, xb)
         z_s = m(xb)
-        loss = distillation_loss(z_s, z_t, yb, T, a) if a > 0 else F.cross_entropy(z_s, yb)
+        loss = distillation_loss(z_s, z_t, yb, T, a)
         if use_features:
             loss = loss + b * feature_matching_loss(t_rec.output, s_rec.output, g=g)
         return loss

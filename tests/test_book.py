@@ -20,8 +20,9 @@ HTML = REPO / "_build" / "html"
 
 @pytest.fixture(scope="module")
 def built_book():
-    subprocess.run([str(Path(sys.executable).parent / "courselib"), "release"], cwd=REPO / "labs", check=True,
-                   capture_output=True)
+    rel = subprocess.run([str(Path(sys.executable).parent / "courselib"), "release"], cwd=REPO / "labs",
+                         capture_output=True, text=True)
+    assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO,
                           capture_output=True, text=True)
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)

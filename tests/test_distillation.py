@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from courselib.distillation import (
+    UNLABELLED,
     Ensemble,
     FeatureRecorder,
     HintRegressor,
@@ -280,11 +281,46 @@ def test_separable_cnn_parameter_count_by_hand():
     assert dw.groups == 8 and dw.weight.shape == (8, 1, 3, 3)
 
 
+def test_separable_cnn_pooled_grid_feeds_the_classifier():
+    net = SeparableCNN(channels=(8, 16), pool_size=2)
+    assert net.fc.in_features == 16 * 2 * 2
+    x = torch.rand(3, 16, 16)                  # 16 -> 8 (stem) -> 4 (block): pooled by 2x2 means
+    net.eval()
+    with torch.no_grad():
+        grid = F.avg_pool2d(net.blocks(net.stem(x.unsqueeze(1))), 2)
+        torch.testing.assert_close(net(x), net.fc(grid.flatten(1)))
+    with pytest.raises(ValueError, match="pool_size"):
+        SeparableCNN(pool_size=0)
+
+
 def test_separable_cnn_bad_input():
     with pytest.raises(ValueError, match="expected input"):
         SeparableCNN()(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError):
         SeparableCNN(channels=())
+
+
+def test_distillation_loss_leaves_unlabelled_examples_out_of_the_hard_term():
+    zs, zt = _logits(20, n=5, k=4), _logits(21, n=5, k=4)
+    y = torch.tensor([2, UNLABELLED, 0, UNLABELLED, 3])
+    keep = torch.tensor([0, 2, 4])
+    T, a = 3.0, 0.3
+    expected = a * soft_target_loss(zs, zt, T) + (1 - a) * F.cross_entropy(zs[keep], y[keep])
+    torch.testing.assert_close(distillation_loss(zs, zt, y, T, a), expected)
+    # a batch without any label: only the soft term remains, and it stays differentiable
+    zs = zs.clone().requires_grad_(True)
+    none = torch.full((5,), UNLABELLED)
+    loss = distillation_loss(zs, zt, none, T, a)
+    torch.testing.assert_close(loss, a * soft_target_loss(zs, zt, T))
+    loss.backward()
+    assert zs.grad is not None and torch.isfinite(zs.grad).all()
+
+
+def test_distillation_loss_rejects_out_of_range_labels():
+    zs, zt = _logits(22, n=2, k=3), _logits(23, n=2, k=3)
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match="labels must lie"):
+            distillation_loss(zs, zt, torch.tensor(bad), 2.0, 0.5)
 
 
 # ----------------------------------------------------------------------------- distill
@@ -374,6 +410,21 @@ def test_distill_from_an_ensemble_uses_log_mean_probabilities():
     student = SeparableCNN(channels=(4, 8), n_classes=4)
     distill(student, ens, (X, y), epochs=1, progress=False)
     assert seen and torch.all(seen[0] <= 0)   # log-probabilities were used as teacher logits
+
+
+def test_distill_learns_unlabelled_examples_from_the_teacher_only():
+    X, y = _toy_data(64)
+    teacher = _toy_teacher()
+    unlabelled = np.full_like(y, UNLABELLED)
+    torch.manual_seed(5)
+    student = SeparableCNN(channels=(4, 8), n_classes=4)
+    before = [p.detach().clone() for p in student.parameters()]
+    # alpha = 0 and no label: nothing to learn, the parameters do not move
+    distill(student, teacher, (X, unlabelled), alpha=0.0, epochs=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    # alpha > 0: the teacher's soft targets on unlabelled inputs train the student
+    distill(student, teacher, (X, unlabelled), alpha=0.5, epochs=1, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 
 
 def test_distill_bad_arguments():
