@@ -10,7 +10,12 @@ One module per chapter topic:
 - :mod:`courselib.binaryconnect` -- BinaryConnect layers and XNOR-popcount kernels
 - :mod:`courselib.pruning` -- Optimal Brain Damage and filter pruning
 - :mod:`courselib.distillation` -- knowledge distillation
-- :mod:`courselib.grading` -- the nbgrader lab pipeline used by instructors
+- :mod:`courselib.quantization` -- uniform k-bit quantization, int8, the XNOR-Net scale
+- :mod:`courselib.compare`, :mod:`courselib.challenge` -- the trade-off study and the compression challenge
+- :mod:`courselib.grading` -- the nbgrader lab pipeline used by instructors (``courselib grade``), with
+  :mod:`courselib.sandbox` (namespaces and limits around student kernels) and :mod:`courselib.cleanroom`
+  (hidden tests re-run on plain data in a clean process)
+- :mod:`courselib.quiz` -- the concept-check question bank and its autograder
 
 Submodules are imported on demand, so ``import courselib`` stays fast.
 """

@@ -351,3 +351,29 @@ def test_grade_challenge_writes_leaderboard(tmp_path, reference, ref_stats, data
     assert by["evil"]["status"] == "invalid-model"
     assert (tmp_path / "grades" / "lab06_challenge_leaderboard.csv").exists()
     assert "ref" in (tmp_path / "grades" / "lab06_challenge_leaderboard.html").read_text()
+
+
+def test_grading_writes_the_challenge_leaderboard(tmp_path):
+    """`courselib grade lab06_challenge` scores the model folder beside each notebook into a leaderboard."""
+    import csv
+
+    from courselib import challenge, grading
+
+    ref = challenge.train_reference()
+    root = tmp_path / "subs"
+    subs = {}
+    for student in ("alice", "bob"):
+        d = root / student / "lab06_challenge"
+        d.mkdir(parents=True)
+        (d / "lab06_challenge.ipynb").write_text("{}")
+        subs[student] = d / "lab06_challenge.ipynb"
+    challenge.save_submission(ref, root / "alice" / "lab06_challenge" / "submission", "CourseCNN",
+                              {"channels": [16, 32]})  # bob hands in a notebook but no model
+    course = tmp_path / "course"
+    (course / "grades").mkdir(parents=True)
+    html_path = grading.challenge_leaderboard("lab06_challenge", course, subs, tmp_path / "scratch")
+    assert html_path.exists() and "<script src=" not in html_path.read_text()
+    rows = {r["student_id"]: r for r in csv.DictReader((course / "grades" / "lab06_challenge_leaderboard.csv").open())}
+    assert set(rows) == {"alice", "bob"}
+    assert rows["bob"]["status"] == "missing"
+    assert float(rows["alice"]["score"]) > 0

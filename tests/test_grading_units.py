@@ -1,0 +1,179 @@
+"""Fast unit tests of the class-scale grader's pieces: limits, submissions, plain data, sandbox."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from courselib import cleanroom, grading, sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+LAB = "lab01_binary_codes"
+
+
+def test_limits_validate():
+    assert grading.Limits().cell_timeout > 0
+    for bad in ({"cell_timeout": 0}, {"memory_mb": -1}, {"notebook_timeout": 1.5}, {"output_kb": True}):
+        with pytest.raises(ValueError, match="positive int"):
+            grading.Limits(**bad)
+
+
+def test_grade_rejects_bad_arguments(tmp_path):
+    with pytest.raises(grading.GradingError, match="unknown lab"):
+        grading.grade("lab99", tmp_path, REPO / "labs")
+    with pytest.raises(ValueError, match="workers"):
+        grading.grade(LAB, tmp_path, REPO / "labs", workers=0)
+
+
+def test_cli_grade_reports_unknown_lab(capsys):
+    from courselib.cli import main
+
+    assert main(["--course-dir", str(REPO / "labs"), "grade", "lab99", "."]) == 2
+    assert "unknown lab" in capsys.readouterr().err
+
+
+def test_collect_submissions_folder_and_zip(tmp_path):
+    subs = tmp_path / "subs"
+    (subs / "ann" / LAB).mkdir(parents=True)
+    (subs / "ann" / LAB / f"{LAB}.ipynb").write_text("{}")
+    (subs / "bob" / LAB).mkdir(parents=True)
+    (subs / "bob" / LAB / "Copy of lab.ipynb").write_text("{}")  # a wrong name is never guessed
+    (subs / ".hidden").mkdir()
+    found = grading.collect_submissions(LAB, subs)
+    assert found == {"ann": subs / "ann" / LAB / f"{LAB}.ipynb", "bob": None}
+    # an LMS download: flat <student>_<file> names
+    z = tmp_path / "lms.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr(f"cat_{LAB}.ipynb", "{}")
+        zf.writestr("dan_notes.txt", "hi")
+    found = grading.collect_submissions(LAB, z, tmp_path / "unz")
+    assert set(found) == {"cat", "dan"} and found["dan"] is None and found["cat"].name == f"cat_{LAB}.ipynb"
+    # the folder layout inside a zip, under one top folder
+    z2 = tmp_path / "tree.zip"
+    with zipfile.ZipFile(z2, "w") as zf:
+        zf.writestr(f"download/eve/{LAB}/{LAB}.ipynb", "{}")
+    found = grading.collect_submissions(LAB, z2, tmp_path / "unz2")
+    assert list(found) == ["eve"] and found["eve"].exists()
+    z3 = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z3, "w") as zf:
+        zf.writestr("../escape.ipynb", "{}")
+    with pytest.raises(grading.GradingError, match="unsafe path"):
+        grading.collect_submissions(LAB, z3, tmp_path / "unz3")
+    with pytest.raises(grading.GradingError, match="not a folder"):
+        grading.collect_submissions(LAB, tmp_path / "nowhere")
+
+
+def test_check_notebook():
+    good = (REPO / "labs" / "source" / LAB / f"{LAB}.ipynb").read_bytes()
+    assert grading._check_notebook(good) is None
+    assert "not JSON" in grading._check_notebook(b"{oops")
+    assert "not JSON" in grading._check_notebook(b"\x89PNG\x00\xff")
+    assert "no cells" in grading._check_notebook(b'{"a": 1}')
+    assert "invalid notebook" in grading._check_notebook(b'{"cells": 3, "metadata": {}, "nbformat": 4}')
+
+
+class AlwaysEqual:
+    def __eq__(self, other):
+        return True
+
+
+class MyArray(np.ndarray):
+    pass
+
+
+def test_plain_unpickler_refuses_student_objects():
+    for value in [np.arange(6).reshape(2, 3), np.float32(1.5), (1, 2.0, "s", None, b"b"), {"k": [np.int64(3)]},
+                  np.zeros(3, dtype=np.uint8), {1, 2}, range(4)]:
+        out = cleanroom.plain_loads(pickle.dumps(value, protocol=4))
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(out, value) and out.dtype == value.dtype
+        else:
+            assert out == value
+
+    for bad in [AlwaysEqual(), np.array([AlwaysEqual()], dtype=object), np.array([1, "a"], dtype=object),
+                np.zeros(2).view(MyArray), np.ma.array([1, 2]), [AlwaysEqual()]]:
+        with pytest.raises(pickle.UnpicklingError):
+            cleanroom.plain_loads(pickle.dumps(bad))
+
+
+def test_solution_names():
+    names = cleanroom.solution_names(["def f(x):\n    return x\n", "A = 1\nb, (c, d) = 1, (2, 3)\nclass K:\n    pass\n",
+                                      "%time e = 1\n", "def broken(:\n"])
+    assert names == ["f", "A", "b", "c", "d", "K"]
+
+
+def test_tampering_detection(tmp_path):
+    course = tmp_path / "course"
+    (course / "source").mkdir(parents=True)
+    (course / "nbgrader_config.py").write_text((REPO / "labs" / "nbgrader_config.py").read_text())
+    import shutil
+
+    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
+    grading.release(LAB, course)
+    g = grading._Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
+    release = json.loads((course / "release" / LAB / f"{LAB}.ipynb").read_text())
+    source = json.loads((course / "source" / LAB / f"{LAB}.ipynb").read_text())
+    assert g.tampering(release) == [] and g.tampering(source) == []
+    edited = json.loads(json.dumps(release))
+    kept = []
+    for cell in edited["cells"]:
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        if gid == "q2_test":
+            cell["source"] = "pass"
+        if gid == "q3_test":
+            continue
+        if gid == "q1_code":
+            cell["source"] = "def fit_means(X):\n    return 0\n"  # a solution cell may change
+        kept.append(cell)
+    edited["cells"] = kept
+    assert g.tampering(edited) == ["q2_test (edited)", "q3_test (deleted)"]
+
+
+@pytest.mark.skipif(not sandbox.available(), reason="needs root and unshare namespaces")
+def test_sandbox_blocks_reads_writes_network_and_proc(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("solution")
+    probe = work / "probe.py"
+    probe.write_text(f"""
+import os, socket, resource
+res = {{}}
+def t(name, f):
+    try:
+        f(); res[name] = "ok"
+    except OSError as e:
+        res[name] = type(e).__name__
+t("read_secret", lambda: open({str(secret)!r}).read())
+t("read_repo_git", lambda: os.listdir({str(REPO / '.git')!r}))
+t("write_repo", lambda: open({str(REPO / 'courselib' / 'pwned.txt')!r}, "w").write("x"))
+t("write_work", lambda: open("mine.txt", "w").write("x"))
+t("net", lambda: socket.create_connection(("127.0.0.1", 9), timeout=2))
+t("parent_cwd", lambda: os.readlink("/proc/%d/cwd" % os.getppid()))
+res["uid"] = os.getuid()
+res["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+res["as_limit"] = resource.getrlimit(resource.RLIMIT_AS)[0]
+import courselib.memory
+print(__import__("json").dumps(res))
+""")
+    import os
+
+    os.chown(work, 65534, 65534)
+    cfg = sandbox.SandboxConfig(work_dir=str(work), hide=[str(tmp_path), str(REPO), "/tmp", "/root"],
+                                keep=grading._kept_paths(), memory_bytes=1 << 30)
+    argv = sandbox.command(cfg.save(tmp_path / "cfg.json"), [sys.executable, str(probe)])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["read_secret"] == "FileNotFoundError" and res["read_repo_git"] == "FileNotFoundError"
+    assert res["write_repo"] == "OSError" and res["write_work"] == "ok"
+    assert res["net"] == "OSError" and res["parent_cwd"] in ("FileNotFoundError", "PermissionError")
+    assert res["uid"] == 65534 and res["as_limit"] == 1 << 30
+    assert max(res["pids"]) < 10  # its own pid namespace
+    assert (work / "mine.txt").exists() and not (REPO / "courselib" / "pwned.txt").exists()
