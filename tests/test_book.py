@@ -20,14 +20,31 @@ HTML = REPO / "_build" / "html"
 
 @pytest.fixture(scope="module")
 def built_book():
-    rel = subprocess.run([str(Path(sys.executable).parent / "courselib"), "release"], cwd=REPO / "labs",
-                         capture_output=True, text=True)
-    assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO,
-                          capture_output=True, text=True)
-    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-    assert proc.returncode == 0, "book build failed:\n" + "\n".join(
-        ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:] + log[-3000:]
+    """Build the book once per test run, whichever module or xdist worker asks first.
+
+    The build is serialized by a file lock and recorded with the run's id, so test_browser.py (which
+    reuses this fixture) never inspects pages while a second build rewrites them.
+    """
+    import fcntl
+    import os
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}"
+    HTML.parent.mkdir(exist_ok=True)
+    marker = HTML.parent / ".pytest_built_by"
+    with open(HTML.parent / ".pytest_book.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text() == run_id and (HTML / "index.html").exists():
+            return HTML
+        marker.unlink(missing_ok=True)
+        rel = subprocess.run([str(Path(sys.executable).parent / "courselib"), "release"], cwd=REPO / "labs",
+                             capture_output=True, text=True)
+        assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
+        proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO,
+                              capture_output=True, text=True)
+        log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+        assert proc.returncode == 0, "book build failed:\n" + "\n".join(
+            ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:] + log[-3000:]
+        marker.write_text(run_id)
     return HTML
 
 
