@@ -20,9 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 try:  # pragma: no cover - exercised implicitly wherever numba is installed
-    from llvmlite import ir  # noqa: F401
-    from numba import njit, types
-    from numba.extending import intrinsic
+    from numba import njit
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
@@ -31,15 +29,8 @@ except ImportError:  # pragma: no cover
 
 if HAVE_NUMBA:
 
-    @intrinsic
-    def _popcount64(typingctx, x):
-        """LLVM ``ctpop`` on a uint64 (one ``popcnt`` instruction on x86-64)."""
-        sig = types.uint64(types.uint64)
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return sig, codegen
+    # the same one-instruction popcount as the Hamming search kernels
+    from .binary_codes import _popcount64
 
     @njit(nogil=True, fastmath=False)
     def xnor_matmul_words(a, b, n_bits):
