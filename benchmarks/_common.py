@@ -23,6 +23,7 @@ def shared_mnist_available() -> bool:
 
 def format_table(title: str, headers: list[str], rows: list[list[object]]) -> str:
     """Render a GitHub-flavoured Markdown table (readable in a terminal and pasteable into notes)."""
+
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}"
@@ -45,5 +46,7 @@ def print_table(title: str, headers: list[str], rows: list[list[object]]) -> Non
 def machine_line() -> str:
     import torch
 
-    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-            f"torch {torch.__version__} (threads={torch.get_num_threads()})")
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"torch {torch.__version__} (threads={torch.get_num_threads()})"
+    )

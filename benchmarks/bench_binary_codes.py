@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call
 
 
 def naive_numpy_knn(q, db, k, block=64):
@@ -33,11 +33,11 @@ def naive_numpy_knn(q, db, k, block=64):
     out_d = np.empty((len(q), k), dtype=np.int64)
     out_i = np.empty((len(q), k), dtype=np.int64)
     for s in range(0, len(q), block):
-        d = np.bitwise_count(q[s:s + block, None, :] ^ db[None, :, :]).sum(axis=2, dtype=np.int64)
+        d = np.bitwise_count(q[s : s + block, None, :] ^ db[None, :, :]).sum(axis=2, dtype=np.int64)
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable")
-        out_i[s:s + block] = np.take_along_axis(part, order, axis=1)
-        out_d[s:s + block] = np.take_along_axis(d, out_i[s:s + block], axis=1)
+        out_i[s : s + block] = np.take_along_axis(part, order, axis=1)
+        out_d[s : s + block] = np.take_along_axis(d, out_i[s : s + block], axis=1)
     return out_d, out_i
 
 
@@ -46,11 +46,11 @@ def numpy_l2_knn(q, x, k, block=256):
     xx = (x * x).sum(1)
     out = np.empty((len(q), k), dtype=np.int64)
     for s in range(0, len(q), block):
-        qb = q[s:s + block]
+        qb = q[s : s + block]
         d2 = (qb * qb).sum(1)[:, None] - 2.0 * qb @ x.T + xx[None, :]
         part = np.argpartition(d2, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1)
-        out[s:s + block] = np.take_along_axis(part, order, axis=1)
+        out[s : s + block] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -101,18 +101,30 @@ def table_knn_vs_faiss(quick):
             d, i = bc.hamming_knn(q, db, k, backend="numba")  # compile / load the kernel outside timing
             fd, fi = index.search(q, k)
             same = bool((d == fd).all() and (i == fi).all())
-            t_f, t_c = paired_times([lambda: index.search(q, k),
-                                     lambda: bc.hamming_knn(q, db, k, backend="numba")], repeats)
+            t_f, t_c = paired_times(
+                [lambda: index.search(q, k), lambda: bc.hamming_knn(q, db, k, backend="numba")], repeats
+            )
             rows.append([n_bits, threads, "courselib hamming_knn (numba)", t_c * 1e3, t_c / t_f, same])
             rows.append([n_bits, threads, "faiss IndexBinaryFlat", t_f * 1e3, 1.0, True])
             if n_bits == 64 and threads == 1:
                 nd, ni = naive_numpy_knn(q, db, k)
                 t_n = time_call(lambda: naive_numpy_knn(q, db, k), repeats=1 if quick else 3, warmup=0)
-                rows.append([n_bits, threads, "naive numpy (XOR+bitwise_count+argpartition)", t_n * 1e3,
-                             t_n / t_f, bool((nd == fd).all() and (ni == fi).all())])
+                rows.append(
+                    [
+                        n_bits,
+                        threads,
+                        "naive numpy (XOR+bitwise_count+argpartition)",
+                        t_n * 1e3,
+                        t_n / t_f,
+                        bool((nd == fd).all() and (ni == fi).all()),
+                    ]
+                )
     _set_threads(1)
-    print_table(f"Exact Hamming 10-NN: {n_db:,} database codes, {n_q:,} queries",
-                ["bits", "threads", "method", "time (ms)", "time / faiss", "same result as faiss"], rows)
+    print_table(
+        f"Exact Hamming 10-NN: {n_db:,} database codes, {n_q:,} queries",
+        ["bits", "threads", "method", "time (ms)", "time / faiss", "same result as faiss"],
+        rows,
+    )
 
 
 def table_binary_vs_float(quick):
@@ -143,8 +155,11 @@ def table_binary_vs_float(quick):
     mem = {m: (db.nbytes if "codes" in m else X.nbytes) for m in times}
     ref_t = times["faiss IndexBinaryFlat (64-bit codes)"]
     rows = [[m, mem[m] / 1e6, mem[m] / db.nbytes, t * 1e3, t / ref_t] for m, t in times.items()]
-    print_table(f"Binary vs float32 exact 10-NN search: {n_db:,} items, {n_q:,} queries, 1 thread",
-                ["method", "database MB", "memory / codes", "time (ms)", "time / faiss binary"], rows)
+    print_table(
+        f"Binary vs float32 exact 10-NN search: {n_db:,} items, {n_q:,} queries, 1 thread",
+        ["method", "database MB", "memory / codes", "time (ms)", "time / faiss binary"],
+        rows,
+    )
 
 
 def _load_quality_data():
@@ -157,8 +172,13 @@ def _load_quality_data():
         return "MNIST test set (../shared), 9,000 database / 1,000 queries", X_db, X_q, y_db, y_q
     X_db, y_db = load_dataset("digits", "train")
     X_q, y_q = load_dataset("digits", "test")
-    return ("digits (MNIST not found), 1,257 database / 540 queries",
-            X_db.reshape(len(X_db), -1), X_q.reshape(len(X_q), -1), y_db, y_q)
+    return (
+        "digits (MNIST not found), 1,257 database / 540 queries",
+        X_db.reshape(len(X_db), -1),
+        X_q.reshape(len(X_q), -1),
+        y_db,
+        y_q,
+    )
 
 
 def table_quality(quick):
@@ -173,19 +193,37 @@ def table_quality(quick):
     rel_label = rt.label_relevance(y_q, y_db)
     rel_nn = rt.euclidean_relevance(X_q, X_db, n_neighbours=100)
     d2 = rt._squared_euclidean(X_q, X_db)
-    rows = [["float32 Euclidean", 4 * X_db.shape[1],
-             rt.mean_average_precision(d2, rel_label), rt.precision_at_k(d2, rel_label, 100),
-             rt.mean_average_precision(d2, rel_nn), rt.precision_at_k(d2, rel_nn, 100)]]
+    rows = [
+        [
+            "float32 Euclidean",
+            4 * X_db.shape[1],
+            rt.mean_average_precision(d2, rel_label),
+            rt.precision_at_k(d2, rel_label, 100),
+            rt.mean_average_precision(d2, rel_nn),
+            rt.precision_at_k(d2, rel_nn, 100),
+        ]
+    ]
     for n_bits in n_bits_grid:
         cols = bc.select_bits_by_variance(X_db, n_bits)
         thr = bc.MeanThresholdBinarizer().fit(X_db[:, cols])
-        D = bc.hamming_distances(bc.pack_codes(thr.transform(X_q[:, cols])),
-                                 bc.pack_codes(thr.transform(X_db[:, cols])))
-        rows.append([f"{n_bits}-bit threshold codes, Hamming", n_bits // 8,
-                     rt.mean_average_precision(D, rel_label), rt.precision_at_k(D, rel_label, 100),
-                     rt.mean_average_precision(D, rel_nn), rt.precision_at_k(D, rel_nn, 100)])
-    print_table(f"Retrieval quality: {name}",
-                ["method", "bytes / item", "label mAP", "label P@100", "100-NN mAP", "100-NN P@100"], rows)
+        D = bc.hamming_distances(
+            bc.pack_codes(thr.transform(X_q[:, cols])), bc.pack_codes(thr.transform(X_db[:, cols]))
+        )
+        rows.append(
+            [
+                f"{n_bits}-bit threshold codes, Hamming",
+                n_bits // 8,
+                rt.mean_average_precision(D, rel_label),
+                rt.precision_at_k(D, rel_label, 100),
+                rt.mean_average_precision(D, rel_nn),
+                rt.precision_at_k(D, rel_nn, 100),
+            ]
+        )
+    print_table(
+        f"Retrieval quality: {name}",
+        ["method", "bytes / item", "label mAP", "label P@100", "100-NN mAP", "100-NN P@100"],
+        rows,
+    )
 
 
 def main(quick: bool = False) -> None:

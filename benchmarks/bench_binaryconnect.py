@@ -25,12 +25,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call
 
-from courselib import binaryconnect as bc  # noqa: E402
-from courselib.binary_codes import pack_codes  # noqa: E402
-from courselib.data import load_dataset, train_test_split_arrays  # noqa: E402
-from courselib.training import evaluate  # noqa: E402
+from courselib import binaryconnect as bc
+from courselib.binary_codes import pack_codes
+from courselib.data import load_dataset, train_test_split_arrays
 
 LABELS = {"float": "float", "det": "BC-det", "stoch": "BC-stoch"}
 
@@ -41,17 +40,30 @@ def accuracy_rows(name, train, test, archs, seeds, epoch_scale=1.0, arch_kwargs=
     for arch in archs:
         base = None
         for mode in bc.MODES:
-            errs = [bc.train_and_evaluate(arch, mode, train, test, seed=s, epoch_scale=epoch_scale,
-                                          arch_kwargs=arch_kwargs)[2] for s in seeds]
+            errs = [
+                bc.train_and_evaluate(
+                    arch, mode, train, test, seed=s, epoch_scale=epoch_scale, arch_kwargs=arch_kwargs
+                )[2]
+                for s in seeds
+            ]
             sign = np.array([e["sign"] for e in errs])
             real = np.array([e["real"] for e in errs]) if mode == "stoch" else None
             paper = sign if real is None else real  # the paper's test-time weights: sign for det, real for stoch
             if mode == "float":
                 base = paper.mean()
             epochs = max(1, int(round(bc.RECIPE[mode]["epochs"] * epoch_scale)))
-            rows.append([name, arch, LABELS[mode], f"{sign.mean():.2f} ± {sign.std():.2f}",
-                         "-" if real is None else f"{real.mean():.2f} ± {real.std():.2f}",
-                         "-" if mode == "float" else f"{paper.mean() - base:+.2f}", len(seeds), epochs])
+            rows.append(
+                [
+                    name,
+                    arch,
+                    LABELS[mode],
+                    f"{sign.mean():.2f} ± {sign.std():.2f}",
+                    "-" if real is None else f"{real.mean():.2f} ± {real.std():.2f}",
+                    "-" if mode == "float" else f"{paper.mean() - base:+.2f}",
+                    len(seeds),
+                    epochs,
+                ]
+            )
     return rows
 
 
@@ -72,8 +84,18 @@ def gemv_rows(sizes, repeats):
         t_torch = time_call(lambda: torch.mv(Wt, xt), repeats=repeats)
         t_xnp = time_call(lambda: bc.xnor_popcount_matmul(Wc, xc, n, backend="numpy"), repeats=repeats)
         t_xnb = time_call(lambda: bc.xnor_popcount_matmul(Wc, xc, n, backend="numba"), repeats=repeats)
-        rows.append([n, f"{t_np * 1e3:.3f}", f"{t_torch * 1e3:.3f}", f"{t_xnp * 1e3:.3f}", f"{t_xnb * 1e3:.4f}",
-                     f"{t_np / t_xnp:.1f}x", f"{t_np / t_xnb:.1f}x", f"{t_torch / t_xnb:.1f}x"])
+        rows.append(
+            [
+                n,
+                f"{t_np * 1e3:.3f}",
+                f"{t_torch * 1e3:.3f}",
+                f"{t_xnp * 1e3:.3f}",
+                f"{t_xnb * 1e3:.4f}",
+                f"{t_np / t_xnp:.1f}x",
+                f"{t_np / t_xnb:.1f}x",
+                f"{t_torch / t_xnb:.1f}x",
+            ]
+        )
     return rows
 
 
@@ -83,34 +105,58 @@ def conv_rows(repeats, batch=1):
     w = bc.binarize(torch.randn(64, 64, 3, 3, generator=g))
     ref = F.conv2d(x, w, padding=1)
     xp, wp = bc.pack_channels(x), bc.pack_channels(w)  # weights: once at load; inputs: once per layer
-    exact = (torch.equal(bc.binary_conv2d(x, w, padding=1), ref)
-             and torch.equal(bc.binary_conv2d_packed(xp, wp, 64, padding=1), ref)
-             and torch.equal(bc.binary_conv2d(x, w, padding=1, backend="numpy"), ref))
+    exact = (
+        torch.equal(bc.binary_conv2d(x, w, padding=1), ref)
+        and torch.equal(bc.binary_conv2d_packed(xp, wp, 64, padding=1), ref)
+        and torch.equal(bc.binary_conv2d(x, w, padding=1, backend="numpy"), ref)
+    )
     t_f = time_call(lambda: F.conv2d(x, w, padding=1), repeats=repeats)
     t_k = time_call(lambda: bc.binary_conv2d_packed(xp, wp, 64, padding=1), repeats=repeats)
     t_b = time_call(lambda: bc.binary_conv2d(x, w, padding=1), repeats=repeats)
     t_bn = time_call(lambda: bc.binary_conv2d(x, w, padding=1, backend="numpy"), repeats=max(1, repeats // 2))
-    return [[f"{batch}x64x28x28, 64 filters 3x3, pad 1", f"{t_f * 1e3:.3f}", f"{t_k * 1e3:.3f}",
-             f"{t_b * 1e3:.3f}", f"{t_bn * 1e3:.2f}", f"{t_f / t_k:.2f}x", f"{t_f / t_b:.2f}x", exact]]
+    return [
+        [
+            f"{batch}x64x28x28, 64 filters 3x3, pad 1",
+            f"{t_f * 1e3:.3f}",
+            f"{t_k * 1e3:.3f}",
+            f"{t_b * 1e3:.3f}",
+            f"{t_bn * 1e3:.2f}",
+            f"{t_f / t_k:.2f}x",
+            f"{t_f / t_b:.2f}x",
+            exact,
+        ]
+    ]
 
 
 def size_rows():
     rows = []
-    specs = [("MLP 784-1024-1024-1024-10 (paper's MNIST)", lambda: bc.make_binary_mlp("det", 784, (1024,) * 3)),
-             ("MLP 64-256-256-10 (chapter)", lambda: bc.make_binary_mlp("det", 64, (256, 256))),
-             ("CNN 32-64 on 8x8 (chapter; first conv float)",
-              lambda: bc.make_binary_cnn("det", channels=(32, 64), image_size=8, float_first_conv=True)),
-             ("CNN 16-32 on 28x28, all binary",
-              lambda: bc.make_binary_cnn("det", channels=(16, 32), image_size=28))]
+    specs = [
+        ("MLP 784-1024-1024-1024-10 (paper's MNIST)", lambda: bc.make_binary_mlp("det", 784, (1024,) * 3)),
+        ("MLP 64-256-256-10 (chapter)", lambda: bc.make_binary_mlp("det", 64, (256, 256))),
+        (
+            "CNN 32-64 on 8x8 (chapter; first conv float)",
+            lambda: bc.make_binary_cnn("det", channels=(32, 64), image_size=8, float_first_conv=True),
+        ),
+        ("CNN 16-32 on 28x28, all binary", lambda: bc.make_binary_cnn("det", channels=(16, 32), image_size=28)),
+    ]
     for name, make in specs:
         torch.manual_seed(0)
         model = make().eval()
         s = bc.packed_nbytes(model)
         f_file = bc.serialized_nbytes(model.state_dict())
         p_file = bc.serialized_nbytes(bc.pack_binary_weights(model))
-        rows.append([name, s["binary_float32"], s["binary_packed"],
-                     f"{s['binary_float32'] / s['binary_packed']:.2f}x", s["other"], f_file, p_file,
-                     f"{f_file / p_file:.2f}x"])
+        rows.append(
+            [
+                name,
+                s["binary_float32"],
+                s["binary_packed"],
+                f"{s['binary_float32'] / s['binary_packed']:.2f}x",
+                s["other"],
+                f_file,
+                p_file,
+                f"{f_file / p_file:.2f}x",
+            ]
+        )
     return rows
 
 
@@ -126,39 +172,86 @@ def main(quick: bool = False, sections=("accuracy", "speed")) -> None:
         seeds = (0,) if quick else (0, 1, 2)
         Xtr, ytr = load_dataset("digits", "train")
         Xte, yte = load_dataset("digits", "test")
-        headers = ["data", "model", "training", "error, sign w", "error, real w", "paper's test w - float",
-                   "seeds", "epochs"]
-        print_table("Test error (%) on digits of float vs BinaryConnect, mean ± std over seeds", headers,
-                    accuracy_rows("digits 8x8", (Xtr, ytr), (Xte, yte), ("MLP", "CNN"), seeds))
+        headers = [
+            "data",
+            "model",
+            "training",
+            "error, sign w",
+            "error, real w",
+            "paper's test w - float",
+            "seeds",
+            "epochs",
+        ]
+        print_table(
+            "Test error (%) on digits of float vs BinaryConnect, mean ± std over seeds",
+            headers,
+            accuracy_rows("digits 8x8", (Xtr, ytr), (Xte, yte), ("MLP", "CNN"), seeds),
+        )
         if shared_mnist_available():
             X, y = load_dataset("mnist", "test", root=str(SHARED_MNIST))
             Xa, Xb, ya, yb = train_test_split_arrays(X, y, test_size=0.3, seed=0)
-            print_table("Test error (%) on MNIST of float vs BinaryConnect, mean ± std over seeds", headers,
-                        accuracy_rows("MNIST 7k/3k", (Xa, ya), (Xb, yb), ("MLP",), seeds,
-                                      epoch_scale=0.15 if quick else 1.0))
+            print_table(
+                "Test error (%) on MNIST of float vs BinaryConnect, mean ± std over seeds",
+                headers,
+                accuracy_rows("MNIST 7k/3k", (Xa, ya), (Xb, yb), ("MLP",), seeds, epoch_scale=0.15 if quick else 1.0),
+            )
         else:
             print("(../shared/data/mnist not found: MNIST rows skipped)\n")
-        print("MLP: 256-256 hidden units; CNN: 32-64 channels, first convolution kept in float32, all other "
-              "layers binary; BatchNorm after every layer; recipe courselib.binaryconnect.RECIPE. "
-              "'paper's test w': sign(w) for BC-det, real w for BC-stoch (paper Section 2.6).")
-        print("Paper (Courbariaux et al. 2015, Table 2): MNIST float 1.30 ± 0.04, det 1.29 ± 0.08, stoch 1.18 ± 0.04; "
-              "CIFAR-10 float 10.64, det 9.90, stoch 8.27.\n")
+        print(
+            "MLP: 256-256 hidden units; CNN: 32-64 channels, first convolution kept in float32, all other "
+            "layers binary; BatchNorm after every layer; recipe courselib.binaryconnect.RECIPE. "
+            "'paper's test w': sign(w) for BC-det, real w for BC-stoch (paper Section 2.6)."
+        )
+        print(
+            "Paper (Courbariaux et al. 2015, Table 2): MNIST float 1.30 ± 0.04, det 1.29 ± 0.08, stoch 1.18 ± 0.04; "
+            "CIFAR-10 float 10.64, det 9.90, stoch 8.27.\n"
+        )
     if "speed" not in sections:
         return
 
     sizes = (1024, 4096) if quick else (1024, 4096, 8192)
-    print_table("GEMV: n x n matrix times vector, XNOR-popcount on packed +-1 vs float32 (ms)",
-                ["n", "numpy f32", "torch f32", "XNOR numpy", "XNOR numba", "speed-up numpy XNOR",
-                 "speed-up numba XNOR", "vs torch"],
-                gemv_rows(sizes, repeats=7 if quick else 21))
-    print_table("Binary convolution (XNOR-popcount, packed along channels) vs float32 F.conv2d (ms)",
-                ["layer", "F.conv2d f32", "binary, packed operands", "binary, pack + conv", "binary numpy im2col",
-                 "speed-up packed", "speed-up pack + conv", "exact"],
-                conv_rows(repeats=5 if quick else 11))
-    print_table("Model size: packed binary weights vs float32 (bytes)",
-                ["model", "binary layers f32", "binary layers packed", "ratio", "other params",
-                 "torch.save f32", "torch.save packed", "file ratio"],
-                size_rows())
+    print_table(
+        "GEMV: n x n matrix times vector, XNOR-popcount on packed +-1 vs float32 (ms)",
+        [
+            "n",
+            "numpy f32",
+            "torch f32",
+            "XNOR numpy",
+            "XNOR numba",
+            "speed-up numpy XNOR",
+            "speed-up numba XNOR",
+            "vs torch",
+        ],
+        gemv_rows(sizes, repeats=7 if quick else 21),
+    )
+    print_table(
+        "Binary convolution (XNOR-popcount, packed along channels) vs float32 F.conv2d (ms)",
+        [
+            "layer",
+            "F.conv2d f32",
+            "binary, packed operands",
+            "binary, pack + conv",
+            "binary numpy im2col",
+            "speed-up packed",
+            "speed-up pack + conv",
+            "exact",
+        ],
+        conv_rows(repeats=5 if quick else 11),
+    )
+    print_table(
+        "Model size: packed binary weights vs float32 (bytes)",
+        [
+            "model",
+            "binary layers f32",
+            "binary layers packed",
+            "ratio",
+            "other params",
+            "torch.save f32",
+            "torch.save packed",
+            "file ratio",
+        ],
+        size_rows(),
+    )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-
 from _common import REPO, print_table
+from nbclient import NotebookClient
 
 BIN = Path(sys.executable).parent
 
@@ -51,8 +50,23 @@ def read_myst(path: Path) -> nbformat.NotebookNode:
 
 def build(out: Path, config: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([str(BIN / "jupyter-book"), "build", str(REPO), "--path-output", str(out), "--config",
-                    str(config), "-W", "--keep-going", "-q"], check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [
+            str(BIN / "jupyter-book"),
+            "build",
+            str(REPO),
+            "--path-output",
+            str(out),
+            "--config",
+            str(config),
+            "-W",
+            "--keep-going",
+            "-q",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -62,8 +76,11 @@ def main(quick: bool = False) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="bench_book_"))
         try:
             cfg = tmp / "_config.yml"
-            cfg.write_text((REPO / "_config.yml").read_text().replace(
-                'cache: "_build/.jupyter_cache"', f'cache: "{tmp}/.jupyter_cache"'))
+            cfg.write_text(
+                (REPO / "_config.yml")
+                .read_text()
+                .replace('cache: "_build/.jupyter_cache"', f'cache: "{tmp}/.jupyter_cache"')
+            )
             rows.append(["clean build (all chapters executed)", build(tmp, cfg)])
             rows.append(["rebuild with no change (cached)", build(tmp, cfg)])
         finally:

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
-from courselib import compare  # noqa: E402
-from courselib.challenge import challenge_data  # noqa: E402
-from courselib.data import load_dataset, train_test_split_arrays  # noqa: E402
+from courselib import compare
+from courselib.challenge import challenge_data
+from courselib.data import load_dataset, train_test_split_arrays
 
 
 def _data(quick: bool):
@@ -31,7 +31,11 @@ def _data(quick: bool):
         X, y = load_dataset("mnist", split="test", root=SHARED_MNIST)
         Xa, Xb, ya, yb = train_test_split_arrays(X, y, test_size=0.3, seed=0)
         if quick:
-            return "MNIST (2,000 train / 1,000 test of the shared test set)", (Xa[:2000], ya[:2000]), (Xb[:1000], yb[:1000])
+            return (
+                "MNIST (2,000 train / 1,000 test of the shared test set)",
+                (Xa[:2000], ya[:2000]),
+                (Xb[:1000], yb[:1000]),
+            )
         return "MNIST (7,000 train / 3,000 test of the shared test set)", (Xa, ya), (Xb, yb)
     d = challenge_data()
     return "digits 28x28 (1,000 train / 540 test)", d["train"], d["test"]
@@ -40,17 +44,31 @@ def _data(quick: bool):
 def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     name, train, test = _data(quick)
-    settings = ({"reference_epochs": 2, "binary_epochs": 2, "student_epochs": 3} if quick else
-                {"reference_epochs": 4, "binary_epochs": 6, "student_epochs": 10, "finetune_epochs": 2})
+    settings = (
+        {"reference_epochs": 2, "binary_epochs": 2, "student_epochs": 3}
+        if quick
+        else {"reference_epochs": 4, "binary_epochs": 6, "student_epochs": 10, "finetune_epochs": 2}
+    )
     t0 = time.perf_counter()
     rows, _ = compare.trade_off_study(train, test, settings=settings)
     secs = time.perf_counter() - t0
     ref = rows[0]
-    print_table(f"Every method on one model: {name}; latency = batch of 64, 1 torch thread; {machine_line()}",
-                ["method", "accuracy %", "size (bytes)", "smaller", "latency (ms)", "faster", "file holds"],
-                [[r["name"], f"{100 * r['accuracy']:.2f}", f"{r['size_bytes']:,}",
-                  f"{ref['size_bytes'] / r['size_bytes']:.1f}x", f"{r['latency_ms']:.2f}",
-                  f"{ref['latency_ms'] / r['latency_ms']:.1f}x", r["storage"]] for r in rows])
+    print_table(
+        f"Every method on one model: {name}; latency = batch of 64, 1 torch thread; {machine_line()}",
+        ["method", "accuracy %", "size (bytes)", "smaller", "latency (ms)", "faster", "file holds"],
+        [
+            [
+                r["name"],
+                f"{100 * r['accuracy']:.2f}",
+                f"{r['size_bytes']:,}",
+                f"{ref['size_bytes'] / r['size_bytes']:.1f}x",
+                f"{r['latency_ms']:.2f}",
+                f"{ref['latency_ms'] / r['latency_ms']:.1f}x",
+                r["storage"],
+            ]
+            for r in rows
+        ],
+    )
     print(f"settings: {settings}; total {secs:.0f} s")
 
 

@@ -34,8 +34,11 @@ def make_batch(tmp: Path, n: int) -> tuple[Path, Path]:
     shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
     release = json.loads((grading.release(LAB, course) / f"{LAB}.ipynb").read_text())
     source = json.loads((course / "source" / LAB / f"{LAB}.ipynb").read_text())
-    sols = {c["metadata"]["nbgrader"]["grade_id"]: c["source"] for c in source["cells"]
-            if c["metadata"].get("nbgrader", {}).get("solution")}
+    sols = {
+        c["metadata"]["nbgrader"]["grade_id"]: c["source"]
+        for c in source["cells"]
+        if c["metadata"].get("nbgrader", {}).get("solution")
+    }
     subs = tmp / "submissions"
     for i in range(n):
         nb = json.loads(json.dumps(release))
@@ -64,24 +67,52 @@ def main(quick: bool = False) -> None:
         for workers in (1, 2):
             load0 = os.getloadavg()[0]
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            s = grading.grade(LAB, subs, course, workers=workers, regrade=True, progress=False,
-                              limits=grading.Limits(cell_timeout=60, notebook_timeout=300))
+            s = grading.grade(
+                LAB,
+                subs,
+                course,
+                workers=workers,
+                regrade=True,
+                progress=False,
+                limits=grading.Limits(cell_timeout=60, notebook_timeout=300),
+            )
             times[workers] = s["seconds"]
             scores[workers] = {k: r["score"] for k, r in s["results"].items()}
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
             counts = {k: v for k, v in s["counts"].items() if v}
-            rows.append([workers, n, round(s["seconds"], 1), round(s["seconds"] / n, 2), round(cpu / n, 2),
-                         round(cpu / s["seconds"], 2), f"{load0:.1f}", json.dumps(counts).replace('"', "")])
+            rows.append(
+                [
+                    workers,
+                    n,
+                    round(s["seconds"], 1),
+                    round(s["seconds"] / n, 2),
+                    round(cpu / n, 2),
+                    round(cpu / s["seconds"], 2),
+                    f"{load0:.1f}",
+                    json.dumps(counts).replace('"', ""),
+                ]
+            )
         assert scores[1] == scores[2], "grading must be deterministic"
     eff = times[1] / (2 * times[2])
     for r in rows:
         r.append(round(times[1] / times[r[0]], 2))
-    print_table(f"courselib grade {LAB}: {n} submissions (sandbox + clean room + feedback)",
-                ["workers", "submissions", "wall s", "wall s / notebook", "CPU s / notebook", "cores used",
-                 "load before", "statuses", "speed-up"], rows)
-    print(f"parallel efficiency with 2 workers: {eff:.0%} (goal >= 75%); "
-          f"load average after: {os.getloadavg()[0]:.2f}")
+    print_table(
+        f"courselib grade {LAB}: {n} submissions (sandbox + clean room + feedback)",
+        [
+            "workers",
+            "submissions",
+            "wall s",
+            "wall s / notebook",
+            "CPU s / notebook",
+            "cores used",
+            "load before",
+            "statuses",
+            "speed-up",
+        ],
+        rows,
+    )
+    print(f"parallel efficiency with 2 workers: {eff:.0%} (goal >= 75%); load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

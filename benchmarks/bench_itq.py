@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call
 
 
 def _load(quick: bool):
@@ -37,11 +37,24 @@ def _load(quick: bool):
         X_db, X_q, y_db, y_q = train_test_split_arrays(X, y, test_size=0.1, seed=0)
         if quick:
             X_q, y_q = X_q[:300], y_q[:300]
-        return "MNIST test set (database 9,000 / queries %d, seed 0)" % len(X_q), X_db, y_db, X_q, y_q, (16, 32, 64, 128)
+        return (
+            f"MNIST test set (database 9,000 / queries {len(X_q)}, seed 0)",
+            X_db,
+            y_db,
+            X_q,
+            y_q,
+            (16, 32, 64, 128),
+        )
     X_tr, y_tr = load_dataset("digits", split="train")
     X_te, y_te = load_dataset("digits", split="test")
-    return ("digits (database 1,257 / queries 540)", X_tr.reshape(len(X_tr), -1).astype(np.float64), y_tr,
-            X_te.reshape(len(X_te), -1).astype(np.float64), y_te, (8, 16, 32, 64))
+    return (
+        "digits (database 1,257 / queries 540)",
+        X_tr.reshape(len(X_tr), -1).astype(np.float64),
+        y_tr,
+        X_te.reshape(len(X_te), -1).astype(np.float64),
+        y_te,
+        (8, 16, 32, 64),
+    )
 
 
 def main(quick: bool = False) -> None:
@@ -65,8 +78,9 @@ def main(quick: bool = False) -> None:
     for c in bits:
         t = time_call(lambda: ITQ(c, n_iter=50, random_state=0).fit(X_db), repeats=repeats, warmup=0)
         rows.append([c, X_db.shape[0], round(t, 3)])
-    print_table("ITQ fit time (PCA + 50 iterations; 1 BLAS thread)",
-                ["bits", "training samples", "seconds (median)"], rows)
+    print_table(
+        "ITQ fit time (PCA + 50 iterations; 1 BLAS thread)", ["bits", "training samples", "seconds (median)"], rows
+    )
 
     rows = []
     try:
@@ -89,8 +103,11 @@ def main(quick: bool = False) -> None:
         else:
             row.append("faiss missing")
         rows.append(row)
-    print_table("ITQ: quantization loss per sample Q(B, R) / n on the same PCA data (lower is better)",
-                ["bits", "PCA-direct (R = I)", "random start (PCA-RR)", "courselib ITQ", "faiss ITQMatrix"], rows)
+    print_table(
+        "ITQ: quantization loss per sample Q(B, R) / n on the same PCA data (lower is better)",
+        ["bits", "PCA-direct (R = I)", "random start (PCA-RR)", "courselib ITQ", "faiss ITQMatrix"],
+        rows,
+    )
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

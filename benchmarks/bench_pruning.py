@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
-from courselib import pruning as P  # noqa: E402
-from courselib.data import load_dataset, train_test_split_arrays  # noqa: E402
-from courselib.models import MLP, CourseCNN  # noqa: E402
-from courselib.training import evaluate, fit  # noqa: E402
+from courselib import pruning as P
+from courselib.data import load_dataset, train_test_split_arrays
+from courselib.models import MLP, CourseCNN
+from courselib.training import evaluate, fit
 
 THREADS = 1
 AMOUNTS = [0.5, 0.8, 0.9, 0.95]
@@ -48,8 +48,10 @@ def _datasets(image_size=None):
     if image_size is None:
         out["digits"] = (load_dataset("digits", split="train"), load_dataset("digits", split="test"))
     else:
-        out["digits 28x28"] = (load_dataset("digits", split="train", image_size=image_size),
-                               load_dataset("digits", split="test", image_size=image_size))
+        out["digits 28x28"] = (
+            load_dataset("digits", split="train", image_size=image_size),
+            load_dataset("digits", split="test", image_size=image_size),
+        )
     if shared_mnist_available():
         X, y = load_dataset("mnist", split="test", root=SHARED_MNIST)
         Xa, Xb, ya, yb = train_test_split_arrays(X, y, test_size=0.3, seed=0)
@@ -78,21 +80,45 @@ def obd_table(quick: bool) -> None:
             dense.append(acc(base))
             for method in scores:
                 m = copy.deepcopy(base)
-                retrain = lambda mm: fit(mm, (Xtr, ytr), epochs=3 if name == "digits" else 2,  # noqa: E731
-                                         lr=1e-3, seed=seed, progress=False)
-                hist = P.iterative_prune(m, AMOUNTS, method=method, retrain=retrain, evaluate=acc,
-                                         loss_fn=F.cross_entropy, data=sal_data, seed=seed)
+
+                def retrain(mm):
+                    return fit(mm, (Xtr, ytr), epochs=3 if name == "digits" else 2, lr=1e-3, seed=seed, progress=False)
+
+                hist = P.iterative_prune(
+                    m,
+                    AMOUNTS,
+                    method=method,
+                    retrain=retrain,
+                    evaluate=acc,
+                    loss_fn=F.cross_entropy,
+                    data=sal_data,
+                    seed=seed,
+                )
                 scores[method].append([h["score"] for h in hist])
         for method, s in scores.items():
             s = np.array(s)
-            rows.append([f"{name} MLP {d}-{hidden[0]}-10", method, f"{np.mean(dense):.3f}"]
-                        + [f"{s[:, i].mean():.3f} ± {s[:, i].std():.3f}" for i in range(len(AMOUNTS))])
+            rows.append(
+                [f"{name} MLP {d}-{hidden[0]}-10", method, f"{np.mean(dense):.3f}"]
+                + [f"{s[:, i].mean():.3f} ± {s[:, i].std():.3f}" for i in range(len(AMOUNTS))]
+            )
         i90 = AMOUNTS.index(0.9)
         o, g = np.array(scores["obd"])[:, i90], np.array(scores["magnitude"])[:, i90]
-        rows.append([f"{name}: OBD >= magnitude at 90%?", "yes" if o.mean() >= g.mean() else "NO",
-                     f"{len(seeds)} seeds", f"OBD wins {int((o >= g).sum())}/{len(seeds)}", "", "", ""])
-    print_table(f"OBD vs magnitude vs random, iterative with retraining, test accuracy (mean ± std over "
-                f"{len(seeds)} seed(s))", ["model", "method", "dense"] + [f"{a:.0%}" for a in AMOUNTS], rows)
+        rows.append(
+            [
+                f"{name}: OBD >= magnitude at 90%?",
+                "yes" if o.mean() >= g.mean() else "NO",
+                f"{len(seeds)} seeds",
+                f"OBD wins {int((o >= g).sum())}/{len(seeds)}",
+                "",
+                "",
+                "",
+            ]
+        )
+    print_table(
+        f"OBD vs magnitude vs random, iterative with retraining, test accuracy (mean ± std over {len(seeds)} seed(s))",
+        ["model", "method", "dense"] + [f"{a:.0%}" for a in AMOUNTS],
+        rows,
+    )
 
 
 PLANS = [(0.25, 0.25), (0.5, 0.5), (0.5, 0.75), (0.75, 0.75)]
@@ -136,14 +162,28 @@ def filter_table(quick: bool) -> None:
     archs = {"dense": bases[0], **{p: _pruned(bases[0], p) for p in plans}}  # latency depends on shapes only
     x = torch.as_tensor(Xte[:64])
     rounds = 8 if quick else 24
-    keys = (("thread", False, "median"), ("thread", True, "median"), ("wall", False, "median"),
-            ("thread", False, "min"), ("thread", True, "min"))
+    keys = (
+        ("thread", False, "median"),
+        ("thread", True, "median"),
+        ("wall", False, "median"),
+        ("thread", False, "min"),
+        ("thread", True, "min"),
+    )
     lat = {}
     for clock in ("thread", "wall"):
-        for deploy in ((False, True) if clock == "thread" else (False,)):
+        for deploy in (False, True) if clock == "thread" else (False,):
             # the same interleaved calls give the median and the minimum
-            times = P.compare_latency(archs, x, rounds=rounds, repeats=5, warmup=3, num_threads=THREADS,
-                                      clock=clock, deploy=deploy, statistic="all")
+            times = P.compare_latency(
+                archs,
+                x,
+                rounds=rounds,
+                repeats=5,
+                warmup=3,
+                num_threads=THREADS,
+                clock=clock,
+                deploy=deploy,
+                statistic="all",
+            )
             lat[(clock, deploy, "median")] = {k: float(np.median(v)) for k, v in times.items()}
             lat[(clock, deploy, "min")] = {k: float(np.min(v)) for k, v in times.items()}
     rows, best = [], None
@@ -152,8 +192,14 @@ def filter_table(quick: bool) -> None:
         drop = 100 * (r[:, 0] - r[:, 1]).mean()
         m = archs[plan]
         mac_cut = 1 - P.count_macs(m, SHAPE) / macs0
-        cells = [f"{plan[0]:.0%} / {plan[1]:.0%}", f"{100 * r[:, 0].mean():.2f}", f"{100 * r[:, 1].mean():.2f}",
-                 f"{drop:+.2f}", f"{mac_cut:.1%}", f"{1 - P.count_parameters(m) / par0:.1%}"]
+        cells = [
+            f"{plan[0]:.0%} / {plan[1]:.0%}",
+            f"{100 * r[:, 0].mean():.2f}",
+            f"{100 * r[:, 1].mean():.2f}",
+            f"{drop:+.2f}",
+            f"{mac_cut:.1%}",
+            f"{1 - P.count_parameters(m) / par0:.1%}",
+        ]
         ratios = []
         for key in keys:
             t0, t1 = lat[key]["dense"], lat[key][plan]
@@ -162,38 +208,75 @@ def filter_table(quick: bool) -> None:
         rows.append(cells)
         if drop <= 1.0 and (best is None or mac_cut > best[1]):
             best = (plan, mac_cut, drop, ratios)
-    print_table(f"Filter pruning of CourseCNN(16, 32) on {name} (smallest L1 first, layer by layer, 1 retraining "
-                f"epoch after each layer; accuracy mean over {len(seeds)} seed(s)). Latency: median ms at batch 64 "
-                f"of 1x28x28, {THREADS} torch thread, {rounds} interleaved rounds x 5 calls; 'CPU' = thread CPU time "
-                "(time.thread_time), 'deployed' = BatchNorm folded into the conv weights + channels-last; "
-                "ratio = latency cut / MAC cut",
-                ["filters removed conv1 / conv2", "acc % before", "acc % after", "drop (points)", "MACs removed",
-                 "params removed", "CPU ms as trained", "ratio", "CPU ms deployed", "ratio",
-                 "wall ms as trained", "ratio", "min CPU ms as trained", "ratio", "min CPU ms deployed", "ratio"],
-                rows)
+    print_table(
+        f"Filter pruning of CourseCNN(16, 32) on {name} (smallest L1 first, layer by layer, 1 retraining "
+        f"epoch after each layer; accuracy mean over {len(seeds)} seed(s)). Latency: median ms at batch 64 "
+        f"of 1x28x28, {THREADS} torch thread, {rounds} interleaved rounds x 5 calls; 'CPU' = thread CPU time "
+        "(time.thread_time), 'deployed' = BatchNorm folded into the conv weights + channels-last; "
+        "ratio = latency cut / MAC cut",
+        [
+            "filters removed conv1 / conv2",
+            "acc % before",
+            "acc % after",
+            "drop (points)",
+            "MACs removed",
+            "params removed",
+            "CPU ms as trained",
+            "ratio",
+            "CPU ms deployed",
+            "ratio",
+            "wall ms as trained",
+            "ratio",
+            "min CPU ms as trained",
+            "ratio",
+            "min CPU ms deployed",
+            "ratio",
+        ],
+        rows,
+    )
     if best is None:
         summary = [[name, "none within 1 point"] + [""] * 7]
     else:
-        summary = [[name, f"{best[0][0]:.0%} / {best[0][1]:.0%}", f"{best[1]:.1%}", f"{best[2]:+.2f}"]
-                   + [f"{r:.2f}" for r in best[3]]]
-    print_table("Largest MAC reduction with <= 1 point accuracy loss (goals: >= 40% MACs, ratio >= 0.7)",
-                ["data", "plan", "MACs removed", "accuracy drop (points)", "ratio (CPU, as trained)",
-                 "ratio (CPU, deployed)", "ratio (wall, as trained)", "ratio (min CPU, as trained)",
-                 "ratio (min CPU, deployed)"], summary)
+        summary = [
+            [name, f"{best[0][0]:.0%} / {best[0][1]:.0%}", f"{best[1]:.1%}", f"{best[2]:+.2f}"]
+            + [f"{r:.2f}" for r in best[3]]
+        ]
+    print_table(
+        "Largest MAC reduction with <= 1 point accuracy loss (goals: >= 40% MACs, ratio >= 0.7)",
+        [
+            "data",
+            "plan",
+            "MACs removed",
+            "accuracy drop (points)",
+            "ratio (CPU, as trained)",
+            "ratio (CPU, deployed)",
+            "ratio (wall, as trained)",
+            "ratio (min CPU, as trained)",
+            "ratio (min CPU, deployed)",
+        ],
+        summary,
+    )
     where = best[0] if best is not None else plans[0]
     reps = 10 if quick else 30
-    parts = {(label, deploy): P.layer_times(archs[key], x, repeats=reps, deploy=deploy)
-             for label, key in (("dense", "dense"), (f"{where[0]:.0%} / {where[1]:.0%}", where))
-             for deploy in (False, True)}
+    parts = {
+        (label, deploy): P.layer_times(archs[key], x, repeats=reps, deploy=deploy)
+        for label, key in (("dense", "dense"), (f"{where[0]:.0%} / {where[1]:.0%}", where))
+        for deploy in (False, True)
+    }
     names = list(parts[("dense", False)])
     rows = []
     for (label, deploy), t in parts.items():
-        rows.append([label, "deployed" if deploy else "as trained"]
-                    + [f"{1e3 * t[n]:.2f}" if n in t else "folded" for n in names]
-                    + [f"{1e3 * sum(t.values()):.2f}"])
-    print_table(f"Where the time goes: median thread CPU ms per module at batch 64, {THREADS} torch thread "
-                "(forward hooks; relu#k / pool#k = k-th call of the shared module)",
-                ["model", "form"] + names + ["sum"], rows)
+        rows.append(
+            [label, "deployed" if deploy else "as trained"]
+            + [f"{1e3 * t[n]:.2f}" if n in t else "folded" for n in names]
+            + [f"{1e3 * sum(t.values()):.2f}"]
+        )
+    print_table(
+        f"Where the time goes: median thread CPU ms per module at batch 64, {THREADS} torch thread "
+        "(forward hooks; relu#k / pool#k = k-th call of the shared module)",
+        ["model", "form"] + names + ["sum"],
+        rows,
+    )
 
 
 def main(quick: bool = False) -> None:

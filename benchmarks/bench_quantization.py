@@ -27,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call  # noqa: E402
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call
 
-from courselib import quantization as Q  # noqa: E402
-from courselib.data import load_dataset, train_test_split_arrays  # noqa: E402
-from courselib.models import MLP, CourseCNN  # noqa: E402
-from courselib.training import evaluate, fit  # noqa: E402
+from courselib import quantization as Q
+from courselib.data import load_dataset, train_test_split_arrays
+from courselib.models import MLP, CourseCNN
+from courselib.training import evaluate, fit
 
 
 def _data(quick: bool):
@@ -53,9 +53,11 @@ def _latency(model, X, batch, repeats):
 
 def int8_rows(name, model, train, test, repeats):
     calib = torch.as_tensor(train[0][:512])
-    variants = [("float32", model),
-                ("int8 static (x86)", Q.quantize_static_int8(model, calib, backend="x86")),
-                ("int8 dynamic (Linear only)", Q.quantize_dynamic_int8(model))]
+    variants = [
+        ("float32", model),
+        ("int8 static (x86)", Q.quantize_static_int8(model, calib, backend="x86")),
+        ("int8 dynamic (Linear only)", Q.quantize_dynamic_int8(model)),
+    ]
     rows, base = [], None
     for label, m in variants:
         acc = evaluate(m, test)["accuracy"]
@@ -64,22 +66,46 @@ def int8_rows(name, model, train, test, repeats):
         t256 = _latency(m, test[0], 256, repeats)
         if base is None:
             base = (size, t1, t256)
-        rows.append([name, label, f"{100 * acc:.2f}", size, f"{base[0] / size:.2f}x", f"{1e6 * t1:.1f}",
-                     f"{base[1] / t1:.2f}x", f"{1e3 * t256:.3f}", f"{base[2] / t256:.2f}x"])
+        rows.append(
+            [
+                name,
+                label,
+                f"{100 * acc:.2f}",
+                size,
+                f"{base[0] / size:.2f}x",
+                f"{1e6 * t1:.1f}",
+                f"{base[1] / t1:.2f}x",
+                f"{1e3 * t256:.3f}",
+                f"{base[2] / t256:.2f}x",
+            ]
+        )
     return rows
 
 
 def bits_rows(model, test):
     rows = []
     for bits in (8, 4, 2, 1):
-        rows.append([f"uniform {bits} bit",
-                     f"{100 * evaluate(Q.fake_quantize_weights(model, bits), test)['accuracy']:.2f}",
-                     f"{100 * evaluate(Q.fake_quantize_weights(model, bits, per_channel=True), test)['accuracy']:.2f}"])
-    rows.append(["sign(w), 1 bit", f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='sign'), test)['accuracy']:.2f}",
-                 "-"])
-    rows.append(["alpha sign(w), 1 bit",
-                 f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='xnor'), test)['accuracy']:.2f}",
-                 f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='xnor', per_channel=True), test)['accuracy']:.2f}"])
+        rows.append(
+            [
+                f"uniform {bits} bit",
+                f"{100 * evaluate(Q.fake_quantize_weights(model, bits), test)['accuracy']:.2f}",
+                f"{100 * evaluate(Q.fake_quantize_weights(model, bits, per_channel=True), test)['accuracy']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            "sign(w), 1 bit",
+            f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='sign'), test)['accuracy']:.2f}",
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "alpha sign(w), 1 bit",
+            f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='xnor'), test)['accuracy']:.2f}",
+            f"{100 * evaluate(Q.fake_quantize_weights(model, 1, method='xnor', per_channel=True), test)['accuracy']:.2f}",
+        ]
+    )
     return rows
 
 
@@ -101,12 +127,17 @@ def main(quick: bool = False) -> None:
     cnn.eval()
     rows = int8_rows(f"MLP 784-{'-'.join(map(str, hidden))}-10", mlp, train, test, repeats)
     rows += int8_rows("CourseCNN (16, 32)", cnn, train, test, repeats)
-    print_table(f"Post-training int8 with torch.ao.quantization, {desc}, 1 thread",
-                ["model", "variant", "acc %", "bytes", "smaller", "batch 1 (us)", "speed-up",
-                 "batch 256 (ms)", "speed-up"], rows)
-    print_table(f"Weight-only quantization of the MLP, no retraining, {desc} (test accuracy %; float32 "
-                f"{100 * evaluate(mlp, test)['accuracy']:.2f})",
-                ["weights", "per tensor", "per channel"], bits_rows(mlp, test))
+    print_table(
+        f"Post-training int8 with torch.ao.quantization, {desc}, 1 thread",
+        ["model", "variant", "acc %", "bytes", "smaller", "batch 1 (us)", "speed-up", "batch 256 (ms)", "speed-up"],
+        rows,
+    )
+    print_table(
+        f"Weight-only quantization of the MLP, no retraining, {desc} (test accuracy %; float32 "
+        f"{100 * evaluate(mlp, test)['accuracy']:.2f})",
+        ["weights", "per tensor", "per channel"],
+        bits_rows(mlp, test),
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,19 @@ class LimitedExecute(Execute):
             return super().output(outs, msg, display_id, cell_index)
         if not self._limit_hit:
             self._limit_hit = True
-            outs.append(NotebookNode(output_type="error", ename=OUTPUT_LIMIT_ENAME,
-                                     evalue=f"cell output exceeded {self.max_output_bytes} bytes",
-                                     traceback=[f"{OUTPUT_LIMIT_ENAME}: cell output exceeded "
-                                                f"{self.max_output_bytes} bytes; the kernel was interrupted"]))
+            outs.append(
+                NotebookNode(
+                    output_type="error",
+                    ename=OUTPUT_LIMIT_ENAME,
+                    evalue=f"cell output exceeded {self.max_output_bytes} bytes",
+                    traceback=[
+                        f"{OUTPUT_LIMIT_ENAME}: cell output exceeded "
+                        f"{self.max_output_bytes} bytes; the kernel was interrupted"
+                    ],
+                )
+            )
             try:
                 asyncio.ensure_future(self.km.interrupt_kernel())
-            except Exception:  # noqa: BLE001 - best effort; the cell timeout still applies
+            except Exception:
                 pass
         return None

@@ -28,7 +28,6 @@ except ImportError:  # pragma: no cover
 
 
 if HAVE_NUMBA:
-
     # the same one-instruction popcount as the Hamming search kernels
     from .binary_codes import _popcount64
 

@@ -116,8 +116,10 @@ def _as_bits(bits) -> np.ndarray:
         raise ValueError(f"bits must be a numeric or boolean array, got dtype {arr.dtype}")
     if not np.all((arr == 0) | (arr == 1)):
         bad = arr[(arr != 0) & (arr != 1)].ravel()[0]
-        raise ValueError(f"bits must contain only 0 and 1, found {bad!r}; binarize first "
-                         "(e.g. MeanThresholdBinarizer, or (x > 0) for sign codes)")
+        raise ValueError(
+            f"bits must contain only 0 and 1, found {bad!r}; binarize first "
+            "(e.g. MeanThresholdBinarizer, or (x > 0) for sign codes)"
+        )
     return arr.astype(np.uint8)
 
 
@@ -188,8 +190,9 @@ def unpack_codes(codes, n_bits: int) -> np.ndarray:
         raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
     n_bytes = arr.shape[1]
     if (int(n_bits) + 7) // 8 != n_bytes:
-        raise ValueError(f"n_bits={n_bits} needs {(int(n_bits) + 7) // 8} bytes per code, "
-                         f"but the codes have {n_bytes} bytes")
+        raise ValueError(
+            f"n_bits={n_bits} needs {(int(n_bits) + 7) // 8} bytes per code, but the codes have {n_bytes} bytes"
+        )
     return np.unpackbits(arr, axis=1, count=int(n_bits), bitorder="little")
 
 
@@ -204,8 +207,9 @@ def _check_pair(query_codes, database_codes):
     q = _as_codes(query_codes, "query_codes")
     db = _as_codes(database_codes, "database_codes")
     if q.shape[1] != db.shape[1]:
-        raise ValueError(f"code widths differ: query_codes have {q.shape[1]} bytes per code, "
-                         f"database_codes have {db.shape[1]}")
+        raise ValueError(
+            f"code widths differ: query_codes have {q.shape[1]} bytes per code, database_codes have {db.shape[1]}"
+        )
     return q, db
 
 
@@ -227,8 +231,8 @@ def _hamming_numpy(q: np.ndarray, db: np.ndarray, block: int = 256) -> np.ndarra
     qw, dw = _to_words(q), _to_words(db)
     out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
     for start in range(0, q.shape[0], block):
-        x = qw[start:start + block, None, :] ^ dw[None, :, :]
-        out[start:start + block] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
+        x = qw[start : start + block, None, :] ^ dw[None, :, :]
+        out[start : start + block] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
     return out
 
 
@@ -250,13 +254,13 @@ def _topk_from_distances(dist: np.ndarray, k: int):
 # ----------------------------------------------------------------------------------------------------
 try:  # numba is an accepted dependency; without it every call takes the NumPy path.
     import numba as _nb
-    from llvmlite import ir as _ir
     from numba import types as _nbtypes
     from numba.extending import intrinsic as _intrinsic
 except Exception:  # pragma: no cover - numba missing or broken
     _nb = None
 
 if _nb is not None:
+
     @_intrinsic
     def _popcount64(typingctx, x):
         """The LLVM ``ctpop`` intrinsic on a uint64 (one ``popcnt`` instruction on x86-64)."""
@@ -288,8 +292,9 @@ if _nb is not None:
             child = 2 * pos + 1
             if child >= k:
                 break
-            if child + 1 < k and (hd[child + 1] > hd[child]
-                                  or (hd[child + 1] == hd[child] and hi[child + 1] > hi[child])):
+            if child + 1 < k and (
+                hd[child + 1] > hd[child] or (hd[child + 1] == hd[child] and hi[child + 1] > hi[child])
+            ):
                 child += 1
             if hd[child] > d0 or (hd[child] == d0 and hi[child] > i0):
                 hd[pos] = hd[child]
@@ -486,8 +491,17 @@ def select_bits_by_variance(X_train, n_bits: int) -> np.ndarray:
     return np.sort(np.argsort(-var, kind="stable")[:n_bits])
 
 
-def plot_neighbours(query_index: int = 0, n_bits: int = 64, k: int = 8, *, X_train=None, X_test=None,
-                    y_train=None, y_test=None, image_shape=(8, 8)):
+def plot_neighbours(
+    query_index: int = 0,
+    n_bits: int = 64,
+    k: int = 8,
+    *,
+    X_train=None,
+    X_test=None,
+    y_train=None,
+    y_test=None,
+    image_shape=(8, 8),
+):
     """Draw a query digit with its ``k`` nearest training digits by Hamming and by Euclidean distance.
 
     The codes keep the ``n_bits`` highest-variance pixels (so the number of bits can be chosen),
@@ -523,7 +537,7 @@ def plot_neighbours(query_index: int = 0, n_bits: int = 64, k: int = 8, *, X_tra
     cols = select_bits_by_variance(X_train, n_bits)
     binarizer = MeanThresholdBinarizer().fit(X_train[:, cols])
     db_codes = pack_codes(binarizer.transform(X_train[:, cols]))
-    q_codes = pack_codes(binarizer.transform(X_test[query_index:query_index + 1, cols]))
+    q_codes = pack_codes(binarizer.transform(X_test[query_index : query_index + 1, cols]))
     h_dist, h_idx = hamming_knn(q_codes, db_codes, k)
     d2 = ((X_train - X_test[query_index]) ** 2).sum(axis=1)
     e_idx = np.lexsort((np.arange(len(d2)), d2))[:k]
@@ -531,8 +545,7 @@ def plot_neighbours(query_index: int = 0, n_bits: int = 64, k: int = 8, *, X_tra
 
     fig, axes = plt.subplots(2, k + 1, figsize=(1.25 * (k + 1), 3.1))
     label = "" if y_test is None else f" (label {y_test[query_index]})"
-    for r, (name, idx, dist) in enumerate([("Hamming", h_idx[0], h_dist[0]),
-                                           ("Euclidean", e_idx, e_dist)]):
+    for r, (name, idx, dist) in enumerate([("Hamming", h_idx[0], h_dist[0]), ("Euclidean", e_idx, e_dist)]):
         ax = axes[r, 0]
         ax.imshow(X_test[query_index].reshape(image_shape), cmap="gray_r")
         ax.set_title(f"query{label}" if r == 0 else "query", fontsize=8)

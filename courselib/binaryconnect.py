@@ -25,7 +25,7 @@ indicator would always be 1.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -92,8 +92,7 @@ def hard_sigmoid(x):
     """
     if isinstance(x, torch.Tensor):
         return torch.clamp((x + 1) / 2, 0.0, 1.0)
-    arr = np.asarray(x, dtype=np.float64) if not np.issubdtype(np.asarray(x).dtype, np.floating) \
-        else np.asarray(x)
+    arr = np.asarray(x, dtype=np.float64) if not np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
     return np.clip((arr + 1) / 2, 0.0, 1.0)
 
 
@@ -104,8 +103,7 @@ def _check_tensor(w, name="w"):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {w.dtype}")
 
 
-def binarize(w: torch.Tensor, stochastic: bool = False,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize(w: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Binarize real values to -1/+1 (no gradient handling; see :class:`BinarizeSTE`).
 
     Deterministic (paper Eq. 1, book Eq. ``bc-sign``): ``w_b = +1`` if ``w >= 0`` else ``-1``
@@ -163,8 +161,7 @@ class BinarizeSTE(torch.autograd.Function):
         return grad_output, None, None
 
 
-def binarize_ste(w: torch.Tensor, stochastic: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize_ste(w: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """:func:`binarize` with the straight-through gradient (``BinarizeSTE.apply``)."""
     _check_tensor(w)
     return BinarizeSTE.apply(w, stochastic, generator)
@@ -222,8 +219,16 @@ class BinaryLinear(_BinaryWeightMixin, nn.Linear):
         Weights used in eval mode.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, stochastic: bool = False,
-                 eval_weights: str = "sign", device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        stochastic: bool = False,
+        eval_weights: str = "sign",
+        device=None,
+        dtype=None,
+    ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._setup_binary(stochastic, eval_weights)
 
@@ -238,12 +243,35 @@ class BinaryConv2d(_BinaryWeightMixin, nn.Conv2d):
     ``nn.Conv2d``'s convolution with the binary weights of :meth:`binary_weight`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", stochastic: bool = False,
-                 eval_weights: str = "sign", device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
-                         device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        stochastic: bool = False,
+        eval_weights: str = "sign",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._setup_binary(stochastic, eval_weights)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -335,8 +363,10 @@ def pack_binary_weights(model: nn.Module) -> dict:
         raise ValueError("model has no BinaryLinear/BinaryConv2d layer: nothing to pack")
     for name, m in layers.items():
         if m.eval_weights != "sign":
-            raise ValueError(f"layer {name!r} uses eval_weights={m.eval_weights!r}; the packed format "
-                             "stores sign(weight), so set eval_weights='sign' before packing")
+            raise ValueError(
+                f"layer {name!r} uses eval_weights={m.eval_weights!r}; the packed format "
+                "stores sign(weight), so set eval_weights='sign' before packing"
+            )
     binary = {}
     for name, m in layers.items():
         w = m.weight.detach().cpu()
@@ -384,8 +414,10 @@ def load_packed_weights(model: nn.Module, packed: dict) -> nn.Module:
     skip = {f"{name}.weight" if name else "weight" for name in layers}
     expected = set(own) - skip
     if expected != set(packed["state"]):
-        raise ValueError(f"state entries differ: missing {sorted(expected - set(packed['state']))}, "
-                         f"unexpected {sorted(set(packed['state']) - expected)}")
+        raise ValueError(
+            f"state entries differ: missing {sorted(expected - set(packed['state']))}, "
+            f"unexpected {sorted(set(packed['state']) - expected)}"
+        )
     for k, v in packed["state"].items():
         if own[k].shape != v.shape:
             raise ValueError(f"state entry {k!r}: shape {tuple(v.shape)} != {tuple(own[k].shape)}")
@@ -443,13 +475,13 @@ def _to_words(codes: np.ndarray, n_bits: int) -> np.ndarray:
 def _numpy_xnor(aw, bw, n_bits, a_mask=None, chunk=256):
     out = np.empty((aw.shape[0], bw.shape[0]), dtype=np.int32)
     for s in range(0, aw.shape[0], chunk):
-        x = aw[s:s + chunk, None, :] ^ bw[None, :, :]
+        x = aw[s : s + chunk, None, :] ^ bw[None, :, :]
         if a_mask is None:
-            out[s:s + chunk] = n_bits - 2 * np.bitwise_count(x).sum(-1, dtype=np.int32)
+            out[s : s + chunk] = n_bits - 2 * np.bitwise_count(x).sum(-1, dtype=np.int32)
         else:
-            m = a_mask[s:s + chunk]
+            m = a_mask[s : s + chunk]
             n_valid = np.bitwise_count(m).sum(-1, dtype=np.int32)[:, None]
-            out[s:s + chunk] = n_valid - 2 * np.bitwise_count(x & m[:, None, :]).sum(-1, dtype=np.int32)
+            out[s : s + chunk] = n_valid - 2 * np.bitwise_count(x & m[:, None, :]).sum(-1, dtype=np.int32)
     return out
 
 
@@ -465,8 +497,7 @@ def _backend(backend):
     return backend, _xnor_kernels
 
 
-def xnor_popcount_matmul(a_codes: np.ndarray, b_codes: np.ndarray, n_bits: int, *,
-                         backend: str = "auto") -> np.ndarray:
+def xnor_popcount_matmul(a_codes: np.ndarray, b_codes: np.ndarray, n_bits: int, *, backend: str = "auto") -> np.ndarray:
     """Exact products ``A B^T`` of +-1 vectors given as packed codes, by XNOR and popcount.
 
     Row ``i`` of ``a_codes`` encodes a vector ``a_i`` in {-1, +1}^n_bits (bit 1 <-> +1, bit 0 <->
@@ -566,8 +597,9 @@ def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str 
     backend, _ = _backend(backend)
     if backend == "numba":
         # im2col fused into a compiled loop: inputs and filters packed once along the channels
-        return binary_conv2d_packed(_pack_channels_checked(x), _pack_channels_checked(weight), c, stride=stride,
-                                    padding=padding)
+        return binary_conv2d_packed(
+            _pack_channels_checked(x), _pack_channels_checked(weight), c, stride=stride, padding=padding
+        )
     k = c * kh * kw
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, k, L), zeros at padding
     cols = cols.transpose(1, 2).reshape(-1, k).numpy()  # (N L, k)
@@ -603,8 +635,9 @@ def _pack_channels_checked(t: torch.Tensor) -> np.ndarray:
     return _xnor_kernels.pack_channels(np.ascontiguousarray(t.numpy()), -(-t.shape[1] // 64))
 
 
-def binary_conv2d_packed(x_packed: np.ndarray, w_packed: np.ndarray, n_channels: int, *, stride: int = 1,
-                         padding: int = 0) -> torch.Tensor:
+def binary_conv2d_packed(
+    x_packed: np.ndarray, w_packed: np.ndarray, n_channels: int, *, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
     """Binary convolution of channel-packed operands (see :func:`pack_channels`), by XNOR-popcount.
 
     ``out[n, o, y, x] = sum over kernel taps inside the image of (C - 2 popcount(x_word XOR w_word))``
@@ -636,15 +669,18 @@ def binary_conv2d_packed(x_packed: np.ndarray, w_packed: np.ndarray, n_channels:
     n, h, w, n_words = x_packed.shape
     o, kh, kw, w_words = w_packed.shape
     if n_words != w_words or n_words != -(-int(n_channels) // 64):
-        raise ValueError(f"x_packed has {n_words} words, w_packed {w_words}, but n_channels={n_channels} "
-                         f"needs {-(-int(n_channels) // 64)}")
+        raise ValueError(
+            f"x_packed has {n_words} words, w_packed {w_words}, but n_channels={n_channels} "
+            f"needs {-(-int(n_channels) // 64)}"
+        )
     h_out = (h + 2 * padding - kh) // stride + 1
     w_out = (w + 2 * padding - kw) // stride + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
     wt = np.ascontiguousarray(w_packed.transpose(1, 2, 3, 0))  # (kh, kw, words, O): filters innermost
-    out = _xnor_kernels.binary_conv_packed(np.ascontiguousarray(x_packed), wt, int(n_channels), int(stride),
-                                           int(padding), h_out, w_out)
+    out = _xnor_kernels.binary_conv_packed(
+        np.ascontiguousarray(x_packed), wt, int(n_channels), int(stride), int(padding), h_out, w_out
+    )
     return torch.from_numpy(out.astype(np.float32))
 
 
@@ -662,8 +698,13 @@ def _linear(mode, i, o, eval_weights):
     return BinaryLinear(i, o, stochastic=(mode == "stoch"), eval_weights=eval_weights)
 
 
-def make_binary_mlp(mode: str = "det", in_features: int = 64, hidden: Sequence[int] = (256, 256),
-                    n_classes: int = 10, eval_weights: str = "sign") -> nn.Sequential:
+def make_binary_mlp(
+    mode: str = "det",
+    in_features: int = 64,
+    hidden: Sequence[int] = (256, 256),
+    n_classes: int = 10,
+    eval_weights: str = "sign",
+) -> nn.Sequential:
     """The MLP of the chapter: [Linear - BatchNorm - ReLU] x len(hidden), Linear - BatchNorm.
 
     Following the paper's MNIST setup (Section 3.1) every weight layer, the output layer
@@ -694,9 +735,15 @@ class _AddChannel(nn.Module):
         return x.unsqueeze(1) if x.dim() == 3 else x
 
 
-def make_binary_cnn(mode: str = "det", in_channels: int = 1, channels: Sequence[int] = (16, 32),
-                    n_classes: int = 10, image_size: int = 8, eval_weights: str = "sign",
-                    float_first_conv: bool = False) -> nn.Sequential:
+def make_binary_cnn(
+    mode: str = "det",
+    in_channels: int = 1,
+    channels: Sequence[int] = (16, 32),
+    n_classes: int = 10,
+    image_size: int = 8,
+    eval_weights: str = "sign",
+    float_first_conv: bool = False,
+) -> nn.Sequential:
     """A small CNN with binary convolutions: [Conv3x3 - BN - ReLU - MaxPool2] x len(channels), Linear - BN.
 
     With ``mode`` ``"det"`` / ``"stoch"`` the convolutions are :class:`BinaryConv2d` and the
@@ -724,8 +771,9 @@ def make_binary_cnn(mode: str = "det", in_channels: int = 1, channels: Sequence[
     if len(channels) < 1:
         raise ValueError("channels must hold at least one layer width")
     if image_size % 2 ** len(channels):
-        raise ValueError(f"image_size must be a multiple of {2 ** len(channels)} ({len(channels)} 2x2 "
-                         f"poolings), got {image_size}")
+        raise ValueError(
+            f"image_size must be a multiple of {2 ** len(channels)} ({len(channels)} 2x2 poolings), got {image_size}"
+        )
     layers: list[nn.Module] = [_AddChannel()]
     c_in = in_channels
     for i, c in enumerate(channels):
@@ -798,9 +846,20 @@ def binaryconnect_optimizer(model: nn.Module, lr: float = 3e-3, latent_lr_scale=
     return torch.optim.Adam(groups)
 
 
-def fit_binaryconnect(model: nn.Module, data, *, epochs: int = 20, lr: float = 3e-3, lr_final: float = 3e-5,
-                      latent_lr_scale="glorot", batch_size: int = 64, val_data=None, seed: int = 0,
-                      progress: bool = False, desc: str | None = None) -> dict[str, list[float]]:
+def fit_binaryconnect(
+    model: nn.Module,
+    data,
+    *,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    lr_final: float = 3e-5,
+    latent_lr_scale="glorot",
+    batch_size: int = 64,
+    val_data=None,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str | None = None,
+) -> dict[str, list[float]]:
     """Train a BinaryConnect (or float) model with the paper's recipe; returns ``fit``'s history.
 
     Adam (:func:`binaryconnect_optimizer`), a learning rate decaying exponentially from ``lr`` to
@@ -823,8 +882,17 @@ def fit_binaryconnect(model: nn.Module, data, *, epochs: int = 20, lr: float = 3
         factor = (lr_final / lr) ** (epoch / max(epochs - 1, 1))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        h = fit(model, data, epochs=1, optimizer=opt, batch_size=batch_size, after_step=after,
-                val_data=val_data, seed=seed + epoch, progress=False)
+        h = fit(
+            model,
+            data,
+            epochs=1,
+            optimizer=opt,
+            batch_size=batch_size,
+            after_step=after,
+            val_data=val_data,
+            seed=seed + epoch,
+            progress=False,
+        )
         for k, v in h.items():
             history.setdefault(k, []).extend(v)
     return history
@@ -846,8 +914,18 @@ ARCHS = {
 }
 
 
-def train_and_evaluate(arch: str, mode: str, train, test, *, seed: int = 0, epochs: int | None = None,
-                       epoch_scale: float = 1.0, arch_kwargs: dict | None = None, track: bool = False):
+def train_and_evaluate(
+    arch: str,
+    mode: str,
+    train,
+    test,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    epoch_scale: float = 1.0,
+    arch_kwargs: dict | None = None,
+    track: bool = False,
+):
     """Build, train (:data:`RECIPE`) and test one model of the chapter; the shared experiment runner.
 
     The binary layers' latent weights start from ``U(-1, 1)`` (:func:`init_latent_weights_`);
@@ -894,8 +972,9 @@ def train_and_evaluate(arch: str, mode: str, train, test, *, seed: int = 0, epoc
         init_latent_weights_(model, seed=seed)
     r = RECIPE[mode]
     n_epochs = int(epochs) if epochs is not None else max(1, int(round(r["epochs"] * epoch_scale)))
-    history = fit_binaryconnect(model, train, epochs=n_epochs, lr=r["lr"], lr_final=r["lr_final"], seed=seed,
-                                val_data=test if track else None)
+    history = fit_binaryconnect(
+        model, train, epochs=n_epochs, lr=r["lr"], lr_final=r["lr_final"], seed=seed, val_data=test if track else None
+    )
     errors = {"sign": 100 * (1 - evaluate(model, test)["accuracy"])}
     if mode == "stoch":
         layers = binary_layers(model).values()
@@ -936,8 +1015,9 @@ def binarization_explorer(mode: str = "stochastic", w: float = 0.1, n_samples: i
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    samples = binarize(torch.full((int(n_samples),), float(w)), stochastic=(mode == "stochastic"),
-                       generator=gen).numpy()
+    samples = binarize(
+        torch.full((int(n_samples),), float(w)), stochastic=(mode == "stochastic"), generator=gen
+    ).numpy()
     running = np.cumsum(samples) / np.arange(1, len(samples) + 1)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax0.plot(np.arange(1, len(samples) + 1), running, color="C0", label="running mean of $w_b$")

@@ -48,8 +48,8 @@ import os
 import stat
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -92,8 +92,13 @@ MAX_PARAMETERS = 2_000_000
 _MAX_WIDTH = {"channels": 512, "hidden": 4096}
 RUNTIMES = ("float32", "int8")
 WEIGHT_BITS = (32, 16, 8, 1)
-_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I8": (torch.int8, 1),
-           "U8": (torch.uint8, 1), "I64": (torch.int64, 8)}
+_DTYPES = {
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1),
+    "I64": (torch.int64, 8),
+}
 
 
 class ChallengeError(ValueError):
@@ -138,8 +143,17 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "CourseCNN": (_course_cnn, {"channels": "widths2", "in_channels": 1, "n_classes": 10, "image_size": 28}),
     "SeparableCNN": (_separable_cnn, {"channels": "widths", "in_channels": 1, "n_classes": 10}),
     "MLP": (_mlp, {"hidden": "widths0", "in_features": 784, "n_classes": 10}),
-    "BinaryCNN": (_binary_cnn, {"mode": ("det", "stoch", "float"), "channels": "widths", "in_channels": 1,
-                                "n_classes": 10, "image_size": 28, "float_first_conv": "bool"}),
+    "BinaryCNN": (
+        _binary_cnn,
+        {
+            "mode": ("det", "stoch", "float"),
+            "channels": "widths",
+            "in_channels": 1,
+            "n_classes": 10,
+            "image_size": 28,
+            "float_first_conv": "bool",
+        },
+    ),
 }
 
 
@@ -158,7 +172,8 @@ def _check_kwargs(arch, kwargs) -> dict:
         if kind in ("widths", "widths2", "widths0"):
             key_max = _MAX_WIDTH["hidden" if key == "hidden" else "channels"]
             if not isinstance(value, (list, tuple)) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
                 raise ChallengeError("invalid-model", f"{key} must be a list of integers, got {value!r}")
             lo = 0 if kind == "widths0" else (2 if kind == "widths2" else 1)
             hi = 2 if kind == "widths2" else 4
@@ -199,15 +214,19 @@ def _expected_state(arch: str, kwargs: dict) -> tuple[dict, set, int]:
     meta = _build(arch, kwargs, "meta")
     n_params = sum(p.numel() for p in meta.parameters())
     if n_params > MAX_PARAMETERS:
-        raise ChallengeError("too-large", f"{arch}({kwargs}) has {n_params:,} parameters; the limit is "
-                                          f"{MAX_PARAMETERS:,}")
+        raise ChallengeError(
+            "too-large", f"{arch}({kwargs}) has {n_params:,} parameters; the limit is {MAX_PARAMETERS:,}"
+        )
     state = {k: (tuple(v.shape), v.dtype) for k, v in meta.state_dict().items()}
     return state, set(_weight_keys(meta)), int(n_params)
 
 
 def _weight_keys(model: nn.Module) -> list[str]:
-    return [f"{n}.weight" if n else "weight" for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.dim() >= 2]
+    return [
+        f"{n}.weight" if n else "weight"
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.dim() >= 2
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,8 +245,9 @@ def challenge_data() -> dict:
     540 test images, which only the grader uses (the "hidden" test set; an instructor can pass any
     other test set to :func:`grade_challenge`).
     """
-    from .data import load_dataset
     from sklearn.model_selection import train_test_split
+
+    from .data import load_dataset
 
     X, y = load_dataset("digits", "train", image_size=28)
     Xtr, Xva, ytr, yva = train_test_split(X, y, train_size=1000, stratify=y, random_state=0)
@@ -299,16 +319,30 @@ def encode_int8(w) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def challenge_score(accuracy: float, size_bytes: float, latency_s: float, ref_accuracy: float,
-                    ref_size_bytes: float, ref_latency_s: float, margin: float = MARGIN) -> float:
+def challenge_score(
+    accuracy: float,
+    size_bytes: float,
+    latency_s: float,
+    ref_accuracy: float,
+    ref_size_bytes: float,
+    ref_latency_s: float,
+    margin: float = MARGIN,
+) -> float:
     """The published score: 0 below the margin, else ``sqrt(size ratio * speed-up)`` (see the module doc).
 
     ``accuracy < ref_accuracy - margin`` scores 0; otherwise the score is the geometric mean of
     ``ref_size_bytes / size_bytes`` and ``ref_latency_s / latency_s``, so the reference itself
     scores 1 and a model 4x smaller and 4x faster scores 4.
     """
-    vals = dict(accuracy=accuracy, size_bytes=size_bytes, latency_s=latency_s, ref_accuracy=ref_accuracy,
-                ref_size_bytes=ref_size_bytes, ref_latency_s=ref_latency_s, margin=margin)
+    vals = dict(
+        accuracy=accuracy,
+        size_bytes=size_bytes,
+        latency_s=latency_s,
+        ref_accuracy=ref_accuracy,
+        ref_size_bytes=ref_size_bytes,
+        ref_latency_s=ref_latency_s,
+        margin=margin,
+    )
     for k, v in vals.items():
         if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
             raise ValueError(f"{k} must be a finite number, got {v!r}")
@@ -332,8 +366,15 @@ def _binary_module_names(model) -> set[str]:
     return {f"{n}.weight" if n else "weight" for n in binary_layers(model)}
 
 
-def save_submission(model: nn.Module, folder, arch: str, arch_kwargs: dict | None = None, *,
-                    weight_bits: int = 32, runtime: str = "float32") -> Path:
+def save_submission(
+    model: nn.Module,
+    folder,
+    arch: str,
+    arch_kwargs: dict | None = None,
+    *,
+    weight_bits: int = 32,
+    runtime: str = "float32",
+) -> Path:
     """Write ``model`` as a challenge submission: ``folder/model.json`` and ``folder/model.safetensors``.
 
     Parameters
@@ -383,8 +424,10 @@ def save_submission(model: nn.Module, folder, arch: str, arch_kwargs: dict | Non
         raise ValueError(err.message) from None
     state = model.state_dict()
     if set(state) != set(expected):
-        raise ValueError(f"model's state_dict does not match {arch}({json_kwargs}): missing "
-                         f"{sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))}")
+        raise ValueError(
+            f"model's state_dict does not match {arch}({json_kwargs}): missing "
+            f"{sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))}"
+        )
     for k, v in state.items():
         if tuple(v.shape) != expected[k][0]:
             raise ValueError(f"{k}: shape {tuple(v.shape)} but {arch}({json_kwargs}) expects {expected[k][0]}")
@@ -401,8 +444,9 @@ def save_submission(model: nn.Module, folder, arch: str, arch_kwargs: dict | Non
         elif k in weight_keys and weight_bits == 1:
             bits = (v >= 0).reshape(1, -1).numpy().astype(np.uint8)
             tensors[k + "::bits"] = torch.from_numpy(pack_codes(bits).reshape(-1).copy())
-            alpha = (torch.ones(v.shape[0]) if k in binary
-                     else v.abs().reshape(v.shape[0], -1).mean(dim=1)).to(torch.float32)
+            alpha = (torch.ones(v.shape[0]) if k in binary else v.abs().reshape(v.shape[0], -1).mean(dim=1)).to(
+                torch.float32
+            )
             tensors[k + "::alpha"] = alpha.contiguous()
         elif k in weight_keys and weight_bits == 16:
             tensors[k] = v.to(torch.float16).contiguous()
@@ -438,16 +482,21 @@ def _read_regular(path: Path, limit: int, what: str) -> bytes:
 def _parse_header(data: bytes) -> dict:
     """Validate the safetensors layout: 8-byte header length, JSON header, contiguous offsets."""
     if len(data) < 8:
-        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} is truncated ({len(data)} bytes): not a safetensors file")
+        raise ChallengeError(
+            "invalid-model", f"{WEIGHTS_NAME} is truncated ({len(data)} bytes): not a safetensors file"
+        )
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES:
-        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: declared header of {n:,} bytes (limit "
-                                              f"{MAX_HEADER_BYTES:,}); not a safetensors file")
+        raise ChallengeError(
+            "invalid-model",
+            f"{WEIGHTS_NAME}: declared header of {n:,} bytes (limit {MAX_HEADER_BYTES:,}); not a safetensors file",
+        )
     if 8 + n > len(data):
-        raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} is truncated: header needs {8 + n} bytes, "
-                                              f"file has {len(data)}")
+        raise ChallengeError(
+            "invalid-model", f"{WEIGHTS_NAME} is truncated: header needs {8 + n} bytes, file has {len(data)}"
+        )
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ChallengeError("invalid-model", f"{WEIGHTS_NAME}: header is not JSON; not a safetensors file") from None
     if not isinstance(header, dict):
@@ -461,19 +510,29 @@ def _parse_header(data: bytes) -> dict:
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in _DTYPES:
             raise ChallengeError("invalid-model", f"{key}: dtype {dtype!r} not allowed ({sorted(_DTYPES)})")
-        if (not isinstance(shape, list) or len(shape) > 8
-                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape)
+        ):
             raise ChallengeError("invalid-model", f"{key}: bad shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+        ):
             raise ChallengeError("invalid-model", f"{key}: bad data_offsets {offs!r}")
         numel = math.prod(shape)
         if numel > MAX_PARAMETERS:
-            raise ChallengeError("too-large", f"{key}: declared shape {shape} holds {numel:,} values "
-                                              f"(limit {MAX_PARAMETERS:,})")
+            raise ChallengeError(
+                "too-large", f"{key}: declared shape {shape} holds {numel:,} values (limit {MAX_PARAMETERS:,})"
+            )
         if offs[1] - offs[0] != numel * _DTYPES[dtype][1] or not 0 <= offs[0] <= offs[1] <= body:
-            raise ChallengeError("invalid-model", f"{key}: data_offsets {offs} do not match shape {shape} "
-                                                  f"{dtype} inside a body of {body} bytes (truncated file?)")
+            raise ChallengeError(
+                "invalid-model",
+                f"{key}: data_offsets {offs} do not match shape {shape} "
+                f"{dtype} inside a body of {body} bytes (truncated file?)",
+            )
         spans.append((offs[0], offs[1]))
     spans.sort()
     pos = 0
@@ -511,18 +570,21 @@ def _decode_state(header: dict, data: bytes, expected: dict, weight_keys: set) -
             groups[k] = ("plain", k)
     missing, extra = sorted(set(want) - present), sorted(present - set(want))
     if missing or extra:
-        raise ChallengeError("invalid-model", f"weights do not match the declared architecture: missing "
-                                              f"{missing[:5]}, unexpected {extra[:5]}")
+        raise ChallengeError(
+            "invalid-model",
+            f"weights do not match the declared architecture: missing {missing[:5]}, unexpected {extra[:5]}",
+        )
     for name, (dtypes, shape) in want.items():
         info = header[name]
         if info["dtype"] not in dtypes:
             raise ChallengeError("invalid-model", f"{name}: dtype {info['dtype']}, expected one of {sorted(dtypes)}")
         if tuple(info["shape"]) != tuple(shape):
-            raise ChallengeError("invalid-model", f"{name}: shape {tuple(info['shape'])}, the architecture "
-                                                  f"needs {tuple(shape)}")
+            raise ChallengeError(
+                "invalid-model", f"{name}: shape {tuple(info['shape'])}, the architecture needs {tuple(shape)}"
+            )
     try:
         raw = st_load(data)
-    except Exception as err:  # noqa: BLE001 - the library's own validation
+    except Exception as err:
         raise ChallengeError("invalid-model", f"{WEIGHTS_NAME} cannot be decoded: {err}") from None
     state = {}
     for k, (kind, _) in groups.items():
@@ -572,8 +634,9 @@ def load_submission(folder) -> tuple[nn.Module, dict]:
         raise ChallengeError("invalid-model", f"{JSON_NAME} must hold a JSON object")
     allowed = {"format", "arch", "arch_kwargs", "runtime"}
     if set(meta) - allowed or "arch" not in meta:
-        raise ChallengeError("invalid-model", f"{JSON_NAME} must have keys {sorted(allowed)} (arch required), "
-                                              f"got {sorted(meta)}")
+        raise ChallengeError(
+            "invalid-model", f"{JSON_NAME} must have keys {sorted(allowed)} (arch required), got {sorted(meta)}"
+        )
     if meta.get("format", FORMAT) != FORMAT:
         raise ChallengeError("invalid-model", f"format must be {FORMAT!r}, got {meta.get('format')!r}")
     runtime = meta.get("runtime", "float32")
@@ -596,8 +659,13 @@ def load_submission(folder) -> tuple[nn.Module, dict]:
         if meta["arch"] == "BinaryCNN":
             raise ChallengeError("invalid-model", "runtime 'int8' is for CourseCNN, SeparableCNN and MLP")
         model = quantize_static_int8(model, calibration_data()).eval()
-    out = {"format": FORMAT, "arch": meta["arch"], "arch_kwargs": meta.get("arch_kwargs", {}), "runtime": runtime,
-           "n_parameters": n_params}
+    out = {
+        "format": FORMAT,
+        "arch": meta["arch"],
+        "arch_kwargs": meta.get("arch_kwargs", {}),
+        "runtime": runtime,
+        "n_parameters": n_params,
+    }
     return model, out
 
 
@@ -633,8 +701,9 @@ def _reference_stats(reference, X_test, y_test, latency_batch, repeats) -> dict:
     return {"accuracy": acc, "size_bytes": size, "latency_s": lat}
 
 
-def score_submission(folder, X_test, y_test, reference, *, margin: float = MARGIN,
-                     latency_batch: int = LATENCY_BATCH, repeats: int = 20) -> dict:
+def score_submission(
+    folder, X_test, y_test, reference, *, margin: float = MARGIN, latency_batch: int = LATENCY_BATCH, repeats: int = 20
+) -> dict:
     """Load, measure and score one submission against the reference, in this process.
 
     Parameters
@@ -659,9 +728,19 @@ def score_submission(folder, X_test, y_test, reference, *, margin: float = MARGI
         bad submission: a :class:`ChallengeError` becomes its status with ``score=None``.
     """
     ref = _reference_stats(reference, X_test, y_test, latency_batch, repeats)
-    out = {"status": None, "accuracy": None, "size_bytes": None, "latency_ms": None, "score": None,
-           "reference": {"accuracy": ref["accuracy"], "size_bytes": ref["size_bytes"],
-                         "latency_ms": 1e3 * ref["latency_s"]}, "note": ""}
+    out = {
+        "status": None,
+        "accuracy": None,
+        "size_bytes": None,
+        "latency_ms": None,
+        "score": None,
+        "reference": {
+            "accuracy": ref["accuracy"],
+            "size_bytes": ref["size_bytes"],
+            "latency_ms": 1e3 * ref["latency_s"],
+        },
+        "note": "",
+    }
     try:
         model, meta = load_submission(folder)
     except ChallengeError as err:
@@ -670,21 +749,37 @@ def score_submission(folder, X_test, y_test, reference, *, margin: float = MARGI
     size = submission_nbytes(folder)
     try:
         acc, lat = _measure(model, X_test, y_test, latency_batch, repeats)
-    except Exception as err:  # noqa: BLE001 - a valid file whose model cannot run the test images
+    except Exception as err:
         out.update(status="invalid-model", note=f"the model fails on the test images: {err}"[:300])
         return out
     score = challenge_score(acc, size, lat, ref["accuracy"], ref["size_bytes"], ref["latency_s"], margin)
     below = acc < ref["accuracy"] - margin
-    out.update(status="below-margin" if below else "scored", accuracy=acc, size_bytes=size,
-               latency_ms=1e3 * lat, score=score,
-               note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']}"
-                    + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""))
+    out.update(
+        status="below-margin" if below else "scored",
+        accuracy=acc,
+        size_bytes=size,
+        latency_ms=1e3 * lat,
+        score=score,
+        note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']}"
+        + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
+    )
     return out
 
 
-def grade_challenge(submissions, out_dir, *, lab: str = "lab06_challenge", folder_name: str = "submission",
-                    X_test=None, y_test=None, reference=None, margin: float = MARGIN,
-                    latency_batch: int = LATENCY_BATCH, repeats: int = 20, students=None) -> list[dict]:
+def grade_challenge(
+    submissions,
+    out_dir,
+    *,
+    lab: str = "lab06_challenge",
+    folder_name: str = "submission",
+    X_test=None,
+    y_test=None,
+    reference=None,
+    margin: float = MARGIN,
+    latency_batch: int = LATENCY_BATCH,
+    repeats: int = 20,
+    students=None,
+) -> list[dict]:
     """Score every ``<submissions>/<student>/<lab>/<folder_name>/`` and write the leaderboard.
 
     Writes ``<out_dir>/<lab>_leaderboard.csv`` and ``<out_dir>/<lab>_leaderboard.html``
@@ -718,13 +813,26 @@ def grade_challenge(submissions, out_dir, *, lab: str = "lab06_challenge", folde
         students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = []
     for student in students:
-        res = score_submission(submissions / student / lab / folder_name, X_test, y_test, ref, margin=margin,
-                               latency_batch=latency_batch, repeats=repeats)
+        res = score_submission(
+            submissions / student / lab / folder_name,
+            X_test,
+            y_test,
+            ref,
+            margin=margin,
+            latency_batch=latency_batch,
+            repeats=repeats,
+        )
         rows.append({"student_id": student, **res})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_leaderboard(rows, out_dir / f"{lab}_leaderboard.csv", out_dir / f"{lab}_leaderboard.html",
-                      reference=ref, margin=margin, latency_batch=latency_batch)
+    write_leaderboard(
+        rows,
+        out_dir / f"{lab}_leaderboard.csv",
+        out_dir / f"{lab}_leaderboard.html",
+        reference=ref,
+        margin=margin,
+        latency_batch=latency_batch,
+    )
     return _ranked(rows)
 
 
@@ -750,8 +858,16 @@ def _fmt(key, value):
     return str(value)
 
 
-def write_leaderboard(results, csv_path, html_path, *, reference: dict | None = None, margin: float = MARGIN,
-                      latency_batch: int = LATENCY_BATCH, title: str = "Compression challenge leaderboard"):
+def write_leaderboard(
+    results,
+    csv_path,
+    html_path,
+    *,
+    reference: dict | None = None,
+    margin: float = MARGIN,
+    latency_batch: int = LATENCY_BATCH,
+    title: str = "Compression challenge leaderboard",
+):
     """Write the ranked results as CSV and as a self-contained HTML page (inline CSS, no scripts).
 
     Parameters
@@ -787,12 +903,16 @@ def write_leaderboard(results, csv_path, html_path, *, reference: dict | None = 
     ref_line = ""
     if reference:
         lat = reference.get("latency_ms", 1e3 * reference["latency_s"] if "latency_s" in reference else None)
-        ref_line = (f"<p>Reference: accuracy {reference['accuracy']:.4f}, {reference['size_bytes']:,} bytes, "
-                    f"{lat:.3f} ms per batch of {latency_batch} (1 torch thread). A submission scores 0 below "
-                    f"accuracy {reference['accuracy'] - margin:.4f} (margin {margin}).</p>")
+        ref_line = (
+            f"<p>Reference: accuracy {reference['accuracy']:.4f}, {reference['size_bytes']:,} bytes, "
+            f"{lat:.3f} ms per batch of {latency_batch} (1 torch thread). A submission scores 0 below "
+            f"accuracy {reference['accuracy'] - margin:.4f} (margin {margin}).</p>"
+        )
     head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
-    body = "\n".join("<tr class=\"%s\">" % esc(str(t["status"])) + "".join(
-        f"<td>{esc(_fmt(c, t[c]))}</td>" for c in _COLUMNS) + "</tr>" for t in table)
+    body = "\n".join(
+        f'<tr class="{esc(str(t["status"]))}">' + "".join(f"<td>{esc(_fmt(c, t[c]))}</td>" for c in _COLUMNS) + "</tr>"
+        for t in table
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

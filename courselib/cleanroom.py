@@ -37,13 +37,31 @@ import traceback
 
 __all__ = ["PlainUnpickler", "plain_loads", "solution_names", "StudentProxy", "run_clean_room"]
 
-_SAFE_BUILTINS = {"set", "frozenset", "range", "slice", "complex", "bytearray", "list", "dict", "tuple",
-                  "int", "float", "bool", "str", "bytes"}
+_SAFE_BUILTINS = {
+    "set",
+    "frozenset",
+    "range",
+    "slice",
+    "complex",
+    "bytearray",
+    "list",
+    "dict",
+    "tuple",
+    "int",
+    "float",
+    "bool",
+    "str",
+    "bytes",
+}
 _SAFE_NUMPY = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
 }
 
 
@@ -165,10 +183,11 @@ def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbo
     for src in json.loads(open(cells_path).read()):
         try:
             shell.run_cell(src, silent=True)
-        except BaseException:  # noqa: BLE001 - the student's code may raise anything
+        except BaseException:
             pass
     ns = shell.user_ns
     _send(proto_out, ("ready",))
+
     def read_exact(n):
         buf = b""
         while len(buf) < n:
@@ -182,7 +201,7 @@ def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbo
         try:
             (n,) = struct.unpack(">I", read_exact(4))
             req = pickle.loads(read_exact(n))
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         try:
             if req[0] == "kinds":
@@ -200,16 +219,16 @@ def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbo
                 reply = ("ok", pickle.dumps(ns[name](*args, **kwargs), protocol=4))
             else:
                 reply = ("raise", ["RuntimeError"], f"bad request {req[0]!r}")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             try:
                 mro = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
                 msg = str(exc)[:2000]
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 mro, msg = ["RuntimeError"], "unprintable exception"
             reply = ("raise", mro, msg)
         try:
             _send(proto_out, reply)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             return
 
 
@@ -225,8 +244,15 @@ class StudentProxy:
 
     def __init__(self, argv: list[str], *, startup_timeout: float, call_timeout: float, env=None, cwd=None):
         self.call_timeout, self.startup_timeout = call_timeout, startup_timeout
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env, cwd=cwd, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
+        )
         self.dead = None  # None: not ready yet
 
     def wait_ready(self):
@@ -299,8 +325,12 @@ def run_clean_room(spec_path: str) -> dict:
 
     spec = json.loads(open(spec_path).read())
     names = solution_names([c["source"] for c in spec["cells"] if c["kind"] == "solution"])
-    student = StudentProxy(spec["student_argv"], startup_timeout=spec["startup_timeout"],
-                           call_timeout=spec["call_timeout"], cwd=spec.get("cwd"))
+    student = StudentProxy(
+        spec["student_argv"],
+        startup_timeout=spec["startup_timeout"],
+        call_timeout=spec["call_timeout"],
+        cwd=spec.get("cwd"),
+    )
     tm = TransformerManager()
     ns = {"__name__": "__main__", "__builtins__": builtins}
     results = {}
@@ -312,7 +342,7 @@ def run_clean_room(spec_path: str) -> dict:
         try:
             exec(compile(tm.transform_cell(cell["source"]), f"<cell {cell.get('grade_id')}>", "exec"), ns)
             return True
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             _debug()
             return False
 
@@ -329,11 +359,11 @@ def run_clean_room(spec_path: str) -> dict:
                     bound[name] = student.function(name)
                 elif kind == "value":
                     bound[name] = student.request("get", name)
-            except Exception:  # noqa: BLE001 - not plain data: the name stays unbound
+            except Exception:
                 _debug()
-    except Exception:  # noqa: BLE001
+    except Exception:
         _debug()
-    for cell in cells[first_test: last_test + 1]:
+    for cell in cells[first_test : last_test + 1]:
         if cell["kind"] == "solution":
             continue
         for name in names:

@@ -43,10 +43,22 @@ def _cmd_autograde(args) -> int:
 
 
 def _cmd_grade(args) -> int:
-    limits = grading.Limits(cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
-                            memory_mb=args.memory_mb, output_kb=args.output_kb)
-    summary = grading.grade(args.lab, args.submissions, args.course_dir, workers=args.workers, limits=limits,
-                            feedback=not args.no_feedback, regrade=args.regrade, progress=not args.quiet)
+    limits = grading.Limits(
+        cell_timeout=args.cell_timeout,
+        notebook_timeout=args.notebook_timeout,
+        memory_mb=args.memory_mb,
+        output_kb=args.output_kb,
+    )
+    summary = grading.grade(
+        args.lab,
+        args.submissions,
+        args.course_dir,
+        workers=args.workers,
+        limits=limits,
+        feedback=not args.no_feedback,
+        regrade=args.regrade,
+        progress=not args.quiet,
+    )
     print(grading.summary_table(summary))
     if summary.get("leaderboard"):
         print(f"leaderboard: {summary['leaderboard']} (and .csv)")
@@ -77,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="parallel submissions (default 2)")
     d = grading.Limits()
     p.add_argument("--cell-timeout", type=int, default=d.cell_timeout, help=f"seconds per cell ({d.cell_timeout})")
-    p.add_argument("--notebook-timeout", type=int, default=d.notebook_timeout,
-                   help=f"seconds per notebook ({d.notebook_timeout})")
+    p.add_argument(
+        "--notebook-timeout", type=int, default=d.notebook_timeout, help=f"seconds per notebook ({d.notebook_timeout})"
+    )
     p.add_argument("--memory-mb", type=int, default=d.memory_mb, help=f"kernel memory, MiB ({d.memory_mb})")
     p.add_argument("--output-kb", type=int, default=d.output_kb, help=f"output per cell, KiB ({d.output_kb})")
     p.add_argument("--no-feedback", action="store_true", help="skip the HTML feedback")

@@ -23,7 +23,7 @@ import copy
 import os
 import tempfile
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,8 +60,7 @@ def save_dense(model: nn.Module, path) -> None:
 
 
 def _weight_names(model: nn.Module) -> set[str]:
-    return {f"{n}.weight" if n else "weight" for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
 def save_sparse(model: nn.Module, path) -> None:
@@ -82,8 +81,9 @@ def save_sparse(model: nn.Module, path) -> None:
         for k, v in state.items():
             if k in names:
                 csr = v.detach().reshape(v.shape[0], -1).to_sparse_csr()
-                out[k] = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                                 csr.values(), csr.shape)
+                out[k] = torch.sparse_csr_tensor(
+                    csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape
+                )
                 out[k + ".shape"] = torch.tensor(v.shape, dtype=torch.int32)
             else:
                 out[k] = v
@@ -109,8 +109,9 @@ def file_nbytes(model: nn.Module, saver: Callable = save_dense) -> int:
         return os.path.getsize(path)
 
 
-def evaluate_compressed(model: nn.Module, X, y, example_input, *, saver: Callable = save_dense,
-                        repeats: int = 20, num_threads: int = 1) -> dict:
+def evaluate_compressed(
+    model: nn.Module, X, y, example_input, *, saver: Callable = save_dense, repeats: int = 20, num_threads: int = 1
+) -> dict:
     """Accuracy on ``(X, y)``, size of the file ``saver`` writes, and median latency on ``example_input``.
 
     Parameters
@@ -208,10 +209,25 @@ def plot_pareto(results: Sequence[dict], cost: str = "size_bytes", *, ax=None, l
     for i, r in enumerate(results):
         on = i in front
         ax.scatter(xs[i], ys[i], s=60, color="C0" if on else "0.75", edgecolor="k", zorder=2)
-        ax.annotate(str(i + 1), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 3), fontsize=9,
-                    fontweight="bold" if on else "normal")
-        handles.append(Line2D([], [], ls="", marker="o", color="C0" if on else "0.75", markeredgecolor="k",
-                              label=f"{i + 1}  {r['name']}"))
+        ax.annotate(
+            str(i + 1),
+            (xs[i], ys[i]),
+            textcoords="offset points",
+            xytext=(6, 3),
+            fontsize=9,
+            fontweight="bold" if on else "normal",
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                color="C0" if on else "0.75",
+                markeredgecolor="k",
+                label=f"{i + 1}  {r['name']}",
+            )
+        )
     if log:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -230,20 +246,32 @@ def markdown_table(results: Sequence[dict], *, reference: str | None = None) -> 
     if not results:
         raise ValueError("results is empty")
     ref = next((r for r in results if r["name"] == reference), results[0])
-    lines = ["| method | accuracy (%) | size on disk (bytes) | smaller | latency (ms) | faster | storage |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| method | accuracy (%) | size on disk (bytes) | smaller | latency (ms) | faster | storage |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f} | {r['size_bytes']:,} | "
-                     f"{ref['size_bytes'] / r['size_bytes']:.1f}x | {r['latency_ms']:.2f} | "
-                     f"{ref['latency_ms'] / r['latency_ms']:.1f}x | {r.get('storage', '')} |")
+        lines.append(
+            f"| {r['name']} | {100 * r['accuracy']:.1f} | {r['size_bytes']:,} | "
+            f"{ref['size_bytes'] / r['size_bytes']:.1f}x | {r['latency_ms']:.2f} | "
+            f"{ref['latency_ms'] / r['latency_ms']:.1f}x | {r.get('storage', '')} |"
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
 # recipes: one per row of the table
 # --------------------------------------------------------------------------------------------------
-def obd_prune(model: nn.Module, train, amount: float = 0.8, *, n_hessian: int = 256, finetune_epochs: int = 1,
-              lr: float = 1e-3, seed: int = 0) -> nn.Module:
+def obd_prune(
+    model: nn.Module,
+    train,
+    amount: float = 0.8,
+    *,
+    n_hessian: int = 256,
+    finetune_epochs: int = 1,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
     """Optimal Brain Damage on a copy: Gauss-Newton saliencies, prune ``amount`` of the weights, retrain.
 
     LeCun et al. (1989) steps 2-5 with :func:`courselib.pruning.obd_saliency` (book Eq.
@@ -269,8 +297,16 @@ def obd_prune(model: nn.Module, train, amount: float = 0.8, *, n_hessian: int = 
     return m.eval()
 
 
-def filter_prune(model: nn.Module, train, amount: float = 0.5, *, layers: Sequence[str] = ("conv1", "conv2"),
-                 finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+def filter_prune(
+    model: nn.Module,
+    train,
+    amount: float = 0.5,
+    *,
+    layers: Sequence[str] = ("conv1", "conv2"),
+    finetune_epochs: int = 1,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
     """Li et al. (2017) on a copy, layer by layer: remove the ``amount`` smallest-L1 filters, retrain, next layer."""
     from .pruning import prune_filters
     from .training import fit
@@ -300,21 +336,49 @@ def train_binary(train, *, channels: Sequence[int] = (16, 32), epochs: int = 4, 
     return m.eval()
 
 
-def distill_student(teacher: nn.Module, train, *, channels: Sequence[int] = (8, 16, 32), epochs: int = 8,
-                    lr: float = 1e-2, batch_size: int = 32, temperature: float = 4.0, alpha: float = 0.9,
-                    seed: int = 0) -> nn.Module:
+def distill_student(
+    teacher: nn.Module,
+    train,
+    *,
+    channels: Sequence[int] = (8, 16, 32),
+    epochs: int = 8,
+    lr: float = 1e-2,
+    batch_size: int = 32,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    seed: int = 0,
+) -> nn.Module:
     """Distil ``teacher`` into a :class:`courselib.distillation.SeparableCNN` (Hinton et al. 2015 soft targets)."""
     from .distillation import SeparableCNN, distill
 
     torch.manual_seed(seed)
     student = SeparableCNN(channels=tuple(channels))
-    distill(student, teacher, train, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
-            batch_size=batch_size, seed=seed, progress=False)
+    distill(
+        student,
+        teacher,
+        train,
+        temperature=temperature,
+        alpha=alpha,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=False,
+    )
     return student.eval()
 
 
-def combined_pipeline(student: nn.Module, teacher: nn.Module, train, calibration_X, *, amount: float = 0.5,
-                      finetune_epochs: int = 2, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+def combined_pipeline(
+    student: nn.Module,
+    teacher: nn.Module,
+    train,
+    calibration_X,
+    *,
+    amount: float = 0.5,
+    finetune_epochs: int = 2,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> nn.Module:
     """Distil, then prune, then quantize: the book's three steps in a row, on a copy of ``student``.
 
     1. ``student`` is a distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`);
@@ -338,13 +402,29 @@ def combined_pipeline(student: nn.Module, teacher: nn.Module, train, calibration
 
 
 #: The chapter's settings (the benchmark scales the epochs and the data).
-STUDY = {"reference_epochs": 4, "binary_epochs": 4, "obd_amount": 0.8, "filter_amount": 0.5,
-         "student_channels": (8, 16, 32), "student_epochs": 8, "pipeline_amount": 0.5,
-         "finetune_epochs": 1, "latency_batch": 64, "repeats": 20}
+STUDY = {
+    "reference_epochs": 4,
+    "binary_epochs": 4,
+    "obd_amount": 0.8,
+    "filter_amount": 0.5,
+    "student_channels": (8, 16, 32),
+    "student_epochs": 8,
+    "pipeline_amount": 0.5,
+    "finetune_epochs": 1,
+    "latency_batch": 64,
+    "repeats": 20,
+}
 
 
-def trade_off_study(train, test, *, settings: dict | None = None, reference: nn.Module | None = None,
-                    seed: int = 0, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+def trade_off_study(
+    train,
+    test,
+    *,
+    settings: dict | None = None,
+    reference: nn.Module | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict], dict]:
     """Every method of the book on one reference model; returns the table rows and the models.
 
     Rows (in order): float32 reference (``CourseCNN(16, 32)``), dynamic int8, static int8,
@@ -372,9 +452,12 @@ def trade_off_study(train, test, *, settings: dict | None = None, reference: nn.
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(STUDY)}")
     say = log or (lambda msg: None)
     Xte, yte = test
-    example = torch.as_tensor(np.asarray(Xte[:s["latency_batch"]]), dtype=torch.float32)
+    example = torch.as_tensor(np.asarray(Xte[: s["latency_batch"]]), dtype=torch.float32)
     calib = np.asarray(train[0][:256])
-    ev = lambda m, saver=save_dense: evaluate_compressed(m, Xte, yte, example, saver=saver, repeats=s["repeats"])
+
+    def ev(m, saver=save_dense):
+        return evaluate_compressed(m, Xte, yte, example, saver=saver, repeats=s["repeats"])
+
     models, rows = {}, []
 
     def add(name, model, storage, saver=save_dense):
@@ -386,18 +469,36 @@ def trade_off_study(train, test, *, settings: dict | None = None, reference: nn.
     add("float32 reference", ref, "float32 weights")
     add("int8 dynamic", quantize_dynamic_int8(ref), "int8 Linear weights, float32 convs")
     add("int8 static", quantize_static_int8(ref, calib), "int8 weights and activations")
-    add("BinaryConnect", train_binary(train, epochs=s["binary_epochs"], seed=seed), "1 bit/weight packed; float conv1",
-        save_packed_binary)
-    add(f"OBD {int(100 * s['obd_amount'])}% pruned",
+    add(
+        "BinaryConnect",
+        train_binary(train, epochs=s["binary_epochs"], seed=seed),
+        "1 bit/weight packed; float conv1",
+        save_packed_binary,
+    )
+    add(
+        f"OBD {int(100 * s['obd_amount'])}% pruned",
         obd_prune(ref, train, s["obd_amount"], finetune_epochs=s["finetune_epochs"], seed=seed),
-        "CSR (float32 values, int32 indices)", save_sparse)
-    add(f"filters {int(100 * s['filter_amount'])}% pruned",
+        "CSR (float32 values, int32 indices)",
+        save_sparse,
+    )
+    add(
+        f"filters {int(100 * s['filter_amount'])}% pruned",
         filter_prune(ref, train, s["filter_amount"], finetune_epochs=s["finetune_epochs"], seed=seed),
-        "float32, smaller dense CNN")
+        "float32, smaller dense CNN",
+    )
     student = distill_student(ref, train, channels=s["student_channels"], epochs=s["student_epochs"], seed=seed)
     add("distilled student", student, "float32 SeparableCNN")
-    add("distill + prune + int8",
-        combined_pipeline(student, ref, train, calib, amount=s["pipeline_amount"],
-                          finetune_epochs=max(1, s["finetune_epochs"]), seed=seed),
-        "int8 SeparableCNN, fewer filters")
+    add(
+        "distill + prune + int8",
+        combined_pipeline(
+            student,
+            ref,
+            train,
+            calib,
+            amount=s["pipeline_amount"],
+            finetune_epochs=max(1, s["finetune_epochs"]),
+            seed=seed,
+        ),
+        "int8 SeparableCNN, fewer filters",
+    )
     return rows, models

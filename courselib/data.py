@@ -48,8 +48,7 @@ class _Remote:
     md5: str
 
 
-_MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-               "https://storage.googleapis.com/cvdf-datasets/mnist/")
+_MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _FASHION_URLS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 _CIFAR_URLS = ("https://www.cs.toronto.edu/~kriz/",)
 
@@ -57,18 +56,26 @@ _CIFAR_URLS = ("https://www.cs.toronto.edu/~kriz/",)
 DATASETS = {
     "mnist": {
         "urls": _MNIST_URLS,
-        "train": (_Remote("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-                  _Remote("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432")),
-        "test": (_Remote("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-                 _Remote("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c")),
+        "train": (
+            _Remote("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            _Remote("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+        ),
+        "test": (
+            _Remote("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+            _Remote("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+        ),
         "counts": {"train": 60000, "test": 10000},
     },
     "fashion-mnist": {
         "urls": _FASHION_URLS,
-        "train": (_Remote("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-                  _Remote("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe")),
-        "test": (_Remote("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-                 _Remote("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")),
+        "train": (
+            _Remote("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            _Remote("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ),
+        "test": (
+            _Remote("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+            _Remote("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+        ),
         "counts": {"train": 60000, "test": 10000},
     },
     "cifar10": {
@@ -86,6 +93,7 @@ DIGITS_SEED = 0
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def default_cache_dir() -> Path:
     """``$COURSELIB_DATA`` if set, else ``~/.cache/courselib``."""
@@ -121,13 +129,18 @@ def _download(urls: tuple[str, ...], remote: _Remote, dest_dir: Path) -> Path:
                 raise DatasetError(f"MD5 mismatch for {remote.filename}: expected {remote.md5}, got {got}")
             os.replace(tmp, final)
             return final
-        except Exception as exc:  # noqa: BLE001 - try the next mirror, report all at the end
+        except Exception as exc:
             errors.append(f"{base}{remote.filename}: {exc}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise DatasetError("could not download " + remote.filename + ":\n  " + "\n  ".join(errors)
-                       + "\nWith no network, pass root= a folder that holds the files.")
+    raise DatasetError(
+        "could not download "
+        + remote.filename
+        + ":\n  "
+        + "\n  ".join(errors)
+        + "\nWith no network, pass root= a folder that holds the files."
+    )
 
 
 def _open_maybe_gzip(path: Path) -> bytes:
@@ -167,12 +180,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DatasetError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DatasetError(f"{path}: IDX header announces shape {shape} ({expected} bytes of data) "
-                           f"but the file holds {len(data) - header} bytes (truncated or corrupt)")
+        raise DatasetError(
+            f"{path}: IDX header announces shape {shape} ({expected} bytes of data) "
+            f"but the file holds {len(data) - header} bytes (truncated or corrupt)"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -187,7 +202,7 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     try:
         with open(path, "rb") as fh:
             batch = pickle.load(fh, encoding="bytes")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"{path}: not a readable CIFAR-10 batch ({exc})") from exc
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
@@ -198,8 +213,10 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     data = np.asarray(data)
     labels = np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DatasetError(f"{path}: CIFAR-10 batch has data {data.dtype}{data.shape} and {len(labels)} labels; "
-                           "expected uint8 (n, 3072) and n labels")
+        raise DatasetError(
+            f"{path}: CIFAR-10 batch has data {data.dtype}{data.shape} and {len(labels)} labels; "
+            "expected uint8 (n, 3072) and n labels"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DatasetError(f"{path}: CIFAR-10 labels outside 0..9")
     return data.reshape(-1, 3, 32, 32), labels
@@ -226,6 +243,7 @@ def train_test_split_arrays(X, y, *, test_size: float = 0.3, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------- loaders
+
 
 def _check_split(split: str) -> None:
     if split not in ("train", "test"):
@@ -309,9 +327,15 @@ def _load_cifar10(split: str, root: Path | None, download: bool, cache_dir: Path
     return X, y
 
 
-def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, *,
-                 image_size: int | None = None, download: bool = True,
-                 cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    *,
+    image_size: int | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Load a data set as ``(X, y)``.
 
     Parameters

@@ -20,7 +20,7 @@ depthwise-separable convolutions as in MobileNets, :cite:`howard2017mobilenets`)
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,11 +81,15 @@ def _check_logits(student_logits, teacher_logits):
     s = _as_tensor(student_logits, "student_logits").float()
     t = _as_tensor(teacher_logits, "teacher_logits").float()
     if s.ndim != 2 or t.ndim != 2:
-        raise ValueError("logits must be 2-D (batch, classes); got student shape "
-                         f"{tuple(s.shape)} and teacher shape {tuple(t.shape)}")
+        raise ValueError(
+            "logits must be 2-D (batch, classes); got student shape "
+            f"{tuple(s.shape)} and teacher shape {tuple(t.shape)}"
+        )
     if s.shape != t.shape:
-        raise ValueError(f"student and teacher logits must have the same shape, got student "
-                         f"{tuple(s.shape)} and teacher {tuple(t.shape)}")
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got student "
+            f"{tuple(s.shape)} and teacher {tuple(t.shape)}"
+        )
     if s.shape[0] == 0:
         raise ValueError("logits must hold at least one example (batch size 0)")
     return s, t
@@ -156,8 +160,9 @@ def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0) -
     return (T * T) * _kl_rows(log_pt, log_ps).mean()
 
 
-def distillation_loss(student_logits, teacher_logits, labels, temperature: float = 4.0,
-                      alpha: float = 0.9) -> torch.Tensor:
+def distillation_loss(
+    student_logits, teacher_logits, labels, temperature: float = 4.0, alpha: float = 0.9
+) -> torch.Tensor:
     """Hinton et al.'s objective ``alpha * soft + (1 - alpha) * CE(z_s, y)`` (Eq. ``distillation-total-loss``).
 
     Parameters
@@ -192,19 +197,22 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     y = y.long()
     labelled = y != UNLABELLED
     if bool(((y[labelled] < 0) | (y[labelled] >= s.shape[1])).any()):
-        raise ValueError(f"labels must lie in [0, {s.shape[1]}) or equal UNLABELLED ({UNLABELLED}), "
-                         f"got values {sorted(set(y[labelled].tolist()))}")
+        raise ValueError(
+            f"labels must lie in [0, {s.shape[1]}) or equal UNLABELLED ({UNLABELLED}), "
+            f"got values {sorted(set(y[labelled].tolist()))}"
+        )
     soft = soft_target_loss(s, t, temperature)
     if bool(labelled.any()):
         hard = F.cross_entropy(s[labelled], y[labelled])
-    else:                                  # a batch of unlabelled transfer examples only
+    else:  # a batch of unlabelled transfer examples only
         hard = s.sum() * 0.0
     return a * soft + (1.0 - a) * hard
 
 
 # ----------------------------------------------------------------------------- hints
-def feature_matching_loss(teacher_features, student_features, f: Callable | None = None,
-                          g: Callable | None = None) -> torch.Tensor:
+def feature_matching_loss(
+    teacher_features, student_features, f: Callable | None = None, g: Callable | None = None
+) -> torch.Tensor:
     """Representation matching ``mean_n ||f(a_t) - g(a_s)||_2^2`` (book Eq. ``distillation-feature-loss``).
 
     With ``f = g = identity`` this is ``||a_t - a_s||^2``, which needs the two activations to have the
@@ -233,14 +241,18 @@ def feature_matching_loss(teacher_features, student_features, f: Callable | None
     at = _as_tensor(teacher_features, "teacher_features")
     as_ = _as_tensor(student_features, "student_features")
     if at.ndim < 2 or as_.ndim < 2:
-        raise ValueError("features must have a batch dimension and at least one feature dimension; got "
-                         f"teacher {tuple(at.shape)} and student {tuple(as_.shape)}")
+        raise ValueError(
+            "features must have a batch dimension and at least one feature dimension; got "
+            f"teacher {tuple(at.shape)} and student {tuple(as_.shape)}"
+        )
     ft = at if f is None else f(at)
     gs = as_ if g is None else g(as_)
     if ft.shape != gs.shape:
-        raise ValueError(f"f(teacher_features) has shape {tuple(ft.shape)} but g(student_features) has "
-                         f"shape {tuple(gs.shape)}; they must match (map the student's features to the "
-                         "teacher's width with a HintRegressor passed as g)")
+        raise ValueError(
+            f"f(teacher_features) has shape {tuple(ft.shape)} but g(student_features) has "
+            f"shape {tuple(gs.shape)}; they must match (map the student's features to the "
+            "teacher's width with a HintRegressor passed as g)"
+        )
     if ft.shape[0] == 0:
         raise ValueError("features must hold at least one example (batch size 0)")
     diff = (ft.float() - gs.float()).reshape(ft.shape[0], -1)
@@ -282,8 +294,10 @@ class HintRegressor(nn.Module):
         want = 4 if self.conv else 2
         if x.ndim != want or x.shape[1] != self.student_width:
             kind = "(batch, C, H, W)" if self.conv else "(batch, d)"
-            raise ValueError(f"HintRegressor expects {kind} input with {self.student_width} "
-                             f"channels/features, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"HintRegressor expects {kind} input with {self.student_width} "
+                f"channels/features, got shape {tuple(x.shape)}"
+            )
         return self.proj(x)
 
 
@@ -348,28 +362,41 @@ class SeparableCNN(nn.Module):
         images (and gives a FitNets hint on the last feature map something to pass on).
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (8, 16), n_classes: int = 10,
-                 pool_size: int = 1):
+    def __init__(
+        self, in_channels: int = 1, channels: Sequence[int] = (8, 16), n_classes: int = 10, pool_size: int = 1
+    ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 1 or min(channels) < 1 or in_channels < 1 or n_classes < 2 or pool_size < 1:
-            raise ValueError(f"need in_channels >= 1, channels of positive ints, n_classes >= 2 and "
-                             f"pool_size >= 1; got {in_channels}, {channels}, {n_classes}, {pool_size}")
+            raise ValueError(
+                f"need in_channels >= 1, channels of positive ints, n_classes >= 2 and "
+                f"pool_size >= 1; got {in_channels}, {channels}, {n_classes}, {pool_size}"
+            )
         self.in_channels = in_channels
         self.channels = channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels[0]), nn.ReLU(), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         blocks = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            blocks.append(nn.Sequential(
-                nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),   # depthwise
-                nn.BatchNorm2d(c_in), nn.ReLU(),
-                nn.Conv2d(c_in, c_out, 1, bias=False),                          # pointwise
-                nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),  # depthwise
+                    nn.BatchNorm2d(c_in),
+                    nn.ReLU(),
+                    nn.Conv2d(c_in, c_out, 1, bias=False),  # pointwise
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                )
+            )
         self.blocks = nn.Sequential(*blocks)
         self.pool_size = int(pool_size)
         self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
-        self.fc = nn.Linear(channels[-1] * self.pool_size ** 2, n_classes)
+        self.fc = nn.Linear(channels[-1] * self.pool_size**2, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
@@ -427,11 +454,27 @@ def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return teacher(x)
 
 
-def distill(student: nn.Module, teacher: nn.Module, data, *, temperature: float = 4.0, alpha: float = 0.9,
-            beta: float = 0.0, student_layer: str | None = None, teacher_layer: str | None = None,
-            regressor: nn.Module | None = None, epochs: int = 20, lr: float = 1e-3,
-            weight_decay: float = 0.0, batch_size: int = 64, optimizer: str = "adam", val_data=None,
-            seed: int = 0, progress: bool = True, desc: str | None = None) -> dict:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    beta: float = 0.0,
+    student_layer: str | None = None,
+    teacher_layer: str | None = None,
+    regressor: nn.Module | None = None,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    val_data=None,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict:
     """Train ``student`` to mimic ``teacher`` (Hinton et al. 2015 soft targets, FitNets hints).
 
     Minimises, per batch, ``alpha * soft_target_loss(z_s, z_t, T) + (1 - alpha) * CE(z_s, y)
@@ -513,9 +556,20 @@ def distill(student: nn.Module, teacher: nn.Module, data, *, temperature: float 
         if use_features:
             s_rec.__enter__()
             t_rec.__enter__()
-        history = fit(model, data, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                      batch_size=batch_size, optimizer=optimizer, compute_loss=compute_loss,
-                      val_data=val_data, seed=seed, progress=progress, desc=desc)
+        history = fit(
+            model,
+            data,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            compute_loss=compute_loss,
+            val_data=val_data,
+            seed=seed,
+            progress=progress,
+            desc=desc,
+        )
     finally:
         if use_features:
             s_rec.__exit__()
@@ -530,8 +584,9 @@ def distill(student: nn.Module, teacher: nn.Module, data, *, temperature: float 
 _EXAMPLE_LOGITS = np.array([1.0, -2.0, 0.5, 9.0, -3.0, 3.5, -1.0, 0.0, 4.0, 2.0], dtype=np.float32)
 
 
-def explore_soft_targets(temperature: float = 4.0, alpha: float = 0.5, teacher_logits=None,
-                         label: int | None = None, student_logits=None):
+def explore_soft_targets(
+    temperature: float = 4.0, alpha: float = 0.5, teacher_logits=None, label: int | None = None, student_logits=None
+):
     """Draw the teacher's softened probabilities and the per-class gradient of the distillation loss.
 
     Left: ``softmax(z_t / T)`` next to the hard one-hot label. Right: the gradient of
@@ -558,11 +613,15 @@ def explore_soft_targets(temperature: float = 4.0, alpha: float = 0.5, teacher_l
 
     T = _check_temperature(temperature)
     a = _check_alpha(alpha)
-    zt = torch.as_tensor(_EXAMPLE_LOGITS if teacher_logits is None else np.asarray(teacher_logits),
-                         dtype=torch.float32).reshape(1, -1)
+    zt = torch.as_tensor(
+        _EXAMPLE_LOGITS if teacher_logits is None else np.asarray(teacher_logits), dtype=torch.float32
+    ).reshape(1, -1)
     k = zt.shape[1]
-    zs = torch.zeros(1, k) if student_logits is None else torch.as_tensor(
-        np.asarray(student_logits), dtype=torch.float32).reshape(1, -1)
+    zs = (
+        torch.zeros(1, k)
+        if student_logits is None
+        else torch.as_tensor(np.asarray(student_logits), dtype=torch.float32).reshape(1, -1)
+    )
     if zs.shape != zt.shape:
         raise ValueError(f"student_logits must have {k} entries, got {zs.shape[1]}")
     y = int(zt.argmax()) if label is None else int(label)
@@ -577,12 +636,10 @@ def explore_soft_targets(temperature: float = 4.0, alpha: float = 0.5, teacher_l
     onehot = np.eye(k)[y]
     axes[0].bar(classes - 0.2, onehot, width=0.4, color="0.7", label="hard label")
     axes[0].bar(classes + 0.2, pt, width=0.4, color="tab:blue", label=f"teacher, T={T:g}")
-    axes[0].set(xticks=classes, xlabel="class", ylabel="probability", ylim=(0, 1.05),
-                title="targets")
+    axes[0].set(xticks=classes, xlabel="class", ylabel="probability", ylim=(0, 1.05), title="targets")
     axes[0].legend(fontsize=8)
     axes[1].bar(classes, grad[0].numpy(), color=np.where(grad[0].numpy() < 0, "tab:green", "tab:red"))
     axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].set(xticks=classes, xlabel="class", ylabel="d loss / d student logit",
-                title=f"gradient, alpha={a:g}")
+    axes[1].set(xticks=classes, xlabel="class", ylabel="d loss / d student logit", title=f"gradient, alpha={a:g}")
     fig.tight_layout()
     return fig

@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -64,8 +63,11 @@ class GradingError(RuntimeError):
 def find_course_dir(course_dir: str | os.PathLike | None = None) -> Path:
     """The nbgrader course directory: ``course_dir``, else the current folder or its ``labs/``
     if it holds ``nbgrader_config.py``, else the repository's ``labs/``."""
-    candidates = [Path(course_dir)] if course_dir is not None else [
-        Path.cwd(), Path.cwd() / "labs", Path(__file__).resolve().parents[1] / "labs"]
+    candidates = (
+        [Path(course_dir)]
+        if course_dir is not None
+        else [Path.cwd(), Path.cwd() / "labs", Path(__file__).resolve().parents[1] / "labs"]
+    )
     for cand in candidates:
         if (cand / "nbgrader_config.py").exists() and (cand / "source").is_dir():
             return cand.resolve()
@@ -130,8 +132,9 @@ def lab_parts(lab: str, course_dir: str | os.PathLike | None = None) -> list[tup
     return parts
 
 
-def autograde(lab: str, submissions_dir: str | os.PathLike, course_dir: str | os.PathLike | None = None,
-              *, feedback: bool = True) -> list[str]:
+def autograde(
+    lab: str, submissions_dir: str | os.PathLike, course_dir: str | os.PathLike | None = None, *, feedback: bool = True
+) -> list[str]:
     """Autograde every ``<student>/<lab>/<lab>.ipynb`` under ``submissions_dir`` with nbgrader.
 
     Returns the student ids that were graded. Students whose folder lacks the notebook are
@@ -180,8 +183,12 @@ def _load_states(course: Path, lab: str) -> dict[str, dict]:
     return out
 
 
-def export_grades(lab: str, course_dir: str | os.PathLike | None = None, out_csv: str | os.PathLike | None = None,
-                  students: list[str] | None = None) -> Path:
+def export_grades(
+    lab: str,
+    course_dir: str | os.PathLike | None = None,
+    out_csv: str | os.PathLike | None = None,
+    students: list[str] | None = None,
+) -> Path:
     """Write ``grades/<lab>.csv``: one row per student.
 
     Columns: ``student_id``, ``status`` (see :data:`STATUSES`), ``score``, ``max_score`` and one
@@ -198,8 +205,13 @@ def export_grades(lab: str, course_dir: str | os.PathLike | None = None, out_csv
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = {}
     for student, st in _load_states(course, lab).items():
-        rows[student] = {"student_id": student, "status": st["status"], "score": st["score"], "max_score": max_score,
-                         **{g: st["parts"].get(g, 0.0) for g, _ in parts}}
+        rows[student] = {
+            "student_id": student,
+            "status": st["status"],
+            "score": st["score"],
+            "max_score": max_score,
+            **{g: st["parts"].get(g, 0.0) for g, _ in parts},
+        }
     db = course / "gradebook.db"
     if db.exists():
         with Gradebook(f"sqlite:///{db}") as gb:
@@ -219,8 +231,13 @@ def export_grades(lab: str, course_dir: str | os.PathLike | None = None, out_csv
                 rows[student] = row
     for student in students or []:
         if student not in rows:
-            rows[student] = {"student_id": student, "status": "missing", "score": 0.0, "max_score": max_score,
-                             **{g: 0.0 for g, _ in parts}}
+            rows[student] = {
+                "student_id": student,
+                "status": "missing",
+                "score": 0.0,
+                "max_score": max_score,
+                **{g: 0.0 for g, _ in parts},
+            }
     tmp = out.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["student_id", "status", "score", "max_score", *[g for g, _ in parts]])
@@ -287,8 +304,9 @@ def _safe_extract(zpath: Path, dest: Path) -> Path:
     return dest
 
 
-def collect_submissions(lab: str, submissions: str | os.PathLike, unpack_dir: str | os.PathLike | None = None
-                        ) -> dict[str, Path | None]:
+def collect_submissions(
+    lab: str, submissions: str | os.PathLike, unpack_dir: str | os.PathLike | None = None
+) -> dict[str, Path | None]:
     """Map each student id to their notebook ``<student>/<lab>/<lab>.ipynb`` (``None``: missing).
 
     ``submissions`` is nbgrader's folder layout, or a ``.zip`` (an LMS download): either that
@@ -344,7 +362,7 @@ def _check_notebook(data: bytes) -> str | None:
     try:
         nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)
-    except Exception as exc:  # noqa: BLE001 - nbformat raises several types
+    except Exception as exc:
         return f"invalid notebook: {exc}"[:300]
     return None
 
@@ -353,8 +371,16 @@ def _hidden_paths(course: Path, extra: list[Path]) -> list[str]:
     import courselib
 
     pkg = Path(courselib.__file__).resolve().parent
-    hide = [course, *extra, Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/root"), Path("/home"),
-            Path.home()]
+    hide = [
+        course,
+        *extra,
+        Path(tempfile.gettempdir()),
+        Path("/tmp"),
+        Path("/var/tmp"),
+        Path("/root"),
+        Path("/home"),
+        Path.home(),
+    ]
     repo = pkg.parent
     if (repo / "pyproject.toml").exists() or (repo / ".git").exists():
         hide.append(repo)  # an editable install: hide the repository (.git holds every solution)
@@ -364,14 +390,19 @@ def _hidden_paths(course: Path, extra: list[Path]) -> list[str]:
 def _kept_paths() -> list[str]:
     import courselib
 
-    return sorted({str(Path(sys.prefix).resolve()), str(Path(sys.base_prefix).resolve()),
-                   str(Path(courselib.__file__).resolve().parent)})
+    return sorted(
+        {
+            str(Path(sys.prefix).resolve()),
+            str(Path(sys.base_prefix).resolve()),
+            str(Path(courselib.__file__).resolve().parent),
+        }
+    )
 
 
 def _course_config(root: Path, limits: Limits, work: Path | None) -> str:
     lines = [
         "c = get_config()  # noqa: F821",
-        f"c.CourseDirectory.course_id = 'ondevice-ml'",
+        "c.CourseDirectory.course_id = 'ondevice-ml'",
         f"c.CourseDirectory.root = {str(root)!r}",
         f"c.CourseDirectory.db_url = {('sqlite:///' + str(root / 'gradebook.db'))!r}",
         "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}",
@@ -391,22 +422,33 @@ def _course_config(root: Path, limits: Limits, work: Path | None) -> str:
         "LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]",
     ]
     if work is not None:
-        lines += ["c.Execute.kernel_name = 'courselib-sandbox'",
-                  "c.KernelManager.transport = 'ipc'",
-                  f"c.KernelManager.ip = {str(work / 'k')!r}"]
+        lines += [
+            "c.Execute.kernel_name = 'courselib-sandbox'",
+            "c.KernelManager.transport = 'ipc'",
+            f"c.KernelManager.ip = {str(work / 'k')!r}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _run(cmd: list[str], *, cwd, env, timeout: float) -> tuple[int | None, str]:
     """Run ``cmd`` in its own session; kill the whole session on timeout. Return (exit code or None, output)."""
+
     def preexec():
         import ctypes
 
         os.setsid()
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # die with the grading process
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=preexec, text=True, errors="replace")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=preexec,
+        text=True,
+        errors="replace",
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out
@@ -455,8 +497,11 @@ class _Grader:
         self.release_nb = json.loads((course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
         self.cells = _notebook_cells(self.source_nb)
         self.parts = lab_parts(lab, course)
-        self.release_extras = [p for p in (course / "release" / lab).iterdir()
-                               if p.name != f"{lab}{NOTEBOOK_SUFFIX}" and not p.name.startswith(".")]
+        self.release_extras = [
+            p
+            for p in (course / "release" / lab).iterdir()
+            if p.name != f"{lab}{NOTEBOOK_SUFFIX}" and not p.name.startswith(".")
+        ]
         self.template = base / "template"
         self.verifiable: set[str] = set()
 
@@ -481,15 +526,21 @@ class _Grader:
     def sandbox_config(self, work: Path, path: Path):
         from . import sandbox
 
-        cfg = sandbox.SandboxConfig(work_dir=str(work), hide=self.hide, keep=self.keep,
-                                    memory_bytes=self.limits.memory_mb << 20, file_bytes=self.limits.file_mb << 20,
-                                    cpu_seconds=self.limits.notebook_timeout + 30)
+        cfg = sandbox.SandboxConfig(
+            work_dir=str(work),
+            hide=self.hide,
+            keep=self.keep,
+            memory_bytes=self.limits.memory_mb << 20,
+            file_bytes=self.limits.file_mb << 20,
+            cpu_seconds=self.limits.notebook_timeout + 30,
+        )
         cfg.save(path)
         return path
 
     def tampering(self, nb: dict) -> list[str]:
         """Locked cells of a submission that were edited, retyped or deleted (compared by grade_id
         with both the release and the source version; nbgrader restores them from its checksums)."""
+
         def locked(cells):
             out = {}
             for cell in cells:
@@ -524,7 +575,7 @@ class _Grader:
         if notebook_bytes is not None:
             (work / f"{self.lab}{NOTEBOOK_SUFFIX}").write_bytes(notebook_bytes)
         if self.sandboxed:
-            for dirpath, dirnames, filenames in os.walk(work):
+            for dirpath, _dirnames, filenames in os.walk(work):
                 for n in [dirpath, *[os.path.join(dirpath, f) for f in filenames]]:
                     os.chown(n, 65534, 65534)
         return work
@@ -543,12 +594,21 @@ class _Grader:
         clean.mkdir(exist_ok=True)
         for extra in self.release_extras:
             (shutil.copytree if extra.is_dir() else shutil.copy)(extra, clean / extra.name)
-        spec = {"cells": self.cells, "student_argv": serve, "cwd": str(work),
-                "startup_timeout": self.limits.notebook_timeout, "call_timeout": self.limits.cell_timeout}
+        spec = {
+            "cells": self.cells,
+            "student_argv": serve,
+            "cwd": str(work),
+            "startup_timeout": self.limits.notebook_timeout,
+            "call_timeout": self.limits.cell_timeout,
+        }
         (root / "clean-spec.json").write_text(json.dumps(spec))
         out = root / "clean-result.json"
-        code, log = _run([sys.executable, "-m", "courselib.cleanroom", "check", str(root / "clean-spec.json"),
-                          str(out)], cwd=clean, env=self.env(), timeout=2 * self.limits.notebook_timeout + 60)
+        code, log = _run(
+            [sys.executable, "-m", "courselib.cleanroom", "check", str(root / "clean-spec.json"), str(out)],
+            cwd=clean,
+            env=self.env(),
+            timeout=2 * self.limits.notebook_timeout + 60,
+        )
         if code != 0 or not out.exists():
             return {}
         return json.loads(out.read_text())
@@ -568,8 +628,13 @@ class _Grader:
         from nbgrader.api import Gradebook
 
         t0 = time.monotonic()
-        result = {"student_id": job.student, "lab": self.lab, "key": job.key, "notes": [],
-                  "parts": {g: 0.0 for g, _ in self.parts}}
+        result = {
+            "student_id": job.student,
+            "lab": self.lab,
+            "key": job.key,
+            "notes": [],
+            "parts": {g: 0.0 for g, _ in self.parts},
+        }
         if job.notebook is None:
             result.update(status="missing", notes=[f"no {self.lab}/{self.lab}{NOTEBOOK_SUFFIX}"])
             return self._finish(result, t0)
@@ -589,27 +654,48 @@ class _Grader:
             from . import sandbox
 
             sandbox.write_kernelspec(jupyter, "courselib-sandbox", self.sandbox_config(work, root / "sandbox.json"))
-        (course / "nbgrader_config.py").write_text(_course_config(course, self.limits,
-                                                                  work if self.sandboxed else None))
+        (course / "nbgrader_config.py").write_text(
+            _course_config(course, self.limits, work if self.sandboxed else None)
+        )
         sub = course / "submitted" / job.student / self.lab
         sub.mkdir(parents=True)
         (sub / f"{self.lab}{NOTEBOOK_SUFFIX}").write_bytes(data)
         t1 = time.monotonic()
-        code, log = _run([sys.executable, "-m", "nbgrader", "autograde", self.lab, "--create", "--force",
-                          f"--student={job.student}"], cwd=course, env=self.env(jupyter, work),
-                         timeout=self.limits.notebook_timeout)
+        code, log = _run(
+            [
+                sys.executable,
+                "-m",
+                "nbgrader",
+                "autograde",
+                self.lab,
+                "--create",
+                "--force",
+                f"--student={job.student}",
+            ],
+            cwd=course,
+            env=self.env(jupyter, work),
+            timeout=self.limits.notebook_timeout,
+        )
         auto_nb = course / "autograded" / job.student / self.lab / f"{self.lab}{NOTEBOOK_SUFFIX}"
         flags = []
         result["timing"] = {"autograde": round(time.monotonic() - t1, 2)}
-        result["log"] = [ln for ln in log.splitlines() if ("[AutogradeApp | WARNING]" in ln or "ERROR" in ln)
-                         and "Attribute 'checksum'" not in ln][-20:]
+        result["log"] = [
+            ln
+            for ln in log.splitlines()
+            if ("[AutogradeApp | WARNING]" in ln or "ERROR" in ln) and "Attribute 'checksum'" not in ln
+        ][-20:]
         if code is None:
             result.update(status="timeout", notes=[f"notebook exceeded {self.limits.notebook_timeout} s"])
             return self._finish(result, t0, root)
         if code != 0 or not auto_nb.exists():
             dead = "Kernel died" in log or "DeadKernelError" in log
-            result.update(status="crashed", notes=["the kernel died" if dead else "nbgrader autograde failed",
-                                                   log.strip().splitlines()[-1][:300] if log.strip() else ""])
+            result.update(
+                status="crashed",
+                notes=[
+                    "the kernel died" if dead else "nbgrader autograde failed",
+                    log.strip().splitlines()[-1][:300] if log.strip() else "",
+                ],
+            )
             return self._finish(result, t0, root)
         changed = self.tampering(json.loads(data))
         if changed:
@@ -640,13 +726,14 @@ class _Grader:
                 continue
             student_cells.append("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
         with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-            nb_scores = {g: float(gb.find_grade(g, self.lab, self.lab, job.student).score or 0.0)
-                         for g, _ in self.parts}
+            nb_scores = {
+                g: float(gb.find_grade(g, self.lab, self.lab, job.student).score or 0.0) for g, _ in self.parts
+            }
         # nothing passed in the kernel: nothing to confirm (the final score is the smaller of the two)
         t1 = time.monotonic()
         clean = self.clean_room(root, work, student_cells) if any(nb_scores.values()) else {}
         result["timing"]["clean_room"] = round(time.monotonic() - t1, 2)
-        for g, pts in self.parts:
+        for g, _pts in self.parts:
             score = nb_scores[g]
             if g in self.verifiable and not clean.get(g, False):
                 if score > 0:
@@ -663,8 +750,20 @@ class _Grader:
             gb.db.commit()
         t1 = time.monotonic()
         if self.feedback:
-            fcode, flog = _run([sys.executable, "-m", "nbgrader", "generate_feedback", self.lab, "--force",
-                                f"--student={job.student}"], cwd=course, env=self.env(), timeout=300)
+            fcode, flog = _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "nbgrader",
+                    "generate_feedback",
+                    self.lab,
+                    "--force",
+                    f"--student={job.student}",
+                ],
+                cwd=course,
+                env=self.env(),
+                timeout=300,
+            )
             if fcode != 0:
                 result["notes"].append("feedback failed")
             result["timing"]["feedback"] = round(time.monotonic() - t1, 2)
@@ -746,9 +845,19 @@ def _remove_stale_scratch() -> None:
             pass
 
 
-def grade(lab: str, submissions: str | os.PathLike, course_dir: str | os.PathLike | None = None, *,
-          workers: int = 1, limits: Limits | None = None, feedback: bool = True, regrade: bool = False,
-          sandboxed: bool | None = None, progress: bool = True, log=None) -> dict:
+def grade(
+    lab: str,
+    submissions: str | os.PathLike,
+    course_dir: str | os.PathLike | None = None,
+    *,
+    workers: int = 1,
+    limits: Limits | None = None,
+    feedback: bool = True,
+    regrade: bool = False,
+    sandboxed: bool | None = None,
+    progress: bool = True,
+    log=None,
+) -> dict:
     """Autograde every submission of ``lab`` in parallel, isolated, limited and resumable.
 
     Each submission is graded by ``nbgrader autograde`` in its own scratch course, with its kernel
@@ -779,8 +888,9 @@ def grade(lab: str, submissions: str | os.PathLike, course_dir: str | os.PathLik
     t_start = time.monotonic()
     _ensure_assignment(lab, course)
     source_sha = _sha256((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_bytes())
-    settings = json.dumps({"v": GRADER_VERSION, "limits": asdict(limits), "source": source_sha,
-                           "sandboxed": sandboxed}, sort_keys=True)
+    settings = json.dumps(
+        {"v": GRADER_VERSION, "limits": asdict(limits), "source": source_sha, "sandboxed": sandboxed}, sort_keys=True
+    )
     state_dir = _state_dir(course, lab)
     state_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_scratch()
@@ -817,10 +927,18 @@ def grade(lab: str, submissions: str | os.PathLike, course_dir: str | os.PathLik
                         job = futures[fut]
                         try:
                             res = fut.result()
-                        except Exception as exc:  # noqa: BLE001 - one submission never stops the batch
-                            res = grader._finish({"student_id": job.student, "lab": lab, "key": job.key,
-                                                  "status": "crashed", "notes": [f"grader error: {exc!r}"[:300]],
-                                                  "parts": {g: 0.0 for g, _ in grader.parts}}, time.monotonic())
+                        except Exception as exc:
+                            res = grader._finish(
+                                {
+                                    "student_id": job.student,
+                                    "lab": lab,
+                                    "key": job.key,
+                                    "status": "crashed",
+                                    "notes": [f"grader error: {exc!r}"[:300]],
+                                    "parts": {g: 0.0 for g, _ in grader.parts},
+                                },
+                                time.monotonic(),
+                            )
                         _merge(course, lab, grader.parts, [res], state_dir)
                         if res.get("scratch"):
                             shutil.rmtree(Path(res["scratch"]).parent, ignore_errors=True)
@@ -839,9 +957,17 @@ def grade(lab: str, submissions: str | os.PathLike, course_dir: str | os.PathLik
         out = export_grades(lab, course)
         leaderboard = challenge_leaderboard(lab, course, subs, base) if lab in CHALLENGE_LABS else None
         counts = {s: sum(1 for r in results.values() if r["status"] == s) for s in STATUSES}
-        return {"csv": out, "results": results, "graded_now": sorted(j.student for j in jobs),
-                "reused": sorted(reused), "counts": counts, "seconds": time.monotonic() - t_start,
-                "workers": workers, "verifiable": sorted(grader.verifiable), "leaderboard": leaderboard}
+        return {
+            "csv": out,
+            "results": results,
+            "graded_now": sorted(j.student for j in jobs),
+            "reused": sorted(reused),
+            "counts": counts,
+            "seconds": time.monotonic() - t_start,
+            "workers": workers,
+            "verifiable": sorted(grader.verifiable),
+            "leaderboard": leaderboard,
+        }
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -878,9 +1004,12 @@ def summary_table(summary: dict) -> str:
         rs = [r for r in results.values() if r["status"] == status]
         if rs:
             lines.append(f"| {status} | {len(rs)} | {sum(r['score'] for r in rs) / len(rs):.2f} |")
-    lines.append(f"| **all** | {len(results)} | "
-                 f"{(sum(r['score'] for r in results.values()) / max(len(results), 1)):.2f} |")
+    lines.append(
+        f"| **all** | {len(results)} | {(sum(r['score'] for r in results.values()) / max(len(results), 1)):.2f} |"
+    )
     lines.append("")
-    lines.append(f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
-                 f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}")
+    lines.append(
+        f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
+        f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}"
+    )
     return "\n".join(lines)

@@ -129,8 +129,10 @@ def quantization_loss(B, V, R) -> float:
     V = _as_2d_float("V", V)
     R = _as_2d_float("R", R)
     if R.shape != (V.shape[1], V.shape[1]) or B.shape != V.shape:
-        raise ValueError(f"shapes do not match: B {B.shape}, V {V.shape}, R {R.shape} "
-                         "(expected B and V of shape (n, c) and R of shape (c, c))")
+        raise ValueError(
+            f"shapes do not match: B {B.shape}, V {V.shape}, R {R.shape} "
+            "(expected B and V of shape (n, c) and R of shape (c, c))"
+        )
     return float(np.sum((B - V @ R) ** 2))
 
 
@@ -179,8 +181,8 @@ def itq_rotation(V, n_iter: int = 50, R0=None, random_state=None):
         raise ValueError(f"R0 must have shape ({c}, {c}), got {R.shape}")
     losses = [quantization_loss(sign_codes(V @ R), V, R)]
     for _ in range(n_iter):
-        B = sign_codes(V @ R)            # B-step, Eq. itq-b-step
-        R = procrustes_rotation(V, B)    # R-step, Eq. itq-r-step
+        B = sign_codes(V @ R)  # B-step, Eq. itq-b-step
+        R = procrustes_rotation(V, B)  # R-step, Eq. itq-r-step
         losses.append(quantization_loss(sign_codes(V @ R), V, R))
     return R, np.asarray(losses)
 
@@ -204,15 +206,19 @@ class _BaseHasher(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
         n_samples, n_features = X.shape
         if n_bits > n_features:
-            raise ValueError(f"n_bits={n_bits} must be <= n_features={n_features} "
-                             f"(one projection per bit); got X with n_features={n_features}")
+            raise ValueError(
+                f"n_bits={n_bits} must be <= n_features={n_features} "
+                f"(one projection per bit); got X with n_features={n_features}"
+            )
 
     def _validate_fit(self, X, uses_pca=True):
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         self._check_params(X)
         if uses_pca and self.n_bits > X.shape[0]:
-            raise ValueError(f"n_bits={self.n_bits} must be <= n_samples={X.shape[0]}: PCA cannot find "
-                             f"more directions than there are samples")
+            raise ValueError(
+                f"n_bits={self.n_bits} must be <= n_samples={X.shape[0]}: PCA cannot find "
+                f"more directions than there are samples"
+            )
         return X.astype(np.float64, copy=False)
 
     def project(self, X) -> np.ndarray:
@@ -434,8 +440,16 @@ def hamming_map(hasher, X_database, y_database, X_query, y_query) -> float:
     return mean_average_precision(D, label_relevance(y_query, y_database))
 
 
-def compare_hashers(X_train, X_database, y_database, X_query, y_query, bits=(8, 16, 32, 64),
-                    methods=("LSH", "PCA-direct", "PCA-RR", "ITQ"), random_state=0):
+def compare_hashers(
+    X_train,
+    X_database,
+    y_database,
+    X_query,
+    y_query,
+    bits=(8, 16, 32, 64),
+    methods=("LSH", "PCA-direct", "PCA-RR", "ITQ"),
+    random_state=0,
+):
     """mAP of each method at each code length: ``{method: [mAP at bits[0], ...]}``.
 
     Each hasher is fitted on ``X_train`` with ``random_state`` and evaluated with
@@ -445,8 +459,10 @@ def compare_hashers(X_train, X_database, y_database, X_query, y_query, bits=(8, 
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; expected one of {sorted(METHODS)}")
-        out[m] = [hamming_map(METHODS[m](c, random_state).fit(X_train), X_database, y_database,
-                              X_query, y_query) for c in bits]
+        out[m] = [
+            hamming_map(METHODS[m](c, random_state).fit(X_train), X_database, y_database, X_query, y_query)
+            for c in bits
+        ]
     return out
 
 
@@ -472,7 +488,7 @@ def plot_itq_2d(n_iter: int = 50, random_state: int = 0, n_samples: int = 400, a
     X = (centers[rng.integers(0, 4, n_samples)] + 0.2 * rng.standard_normal((n_samples, 2))) @ rot.T
     itq = ITQ(2, n_iter=n_iter, random_state=random_state).fit(X)
     V = (X - itq.mean_) @ itq.components_.T
-    scale = 1.0 / np.sqrt(np.mean(np.sum(V ** 2, axis=1)) / 2)  # bring points to the cube's scale
+    scale = 1.0 / np.sqrt(np.mean(np.sum(V**2, axis=1)) / 2)  # bring points to the cube's scale
     V = V * scale
     panels = [("PCA-direct: sgn(V)", V, np.eye(2)), (f"ITQ after {n_iter} iterations: sgn(VR)", V, itq.rotation_)]
     if ax is None:
@@ -486,8 +502,16 @@ def plot_itq_2d(n_iter: int = 50, random_state: int = 0, n_samples: int = 400, a
         B = sign_codes(Z)
         code = ((B[:, 0] > 0) * 2 + (B[:, 1] > 0)).astype(int)
         a.scatter(Z[:, 0], Z[:, 1], c=[cmap(k) for k in code], s=8, alpha=0.7)
-        a.scatter([1, 1, -1, -1], [1, -1, 1, -1], marker="s", s=90, facecolor="none", edgecolor="k",
-                  linewidth=1.5, label="vertices (+-1, +-1)")
+        a.scatter(
+            [1, 1, -1, -1],
+            [1, -1, 1, -1],
+            marker="s",
+            s=90,
+            facecolor="none",
+            edgecolor="k",
+            linewidth=1.5,
+            label="vertices (+-1, +-1)",
+        )
         a.axhline(0, color="0.5", lw=0.8)
         a.axvline(0, color="0.5", lw=0.8)
         loss = quantization_loss(B, Vp, R) / len(Vp)
@@ -511,8 +535,12 @@ def _digits():
 
         Xtr, ytr = load_dataset("digits", split="train")
         Xte, yte = load_dataset("digits", split="test")
-        _DIGITS_CACHE["d"] = (Xtr.reshape(len(Xtr), -1).astype(np.float64), ytr,
-                              Xte.reshape(len(Xte), -1).astype(np.float64), yte)
+        _DIGITS_CACHE["d"] = (
+            Xtr.reshape(len(Xtr), -1).astype(np.float64),
+            ytr,
+            Xte.reshape(len(Xte), -1).astype(np.float64),
+            yte,
+        )
     return _DIGITS_CACHE["d"]
 
 
@@ -537,8 +565,7 @@ def itq_explorer(n_bits: int = 16, n_iter: int = 50, random_state: int = 0):
     V = pca.project(Xtr)
     loss_pca = quantization_loss(sign_codes(V), V, np.eye(n_bits)) / n
     loss_rr = quantization_loss(sign_codes(V @ rr.rotation_), V, rr.rotation_) / n
-    maps = {name: hamming_map(h, Xtr, ytr, Xte, yte) for name, h in
-            [("ITQ", itq), ("PCA-direct", pca), ("PCA-RR", rr)]}
+    maps = {name: hamming_map(h, Xtr, ytr, Xte, yte) for name, h in [("ITQ", itq), ("PCA-direct", pca), ("PCA-RR", rr)]}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.plot(np.arange(n_iter + 1), itq.loss_history_ / n, "o-", ms=3, label="ITQ")
     a1.axhline(loss_pca, color="C1", ls="--", label="PCA-direct")

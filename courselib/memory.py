@@ -27,8 +27,13 @@ __all__ = [
 ]
 
 #: The representations the chapter compares, with their numpy dtype (``None`` = packed bits).
-REPRESENTATIONS = {"int32": np.int32, "float32": np.float32, "float64": np.float64, "bool": np.bool_,
-                   "packed bits": None}
+REPRESENTATIONS = {
+    "int32": np.int32,
+    "float32": np.float32,
+    "float64": np.float64,
+    "bool": np.bool_,
+    "packed bits": None,
+}
 
 
 def bytes_per_value(representation: str) -> float:
@@ -73,8 +78,15 @@ def measure_representations(values: np.ndarray) -> list[dict]:
         "packed bits": np.packbits((values > 0).ravel(), bitorder="little"),
     }
     f32 = arrays["float32"].nbytes
-    return [{"representation": name, "nbytes": int(a.nbytes), "bytes_per_value": a.nbytes / n,
-             "ratio_vs_float32": f32 / a.nbytes} for name, a in arrays.items()]
+    return [
+        {
+            "representation": name,
+            "nbytes": int(a.nbytes),
+            "bytes_per_value": a.nbytes / n,
+            "ratio_vs_float32": f32 / a.nbytes,
+        }
+        for name, a in arrays.items()
+    ]
 
 
 def compression_ratio(source: str, target: str) -> float:

@@ -6,7 +6,7 @@ chapters compress: binarized (BinaryConnect), pruned (OBD, filter pruning), dist
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,8 +59,9 @@ class CourseCNN(nn.Module):
     ``conv1, bn1, conv2, bn2, fc`` are what ``courselib.pruning.remove_filters`` refers to.
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32), n_classes: int = 10,
-                 image_size: int = 28):
+    def __init__(
+        self, in_channels: int = 1, channels: Sequence[int] = (16, 32), n_classes: int = 10, image_size: int = 28
+    ):
         super().__init__()
         c1, c2 = channels
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,15 +63,32 @@ HESSIAN_METHODS = ("exact", "gauss-newton", "empirical-fisher")
 # Modules that may sit between a convolution and the next conv/linear layer without changing which
 # channel is which (element-wise activations, pooling, dropout, flatten).
 _CHANNEL_PRESERVING = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-    nn.Hardtanh, nn.PReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-    nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.PReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Flatten,
+    nn.Identity,
 )
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+
 
 def _check_amount(amount) -> float:
     if isinstance(amount, bool) or not isinstance(amount, (int, float, np.floating, np.integer)):
@@ -178,7 +195,7 @@ def _apply_global_masks(targets, scores: list[torch.Tensor], amount: float) -> N
     for (_, module, attr), old in zip(targets, old_masks):
         n = old.numel()
         w = _effective(module, attr)
-        mask = mask_all[pos:pos + n].reshape(w.shape).to(dtype=w.dtype, device=w.device)
+        mask = mask_all[pos : pos + n].reshape(w.shape).to(dtype=w.dtype, device=w.device)
         prune.custom_from_mask(module, attr, mask=mask)
         pos += n
 
@@ -186,6 +203,7 @@ def _apply_global_masks(targets, scores: list[torch.Tensor], amount: float) -> N
 # --------------------------------------------------------------------------------------------------
 # Optimal Brain Damage
 # --------------------------------------------------------------------------------------------------
+
 
 def _named_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -211,12 +229,13 @@ def _exact_diag(model, loss_fn, X, y, params, chunk: int = 256) -> dict[str, tor
             basis = torch.zeros(stop - start, n, dtype=p.dtype, device=p.device)
             basis[torch.arange(stop - start), idx] = 1.0
             try:
-                rows = torch.autograd.grad(gflat, p, grad_outputs=basis, retain_graph=True,
-                                           is_grads_batched=True, allow_unused=True)[0]
+                rows = torch.autograd.grad(
+                    gflat, p, grad_outputs=basis, retain_graph=True, is_grads_batched=True, allow_unused=True
+                )[0]
                 rows = rows.reshape(stop - start, n) if rows is not None else torch.zeros_like(basis)
                 diag[start:stop] = rows[torch.arange(stop - start), idx]
             except RuntimeError:  # an op without a batching rule: one unit vector at a time
-                for j, k in enumerate(range(start, stop)):
+                for k in range(start, stop):
                     r = torch.autograd.grad(gflat[k], p, retain_graph=True, allow_unused=True)[0]
                     diag[k] = 0.0 if r is None else r.reshape(-1)[k]
         out[name] = diag.reshape(p.shape).detach()
@@ -226,8 +245,10 @@ def _exact_diag(model, loss_fn, X, y, params, chunk: int = 256) -> dict[str, tor
 def _check_per_sample_mode(model: nn.Module, method: str) -> None:
     for mname, m in model.named_modules():
         if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d)):
-            raise ValueError(f"method={method!r} evaluates the network one sample at a time; module "
-                             f"{mname!r} ({type(m).__name__}) is in training mode: call model.eval() first")
+            raise ValueError(
+                f"method={method!r} evaluates the network one sample at a time; module "
+                f"{mname!r} ({type(m).__name__}) is in training mode: call model.eval() first"
+            )
 
 
 def _per_sample_diag(model, loss_fn, X, y, params, method: str, chunk: int = 64) -> dict[str, torch.Tensor]:
@@ -247,32 +268,36 @@ def _per_sample_diag(model, loss_fn, X, y, params, method: str, chunk: int = 64)
 
     acc = {n: torch.zeros_like(detached[n]) for n in names}
     for start in range(0, X.shape[0], chunk):
-        xb, yb = X[start:start + chunk], y[start:start + chunk]
+        xb, yb = X[start : start + chunk], y[start : start + chunk]
         if method == "empirical-fisher":
+
             def g_one(x, t):
                 return grad(lambda pd: loss_one(f(pd, x), t))(detached)
+
             gs = vmap(g_one)(xb, yb)
             for n in names:
                 acc[n] += (gs[n] ** 2).sum(0)
             continue
         with torch.no_grad():
-            outs = vmap(lambda x: f(detached, x))(xb)                       # (b, C)
-            H_out = vmap(jacrev(jacrev(loss_one)))(outs, yb)                     # (b, C, C)
+            outs = vmap(lambda x: f(detached, x))(xb)  # (b, C)
+            H_out = vmap(jacrev(jacrev(loss_one)))(outs, yb)  # (b, C, C)
             H_out = 0.5 * (H_out + H_out.transpose(1, 2))
             evals, evecs = torch.linalg.eigh(H_out)
-            A = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)              # H = A A^T, (b, C, C)
+            A = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)  # H = A A^T, (b, C, C)
 
         def jta_one(x, a):  # columns of J^T A for one sample: dict of (C, *shape)
             _, pullback = vjp(lambda pd: f(pd, x), detached)
             return vmap(pullback)(a.transpose(0, 1))[0]
+
         cols = vmap(jta_one)(xb, A)
         for n in names:
             acc[n] += (cols[n] ** 2).sum(dim=(0, 1))
     return acc
 
 
-def diagonal_hessian(model: nn.Module, loss_fn: Callable, data, method: str = "exact", *,
-                     parameters: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+def diagonal_hessian(
+    model: nn.Module, loss_fn: Callable, data, method: str = "exact", *, parameters: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
     r"""Diagonal of the Hessian of the mean training loss with respect to every parameter.
 
     The loss is :math:`E = \frac1N \sum_i \ell(f(x_i; u), y_i)` over all samples of ``data``;
@@ -343,9 +368,15 @@ def diagonal_hessian(model: nn.Module, loss_fn: Callable, data, method: str = "e
     return result
 
 
-def obd_saliency(model: nn.Module, loss_fn: Callable | None = None, data=None, *,
-                 method: str = "gauss-newton", hessian: dict[str, torch.Tensor] | None = None,
-                 parameters: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+def obd_saliency(
+    model: nn.Module,
+    loss_fn: Callable | None = None,
+    data=None,
+    *,
+    method: str = "gauss-newton",
+    hessian: dict[str, torch.Tensor] | None = None,
+    parameters: Iterable[str] | None = None,
+) -> dict[str, torch.Tensor]:
     r"""Optimal Brain Damage saliencies :math:`s_k = h_{kk} u_k^2 / 2` (book Eq. ``obd-saliency``).
 
     LeCun, Denker & Solla (1989), Eq. 8: the increase of the training loss predicted by the
@@ -395,8 +426,10 @@ def obd_saliency(model: nn.Module, loss_fn: Callable | None = None, data=None, *
 # unstructured pruning through torch.nn.utils.prune
 # --------------------------------------------------------------------------------------------------
 
-def magnitude_prune(model: nn.Module, amount: float, *, parameters: Iterable[str] | None = None,
-                    scope: str = "global") -> nn.Module:
+
+def magnitude_prune(
+    model: nn.Module, amount: float, *, parameters: Iterable[str] | None = None, scope: str = "global"
+) -> nn.Module:
     """Remove the weights of smallest absolute value (book Eq. ``obd-magnitude``).
 
     Parameters
@@ -437,8 +470,14 @@ def _prune_with_scores(model, targets, scores, amount, scope):
     return model
 
 
-def saliency_prune(model: nn.Module, saliencies: dict[str, torch.Tensor], amount: float, *,
-                   parameters: Iterable[str] | None = None, scope: str = "global") -> nn.Module:
+def saliency_prune(
+    model: nn.Module,
+    saliencies: dict[str, torch.Tensor],
+    amount: float,
+    *,
+    parameters: Iterable[str] | None = None,
+    scope: str = "global",
+) -> nn.Module:
     """Remove the weights of lowest saliency (OBD step 4, LeCun et al. 1989).
 
     Parameters
@@ -471,8 +510,9 @@ def saliency_prune(model: nn.Module, saliencies: dict[str, torch.Tensor], amount
     return _prune_with_scores(model, targets, scores, amount, scope)
 
 
-def random_prune(model: nn.Module, amount: float, *, seed: int = 0, parameters: Iterable[str] | None = None,
-                 scope: str = "global") -> nn.Module:
+def random_prune(
+    model: nn.Module, amount: float, *, seed: int = 0, parameters: Iterable[str] | None = None, scope: str = "global"
+) -> nn.Module:
     """Remove a random ``amount`` of the weights (the baseline of the OBD chapter); seeded."""
     targets = prunable_parameters(model, parameters)
     gen = torch.Generator().manual_seed(seed)
@@ -504,11 +544,19 @@ def sparsity(model: nn.Module, *, parameters: Iterable[str] | None = None) -> fl
     return zeros / total
 
 
-def iterative_prune(model: nn.Module, amounts: Sequence[float], *, method: str = "magnitude",
-                    retrain: Callable[[nn.Module], object] | None = None,
-                    evaluate: Callable[[nn.Module], float] | None = None,
-                    loss_fn: Callable | None = None, data=None, hessian_method: str = "gauss-newton",
-                    seed: int = 0, parameters: Iterable[str] | None = None) -> list[dict]:
+def iterative_prune(
+    model: nn.Module,
+    amounts: Sequence[float],
+    *,
+    method: str = "magnitude",
+    retrain: Callable[[nn.Module], object] | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    loss_fn: Callable | None = None,
+    data=None,
+    hessian_method: str = "gauss-newton",
+    seed: int = 0,
+    parameters: Iterable[str] | None = None,
+) -> list[dict]:
     """The prune-and-retrain loop (OBD steps 2-5, LeCun et al. 1989; book section ``obd-procedure``).
 
     For each target sparsity in ``amounts`` (non-decreasing): rank the remaining weights
@@ -576,6 +624,7 @@ def _obd_for_targets(model, loss_fn, data, hessian_method, names):
 # filter pruning (Li et al., 2017)
 # --------------------------------------------------------------------------------------------------
 
+
 def l1_filter_norms(conv: nn.Conv2d) -> torch.Tensor:
     r"""L1 norm of every filter, :math:`s_j = \sum |\mathcal F_{j}|` (Li et al. 2017, Sec. 3.1;
     book Eq. ``filters-l1``).
@@ -608,19 +657,23 @@ def _find_layers(model: nn.Module, layer_name: str):
     leaves = [(n, m) for n, m in model.named_modules() if len(list(m.children())) == 0]
     names = [n for n, _ in leaves]
     if layer_name not in dict(model.named_modules()):
-        raise ValueError(f"unknown layer {layer_name!r}; convolutions in the model: "
-                         f"{[n for n, m in leaves if isinstance(m, nn.Conv2d)]}")
+        raise ValueError(
+            f"unknown layer {layer_name!r}; convolutions in the model: "
+            f"{[n for n, m in leaves if isinstance(m, nn.Conv2d)]}"
+        )
     conv = model.get_submodule(layer_name)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"layer {layer_name!r} is a {type(conv).__name__}, expected a Conv2d")
     if conv.groups != 1:
         raise ValueError(f"layer {layer_name!r} is a grouped convolution (groups={conv.groups}); not supported")
     bn = bn_name = nxt = nxt_name = None
-    for name, m in leaves[names.index(layer_name) + 1:]:
+    for name, m in leaves[names.index(layer_name) + 1 :]:
         if isinstance(m, nn.BatchNorm2d) and bn is None and nxt is None:
             if m.num_features != conv.out_channels:
-                raise ValueError(f"BatchNorm {name!r} has {m.num_features} features but {layer_name!r} "
-                                 f"has {conv.out_channels} filters; cannot tell which layer follows")
+                raise ValueError(
+                    f"BatchNorm {name!r} has {m.num_features} features but {layer_name!r} "
+                    f"has {conv.out_channels} filters; cannot tell which layer follows"
+                )
             bn, bn_name = m, name
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             nxt, nxt_name = m, name
@@ -628,19 +681,27 @@ def _find_layers(model: nn.Module, layer_name: str):
         elif isinstance(m, _CHANNEL_PRESERVING):
             continue
         else:
-            raise ValueError(f"cannot determine the layer that consumes {layer_name!r}: module {name!r} "
-                             f"({type(m).__name__}) follows it, and only activations, pooling, dropout, "
-                             "flatten and one BatchNorm2d may sit between a conv and the next conv/linear")
+            raise ValueError(
+                f"cannot determine the layer that consumes {layer_name!r}: module {name!r} "
+                f"({type(m).__name__}) follows it, and only activations, pooling, dropout, "
+                "flatten and one BatchNorm2d may sit between a conv and the next conv/linear"
+            )
     if nxt is None:
-        raise ValueError(f"no Conv2d or Linear layer follows {layer_name!r} in named_modules() order; "
-                         "remove_filters needs the next layer to drop its input channels")
+        raise ValueError(
+            f"no Conv2d or Linear layer follows {layer_name!r} in named_modules() order; "
+            "remove_filters needs the next layer to drop its input channels"
+        )
     if isinstance(nxt, nn.Conv2d):
         if nxt.groups != 1 or nxt.in_channels != conv.out_channels:
-            raise ValueError(f"next layer {nxt_name!r} takes {nxt.in_channels} channels (groups={nxt.groups}) "
-                             f"but {layer_name!r} gives {conv.out_channels}; the model is not a plain chain")
+            raise ValueError(
+                f"next layer {nxt_name!r} takes {nxt.in_channels} channels (groups={nxt.groups}) "
+                f"but {layer_name!r} gives {conv.out_channels}; the model is not a plain chain"
+            )
     elif nxt.in_features % conv.out_channels != 0:
-        raise ValueError(f"next layer {nxt_name!r} has {nxt.in_features} inputs, not a multiple of the "
-                         f"{conv.out_channels} channels of {layer_name!r}")
+        raise ValueError(
+            f"next layer {nxt_name!r} has {nxt.in_features} inputs, not a multiple of the "
+            f"{conv.out_channels} channels of {layer_name!r}"
+        )
     return conv, bn, bn_name, nxt, nxt_name
 
 
@@ -696,9 +757,18 @@ def remove_filters(model: nn.Module, layer_name: str, indices: Iterable[int]) ->
     keep = torch.tensor([j for j in range(C) if j not in set(idx)], dtype=torch.long)
     w = conv.weight
     with torch.no_grad():
-        new_conv = nn.Conv2d(conv.in_channels, len(keep), conv.kernel_size, stride=conv.stride,
-                             padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                             padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
+        new_conv = nn.Conv2d(
+            conv.in_channels,
+            len(keep),
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
         new_conv.weight.copy_(w[keep])
         if conv.bias is not None:
             new_conv.bias.copy_(conv.bias[keep])
@@ -706,9 +776,15 @@ def remove_filters(model: nn.Module, layer_name: str, indices: Iterable[int]) ->
         _replace(model, layer_name, new_conv)
 
         if bn is not None:
-            new_bn = nn.BatchNorm2d(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                                    track_running_stats=bn.track_running_stats, device=w.device,
-                                    dtype=bn.running_mean.dtype if bn.running_mean is not None else w.dtype)
+            new_bn = nn.BatchNorm2d(
+                len(keep),
+                eps=bn.eps,
+                momentum=bn.momentum,
+                affine=bn.affine,
+                track_running_stats=bn.track_running_stats,
+                device=w.device,
+                dtype=bn.running_mean.dtype if bn.running_mean is not None else w.dtype,
+            )
             if bn.affine:
                 new_bn.weight.copy_(bn.weight[keep])
                 new_bn.bias.copy_(bn.bias[keep])
@@ -721,15 +797,25 @@ def remove_filters(model: nn.Module, layer_name: str, indices: Iterable[int]) ->
 
         nw = nxt.weight
         if isinstance(nxt, nn.Conv2d):
-            new_next = nn.Conv2d(len(keep), nxt.out_channels, nxt.kernel_size, stride=nxt.stride,
-                                 padding=nxt.padding, dilation=nxt.dilation, bias=nxt.bias is not None,
-                                 padding_mode=nxt.padding_mode, device=nw.device, dtype=nw.dtype)
+            new_next = nn.Conv2d(
+                len(keep),
+                nxt.out_channels,
+                nxt.kernel_size,
+                stride=nxt.stride,
+                padding=nxt.padding,
+                dilation=nxt.dilation,
+                bias=nxt.bias is not None,
+                padding_mode=nxt.padding_mode,
+                device=nw.device,
+                dtype=nw.dtype,
+            )
             new_next.weight.copy_(nw[:, keep])
         else:
             block = nxt.in_features // C
             cols = (keep.unsqueeze(1) * block + torch.arange(block).unsqueeze(0)).reshape(-1)
-            new_next = nn.Linear(len(cols), nxt.out_features, bias=nxt.bias is not None,
-                                 device=nw.device, dtype=nw.dtype)
+            new_next = nn.Linear(
+                len(cols), nxt.out_features, bias=nxt.bias is not None, device=nw.device, dtype=nw.dtype
+            )
             new_next.weight.copy_(nw[:, cols])
         if nxt.bias is not None:
             new_next.bias.copy_(nxt.bias)
@@ -756,6 +842,7 @@ def prune_filters(model: nn.Module, layer_name: str, amount: float) -> list[int]
 # --------------------------------------------------------------------------------------------------
 # cost model: parameters, MACs, latency, storage
 # --------------------------------------------------------------------------------------------------
+
 
 def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
     """Number of parameters stored by ``model`` (or, with ``nonzero=True``, the number that are
@@ -791,7 +878,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     int
     """
     if not isinstance(input_shape, (tuple, list, torch.Size)) or not all(
-            isinstance(s, (int, np.integer)) and s > 0 for s in input_shape):
+        isinstance(s, (int, np.integer)) and s > 0 for s in input_shape
+    ):
         raise ValueError(f"input_shape must be a tuple of positive ints (batch first), got {input_shape!r}")
     total = [0]
 
@@ -810,8 +898,11 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
             handles.append(m.register_forward_hook(linear_hook))
     was_training = model.training
     p = next(model.parameters(), None)
-    x = torch.zeros(tuple(int(s) for s in input_shape), dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
+    x = torch.zeros(
+        tuple(int(s) for s in input_shape),
+        dtype=p.dtype if p is not None else torch.float32,
+        device=p.device if p is not None else "cpu",
+    )
     try:
         model.eval()
         with torch.no_grad():
@@ -841,8 +932,10 @@ def _check_timing_args(repeats, warmup, num_threads, clock):
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     _clock(clock)
     if clock == "thread" and num_threads != 1:
-        raise ValueError("clock='thread' measures the CPU time of the calling thread only, which is the whole "
-                         f"cost only with num_threads=1 (got {num_threads}); use clock='wall' for more threads")
+        raise ValueError(
+            "clock='thread' measures the CPU time of the calling thread only, which is the whole "
+            f"cost only with num_threads=1 (got {num_threads}); use clock='wall' for more threads"
+        )
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -876,8 +969,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model).eval()
     leaves = [(n, m) for n, m in out.named_modules() if len(list(m.children())) == 0]
     for (cname, conv), (bname, bn) in zip(leaves, leaves[1:]):
-        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-                and bn.num_features == conv.out_channels and not hasattr(conv, "weight_orig")):
+        if (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(bn, nn.BatchNorm2d)
+            and bn.track_running_stats
+            and bn.num_features == conv.out_channels
+            and not hasattr(conv, "weight_orig")
+        ):
             _replace(out, cname, fuse_conv_bn_eval(conv, bn))
             _replace(out, bname, nn.Identity())
     return out
@@ -911,8 +1009,16 @@ def _prepare(model, example_input, deploy: bool):
     return inference_copy(model), x.contiguous(memory_format=torch.channels_last)
 
 
-def measure_latency(model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20, warmup: int = 3,
-                    num_threads: int = 1, clock: str = "thread", deploy: bool = False) -> float:
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    num_threads: int = 1,
+    clock: str = "thread",
+    deploy: bool = False,
+) -> float:
     """Median seconds of ``model(example_input)`` in eval mode under ``torch.inference_mode``.
 
     Parameters
@@ -936,13 +1042,30 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, *, repeats: i
         copy of the input instead of the model as it is.
     """
     _check_timing_args(repeats, warmup, num_threads, clock)
-    return compare_latency({"m": model}, example_input, rounds=1, repeats=repeats, warmup=warmup,
-                           num_threads=num_threads, clock=clock, deploy=deploy)["m"]
+    return compare_latency(
+        {"m": model},
+        example_input,
+        rounds=1,
+        repeats=repeats,
+        warmup=warmup,
+        num_threads=num_threads,
+        clock=clock,
+        deploy=deploy,
+    )["m"]
 
 
-def compare_latency(models: dict, example_input: torch.Tensor, *, rounds: int = 15, repeats: int = 5,
-                    warmup: int = 3, num_threads: int = 1, clock: str = "thread",
-                    deploy: bool = False, statistic: str = "median") -> dict:
+def compare_latency(
+    models: dict,
+    example_input: torch.Tensor,
+    *,
+    rounds: int = 15,
+    repeats: int = 5,
+    warmup: int = 3,
+    num_threads: int = 1,
+    clock: str = "thread",
+    deploy: bool = False,
+    statistic: str = "median",
+) -> dict:
     """Median latency of several models measured side by side: ``rounds`` rounds, each timing every
     model ``repeats`` times in turn, so that a slow spell of a shared machine hits all of them alike.
 
@@ -993,8 +1116,9 @@ def compare_latency(models: dict, example_input: torch.Tensor, *, rounds: int = 
             m.train(modes[k])
 
 
-def layer_times(model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20, warmup: int = 3,
-                deploy: bool = False) -> dict:
+def layer_times(
+    model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20, warmup: int = 3, deploy: bool = False
+) -> dict:
     """Where the time of a forward pass goes: median thread CPU seconds spent in every leaf module
     (one torch thread), measured with forward pre-/post-hooks.
 
@@ -1023,11 +1147,13 @@ def layer_times(model: nn.Module, example_input: torch.Tensor, *, repeats: int =
             def hook(mod, inp):
                 calls[name] = calls.get(name, 0) + 1
                 start[name] = time.thread_time()
+
             return hook
 
         def post(name):
             def hook(mod, inp, out):
                 record.setdefault((name, calls[name]), []).append(time.thread_time() - start[name])
+
             return hook
 
         for name, mod in m.named_modules():
@@ -1094,15 +1220,21 @@ def dense_vs_csr(weight: torch.Tensor, x: torch.Tensor, *, repeats: int = 20, nu
             csr_s = time_call(lambda: w_csr @ xt, repeats=repeats)
     finally:
         torch.set_num_threads(old)
-    return {"dense_bytes": storage_bytes(w, "dense", value_bytes=w.element_size()),
-            "csr_bytes": storage_bytes(w, "csr", value_bytes=w.element_size(),
-                                       index_bytes=w_csr.col_indices().element_size()),
-            "dense_s": dense_s, "csr_s": csr_s, "density": float((w != 0).float().mean())}
+    return {
+        "dense_bytes": storage_bytes(w, "dense", value_bytes=w.element_size()),
+        "csr_bytes": storage_bytes(
+            w, "csr", value_bytes=w.element_size(), index_bytes=w_csr.col_indices().element_size()
+        ),
+        "dense_s": dense_s,
+        "csr_s": csr_s,
+        "density": float((w != 0).float().mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # explorer callbacks
 # --------------------------------------------------------------------------------------------------
+
 
 def plot_saliency_vs_magnitude(weights: torch.Tensor, saliency: torch.Tensor, amount: float = 0.5):
     """Scatter |w| against OBD saliency, marking what each criterion removes at ``amount``.
@@ -1123,9 +1255,12 @@ def plot_saliency_vs_magnitude(weights: torch.Tensor, saliency: torch.Tensor, am
         by_mag[torch.topk(w.abs(), k, largest=False).indices] = True
         by_obd[torch.topk(s, k, largest=False).indices] = True
     fig, ax = plt.subplots(figsize=(6, 4))
-    groups = [(~by_mag & ~by_obd, "kept by both", "0.7"), (by_mag & by_obd, "removed by both", "k"),
-              (by_mag & ~by_obd, "removed by magnitude only", "tab:blue"),
-              (~by_mag & by_obd, "removed by OBD only", "tab:red")]
+    groups = [
+        (~by_mag & ~by_obd, "kept by both", "0.7"),
+        (by_mag & by_obd, "removed by both", "k"),
+        (by_mag & ~by_obd, "removed by magnitude only", "tab:blue"),
+        (~by_mag & by_obd, "removed by OBD only", "tab:red"),
+    ]
     floor = max(float(s[s > 0].min()) if (s > 0).any() else 1e-12, 1e-16)
     for sel, label, color in groups:
         ax.scatter(w.abs()[sel].numpy(), s[sel].clamp_min(floor).numpy(), s=4, c=color, label=label)
@@ -1163,7 +1298,6 @@ def plot_filter_ranking(model: nn.Module, layer_name: str, amount: float = 0.5, 
     ax.set_ylabel("sum |weights|")
     m0, m1 = count_macs(model, input_shape), count_macs(small, input_shape)
     p0, p1 = count_parameters(model), count_parameters(small)
-    ax.set_title(f"remove {len(removed)} (red): params {p0}->{p1}, MACs {m0 / 1e6:.2f}M->{m1 / 1e6:.2f}M",
-                 fontsize=9)
+    ax.set_title(f"remove {len(removed)} (red): params {p0}->{p1}, MACs {m0 / 1e6:.2f}M->{m1 / 1e6:.2f}M", fontsize=9)
     fig.tight_layout()
     return fig

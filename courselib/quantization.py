@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -167,7 +166,7 @@ def quantize_uniform(x, n_bits: int, *, symmetric: bool = False, per_channel_axi
         raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
     axis = None if per_channel_axis is None else _check_axis(per_channel_axis, a.ndim)
     a = a.astype(np.float64)
-    qmax = 2 ** b - 1
+    qmax = 2**b - 1
     red = _reduce_axes(a.ndim, axis)
     lo = np.minimum(a.min(axis=red, keepdims=True), 0.0)
     hi = np.maximum(a.max(axis=red, keepdims=True), 0.0)
@@ -229,12 +228,15 @@ def dequantize(q, scale, zero_point, *, axis: int | None = None):
         shape = [1] * qa.ndim
         shape[ax] = -1
         if s.size not in (1, qa.shape[ax]) or z.size not in (1, qa.shape[ax]):
-            raise ValueError(f"scale/zero_point must have 1 or {qa.shape[ax]} values along axis {ax}, "
-                             f"got {s.size} and {z.size}")
+            raise ValueError(
+                f"scale/zero_point must have 1 or {qa.shape[ax]} values along axis {ax}, got {s.size} and {z.size}"
+            )
         s, z = s.reshape(shape) if s.size > 1 else s.reshape(()), z.reshape(shape) if z.size > 1 else z.reshape(())
     elif qa.ndim > 1 and (s.ndim == 1 and s.size > 1 or z.ndim == 1 and z.size > 1):
-        raise ValueError("1-D per-channel scale/zero_point need axis=...; or pass the keepdims-shaped "
-                         "values that quantize_uniform returns")
+        raise ValueError(
+            "1-D per-channel scale/zero_point need axis=...; or pass the keepdims-shaped "
+            "values that quantize_uniform returns"
+        )
     try:
         out = (s * (qa.astype(np.int64) - z)).astype(np.float32)
     except ValueError as err:
@@ -309,8 +311,9 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
-def fake_quantize_weights(model: nn.Module, n_bits: int, *, symmetric: bool = False,
-                          per_channel: bool = False, method: str = "uniform") -> nn.Module:
+def fake_quantize_weights(
+    model: nn.Module, n_bits: int, *, symmetric: bool = False, per_channel: bool = False, method: str = "uniform"
+) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv2d weights are replaced by their quantized values.
 
     Weight-only quantization: the copy still computes in float32, but every weight takes one of
@@ -346,7 +349,7 @@ def fake_quantize_weights(model: nn.Module, n_bits: int, *, symmetric: bool = Fa
     if not layers:
         raise ValueError("model has no nn.Linear or nn.Conv2d layer to quantize")
     out = copy.deepcopy(model).eval()
-    for name, m in weight_layers(out).items():
+    for _name, m in weight_layers(out).items():
         w = m.weight.detach()
         if method == "uniform":
             new = fake_quantize(w, b, symmetric=symmetric, per_channel_axis=0 if per_channel else None)
@@ -432,8 +435,9 @@ def _fusion_groups(model: nn.Module) -> list[list[str]]:
     return groups
 
 
-def quantize_static_int8(model: nn.Module, calibration_X, *, backend: str = "x86",
-                         per_channel: bool = True, batch_size: int = 256) -> nn.Module:
+def quantize_static_int8(
+    model: nn.Module, calibration_X, *, backend: str = "x86", per_channel: bool = True, batch_size: int = 256
+) -> nn.Module:
     """Post-training static int8 quantization, eager mode (``torch.ao.quantization``).
 
     Steps: copy ``model``; wrap it in ``QuantWrapper`` (a ``QuantStub`` quantizes the float input,
@@ -486,7 +490,7 @@ def quantize_static_int8(model: nn.Module, calibration_X, *, backend: str = "x86
         tq.prepare(wrapped, inplace=True)
         with torch.no_grad():
             for i in range(0, X.shape[0], batch_size):
-                wrapped(X[i:i + batch_size])
+                wrapped(X[i : i + batch_size])
         tq.convert(wrapped, inplace=True)
     return wrapped
 
@@ -501,8 +505,9 @@ def _demo_weight(seed: int = 0) -> np.ndarray:
     return (rng.standard_normal((16, 64)) * spread[:, None]).astype(np.float32)
 
 
-def quantization_explorer(n_bits: int = 4, per_channel: bool = False, symmetric: bool = False,
-                          weight=None, seed: int = 0):
+def quantization_explorer(
+    n_bits: int = 4, per_channel: bool = False, symmetric: bool = False, weight=None, seed: int = 0
+):
     """Draw one figure: a weight matrix quantized to ``n_bits``, per tensor or per channel.
 
     Left: quantized value against original value for the channel with the smallest range and the
@@ -537,8 +542,7 @@ def quantization_explorer(n_bits: int = 4, per_channel: bool = False, symmetric:
     for c, i, lab in (("C0", order[0], "smallest range"), ("C3", order[-1], "largest range")):
         s = np.argsort(W[i])
         m = float(np.abs(W[i]).max()) or 1.0
-        ax0.plot(W[i][s] / m, W_hat[i][s] / m, drawstyle="steps-post", color=c, lw=1.8,
-                 label=f"channel {i} ({lab})")
+        ax0.plot(W[i][s] / m, W_hat[i][s] / m, drawstyle="steps-post", color=c, lw=1.8, label=f"channel {i} ({lab})")
     ax0.plot([-1.05, 1.05], [-1.05, 1.05], color="0.6", lw=0.8, ls="--", label="no error")
     ax0.set_xlabel("original weight / max |w| of its channel")
     ax0.set_ylabel("dequantized weight / max |w|")

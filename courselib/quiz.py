@@ -18,11 +18,20 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
-__all__ = ["QUESTION_TYPES", "default_bank_path", "load_bank", "load_questions", "check_answer", "grade",
-           "render_chapter", "write_pages", "main"]
+__all__ = [
+    "QUESTION_TYPES",
+    "default_bank_path",
+    "load_bank",
+    "load_questions",
+    "check_answer",
+    "grade",
+    "render_chapter",
+    "write_pages",
+    "main",
+]
 
 QUESTION_TYPES = ("multiple_choice", "multiple_select", "numeric")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -148,8 +157,9 @@ def check_answer(question: Mapping, response) -> bool:
     return letters == set(question["answer"])
 
 
-def grade(answers: Mapping[str, object], *, chapter: str | None = None, path: str | Path | None = None,
-          strict: bool = True) -> dict:
+def grade(
+    answers: Mapping[str, object], *, chapter: str | None = None, path: str | Path | None = None, strict: bool = True
+) -> dict:
     """Autograde ``answers`` (``{question id: response}``) against the bank.
 
     Parameters
@@ -188,15 +198,23 @@ def grade(answers: Mapping[str, object], *, chapter: str | None = None, path: st
             feedback[q["id"]] = q["explanation"]
     score = sum(results.values())
     total = len(questions)
-    return {"score": score, "total": total, "fraction": score / total if total else 0.0,
-            "results": results, "feedback": feedback}
+    return {
+        "score": score,
+        "total": total,
+        "fraction": score / total if total else 0.0,
+        "results": results,
+        "feedback": feedback,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # MyST pages
 # ---------------------------------------------------------------------------------------------
-_KIND = {"multiple_choice": "Multiple choice (one answer)", "multiple_select": "Multiple choice (select all that apply)",
-         "numeric": "Numeric answer"}
+_KIND = {
+    "multiple_choice": "Multiple choice (one answer)",
+    "multiple_select": "Multiple choice (select all that apply)",
+    "numeric": "Numeric answer",
+}
 
 
 def _answer_text(q: Mapping) -> str:
@@ -225,16 +243,32 @@ def render_chapter(chapter: str, path: str | Path | None = None) -> str:
         "`python -m courselib.quiz grade answers.yml` or call `courselib.quiz.grade(answers)`.",
         "",
     ]
-    for n, q in enumerate((q for q in bank["questions"] if q["chapter"] == chapter), start=1):
+    for _n, q in enumerate((q for q in bank["questions"] if q["chapter"] == chapter), start=1):
         label = f"qb-{q['id']}"
-        lines += ["```{exercise}", f":label: {label}", "", f"*{_KIND[q['type']]}* (id `{q['id']}`)", "",
-                  q["prompt"].strip(), ""]
+        lines += [
+            "```{exercise}",
+            f":label: {label}",
+            "",
+            f"*{_KIND[q['type']]}* (id `{q['id']}`)",
+            "",
+            q["prompt"].strip(),
+            "",
+        ]
         if q["type"] != "numeric":
             for letter, text in q["choices"].items():
                 lines.append(f"- **{letter})** {text}")
             lines.append("")
-        lines += ["```", "", f"```{{solution}} {label}", ":class: dropdown", "",
-                  f"Answer: {_answer_text(q)}. {q['explanation'].strip()}", "", "```", ""]
+        lines += [
+            "```",
+            "",
+            f"```{{solution}} {label}",
+            ":class: dropdown",
+            "",
+            f"Answer: {_answer_text(q)}. {q['explanation'].strip()}",
+            "",
+            "```",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -58,8 +58,9 @@ def _check_2d(a, name: str, dtype=None) -> np.ndarray:
 def _check_relevance(relevance, shape=None) -> np.ndarray:
     rel = np.asarray(relevance)
     if rel.dtype != np.bool_:
-        if not (np.issubdtype(rel.dtype, np.integer) or np.issubdtype(rel.dtype, np.floating)) \
-                or not np.all((rel == 0) | (rel == 1)):
+        if not (np.issubdtype(rel.dtype, np.integer) or np.issubdtype(rel.dtype, np.floating)) or not np.all(
+            (rel == 0) | (rel == 1)
+        ):
             raise ValueError("relevance must be a boolean (or 0/1) matrix")
         rel = rel.astype(bool)
     rel = _check_2d(rel, "relevance")
@@ -100,8 +101,7 @@ def _squared_euclidean(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
-def euclidean_relevance(query_features, database_features, n_neighbours: int = 50, *,
-                        rule: str = "knn") -> np.ndarray:
+def euclidean_relevance(query_features, database_features, n_neighbours: int = 50, *, rule: str = "knn") -> np.ndarray:
     """Relevance by Euclidean neighbourhood in the float features.
 
     Parameters
@@ -159,7 +159,7 @@ def rank_by_distance(distances, k: int | None = None) -> np.ndarray:
     k = n if k is None else _check_k(k, n)
     if k < n and k <= 1024:
         # exact partial selection on the (distance, index) order, then a stable sort of the kept part
-        kth = np.partition(dist, k - 1, axis=1)[:, k - 1:k]
+        kth = np.partition(dist, k - 1, axis=1)[:, k - 1 : k]
         out = np.empty((dist.shape[0], k), dtype=np.int64)
         for i in range(dist.shape[0]):
             cand = np.flatnonzero(dist[i] <= kth[i, 0])
@@ -275,8 +275,7 @@ def precision_at_k(distances, relevance, k: int) -> float:
     return float(ranked_relevance(ranking, rel).mean())
 
 
-def evaluate_codes(query_codes, database_codes, relevance, *, ks=(10, 100),
-                   map_k: int | None = None) -> dict:
+def evaluate_codes(query_codes, database_codes, relevance, *, ks=(10, 100), map_k: int | None = None) -> dict:
     """Hamming-ranking evaluation of packed binary codes in one call.
 
     Parameters

@@ -112,8 +112,12 @@ def write_kernelspec(jupyter_dir: str | os.PathLike, name: str, config_path: str
     """Write ``jupyter_dir/kernels/<name>/kernel.json`` (put ``jupyter_dir`` on ``JUPYTER_PATH``)."""
     kdir = Path(jupyter_dir) / "kernels" / name
     kdir.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": kernel_argv(config_path), "display_name": f"Python 3 (sandbox {name})",
-            "language": "python", "metadata": {"debugger": False}}
+    spec = {
+        "argv": kernel_argv(config_path),
+        "display_name": f"Python 3 (sandbox {name})",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
     (kdir / "kernel.json").write_text(json.dumps(spec, indent=1))
     return kdir
 
@@ -144,7 +148,10 @@ def _mount(source, target, fstype, flags, data=None):
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    enc = (lambda s: None if s is None else os.fsencode(s))
+
+    def enc(s):
+        return None if s is None else os.fsencode(s)
+
     if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {source} -> {target}: {os.strerror(err)}")
@@ -211,11 +218,24 @@ def _enter(config_path: str, cmd: list[str]) -> None:  # pragma: no cover - runs
     except OSError:
         pass
     os.chdir(work)
-    env = {"PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin", "HOME": work,
-           "TMPDIR": work, "IPYTHONDIR": os.path.join(work, ".ipython"), "MPLCONFIGDIR": os.path.join(work, ".mpl"),
-           "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
-           "JUPYTER_RUNTIME_DIR": work, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **cfg.env}
+    env = {
+        "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
+        "HOME": work,
+        "TMPDIR": work,
+        "IPYTHONDIR": os.path.join(work, ".ipython"),
+        "MPLCONFIGDIR": os.path.join(work, ".mpl"),
+        "MPLBACKEND": "Agg",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": "1",
+        "JUPYTER_RUNTIME_DIR": work,
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        **cfg.env,
+    }
     if cfg.memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (cfg.memory_bytes, cfg.memory_bytes))
     if cfg.cpu_seconds:
@@ -250,7 +270,9 @@ def _enter(config_path: str, cmd: list[str]) -> None:  # pragma: no cover - runs
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def _kernel(config_path: str, connection_file: str, extra: list[str] | None = None) -> None:  # pragma: no cover - exec chain
+def _kernel(
+    config_path: str, connection_file: str, extra: list[str] | None = None
+) -> None:  # pragma: no cover - exec chain
     """Kernelspec entry point: die with the client, then enter the namespaces and start ipykernel."""
     import signal
 
@@ -260,8 +282,18 @@ def _kernel(config_path: str, connection_file: str, extra: list[str] | None = No
         cfg["copy_in"] = [*cfg.get("copy_in", []), connection_file]
         config_path = config_path + ".kernel.json"
         Path(config_path).write_text(json.dumps(cfg))
-    argv = command(config_path, [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file,
-                                 "--HistoryManager.enabled=False", *(extra or [])])
+    argv = command(
+        config_path,
+        [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            connection_file,
+            "--HistoryManager.enabled=False",
+            *(extra or []),
+        ],
+    )
     os.execvp(argv[0], argv)
 
 

@@ -8,7 +8,7 @@ Runs are reproducible: the seed fixes the initial shuffling order and any dropou
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,11 +53,23 @@ def _default_loss(outputs, targets):
     return F.cross_entropy(outputs, targets)
 
 
-def fit(model: nn.Module, data, *, epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
-        batch_size: int = 64, optimizer: str | torch.optim.Optimizer = "adam",
-        loss_fn: Callable | None = None, compute_loss: Callable | None = None,
-        after_step: Callable[[nn.Module], None] | None = None, val_data=None, seed: int = 0,
-        progress: bool = True, desc: str | None = None) -> dict[str, list[float]]:
+def fit(
+    model: nn.Module,
+    data,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    loss_fn: Callable | None = None,
+    compute_loss: Callable | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    val_data=None,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, list[float]]:
     """Train ``model`` on ``data`` and return the per-epoch history.
 
     Parameters
@@ -166,7 +178,7 @@ def predict(model: nn.Module, X, *, batch_size: int = 512) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        outs = [model(Xt[i:i + batch_size]) for i in range(0, len(Xt), batch_size)]
+        outs = [model(Xt[i : i + batch_size]) for i in range(0, len(Xt), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(outs).numpy()

@@ -10,7 +10,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -26,8 +26,9 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def progress(iterable: Iterable, *, desc: str | None = None, total: int | None = None,
-             disable: bool = False, leave: bool = True):
+def progress(
+    iterable: Iterable, *, desc: str | None = None, total: int | None = None, disable: bool = False, leave: bool = True
+):
     """Wrap ``iterable`` in a text progress bar (``tqdm``) on standard output.
 
     Parameters
@@ -45,8 +46,17 @@ def progress(iterable: Iterable, *, desc: str | None = None, total: int | None =
     """
     from tqdm.std import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=leave,
-                file=sys.stdout, ascii=True, ncols=88, mininterval=0.5)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        disable=disable,
+        leave=leave,
+        file=sys.stdout,
+        ascii=True,
+        ncols=88,
+        mininterval=0.5,
+    )
 
 
 def time_call(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 1) -> float:

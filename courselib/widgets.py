@@ -8,7 +8,7 @@ the explorer is live. Tests drive the callbacks directly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["make_explorer"]
 

@@ -1,7 +1,8 @@
 """nbgrader configuration for the course (run nbgrader, or `courselib`, from this folder)."""
+
 import os
 
-c = get_config()  # noqa: F821  (provided by nbgrader)
+c = get_config()
 
 c.CourseDirectory.course_id = "ondevice-ml"
 c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))

@@ -16,8 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.utils.estimator_checks import check_estimator
 
 from courselib import binary_codes as bc
-from courselib.binary_codes import (MeanThresholdBinarizer, hamming_distances, hamming_knn,
-                                    pack_codes, unpack_codes)
+from courselib.binary_codes import MeanThresholdBinarizer, hamming_distances, hamming_knn, pack_codes, unpack_codes
 
 BACKENDS = ["numpy", "numba"]
 
@@ -96,8 +95,17 @@ def test_pack_bit_order_matches_faiss():
     np.testing.assert_array_equal(faiss.unpack_bitstrings(codes, 16, 1), bits)  # 16 fields of 1 bit
 
 
-@pytest.mark.parametrize("bad", [np.array([[0, 2, 1]]), np.array([[0.5, 1.0]]), np.array([[-1, 0]]),
-                                 np.zeros((0, 8)), np.zeros(8), np.array([["a", "b"]])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([[0, 2, 1]]),
+        np.array([[0.5, 1.0]]),
+        np.array([[-1, 0]]),
+        np.zeros((0, 8)),
+        np.zeros(8),
+        np.array([["a", "b"]]),
+    ],
+)
 def test_pack_bad_input(bad):
     with pytest.raises(ValueError):
         pack_codes(bad)
@@ -141,8 +149,9 @@ def test_hamming_non_contiguous_input():
     rng = np.random.default_rng(1)
     codes = pack_codes(random_bits(rng, 20, 128))
     view = codes[::2]
-    np.testing.assert_array_equal(hamming_distances(view, codes, backend="numba"),
-                                  hamming_distances(view.copy(), codes, backend="numpy"))
+    np.testing.assert_array_equal(
+        hamming_distances(view, codes, backend="numba"), hamming_distances(view.copy(), codes, backend="numpy")
+    )
 
 
 def test_hamming_bad_input():

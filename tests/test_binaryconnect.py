@@ -40,7 +40,7 @@ def test_stochastic_binarize_mean_within_bound():
     assert set(samples.unique().tolist()) <= {-1.0, 1.0}
     mean = samples.mean(0)
     # Var(w_b) = 1 - w^2 <= 1: 5 standard errors of the mean
-    bound = 5 * torch.sqrt((1 - w ** 2).clamp_min(1e-12) / n)
+    bound = 5 * torch.sqrt((1 - w**2).clamp_min(1e-12) / n)
     assert torch.all((mean - w).abs() <= bound + 1e-12)
     # beyond [-1, 1] the sample is deterministic
     far = bc.binarize(torch.tensor([-5.0, 5.0]).repeat(100), stochastic=True, generator=gen)
@@ -271,11 +271,16 @@ def test_xnor_matmul_bad_input():
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-@pytest.mark.parametrize("cfg", [dict(c=3, o=4, k=3, stride=1, padding=0, hw=7),
-                                 dict(c=3, o=4, k=3, stride=1, padding=1, hw=7),
-                                 dict(c=8, o=5, k=3, stride=2, padding=1, hw=9),
-                                 dict(c=16, o=6, k=1, stride=1, padding=0, hw=5),
-                                 dict(c=2, o=3, k=5, stride=1, padding=2, hw=6)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(c=3, o=4, k=3, stride=1, padding=0, hw=7),
+        dict(c=3, o=4, k=3, stride=1, padding=1, hw=7),
+        dict(c=8, o=5, k=3, stride=2, padding=1, hw=9),
+        dict(c=16, o=6, k=1, stride=1, padding=0, hw=5),
+        dict(c=2, o=3, k=5, stride=1, padding=2, hw=6),
+    ],
+)
 def test_binary_conv2d_equals_f_conv2d(cfg, backend):
     gen = torch.Generator().manual_seed(cfg["c"] * 10 + cfg["k"])
     x = bc.binarize(torch.randn(2, cfg["c"], cfg["hw"], cfg["hw"], generator=gen))
@@ -344,10 +349,15 @@ def test_explorer_callback():
         bc.binarization_explorer(n_samples=0)
 
 
-@pytest.mark.parametrize("cfg", [dict(c=64, o=5, k=3, stride=1, padding=1, hw=6),
-                                 dict(c=70, o=3, k=3, stride=2, padding=1, hw=7),
-                                 dict(c=130, o=4, k=1, stride=1, padding=0, hw=4),
-                                 dict(c=5, o=2, k=5, stride=1, padding=2, hw=5)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(c=64, o=5, k=3, stride=1, padding=1, hw=6),
+        dict(c=70, o=3, k=3, stride=2, padding=1, hw=7),
+        dict(c=130, o=4, k=1, stride=1, padding=0, hw=4),
+        dict(c=5, o=2, k=5, stride=1, padding=2, hw=5),
+    ],
+)
 def test_binary_conv2d_packed_equals_f_conv2d(cfg):
     # multi-word channel packing (C > 64, C not a multiple of 64) and padding taps
     gen = torch.Generator().manual_seed(cfg["c"] + cfg["k"])
@@ -391,13 +401,15 @@ def test_float_first_conv_and_train_and_evaluate():
     rng = np.random.default_rng(0)
     X = rng.random((64, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 64)
-    model, hist, errs = bc.train_and_evaluate("CNN", "stoch", (X, y), (X, y), seed=0, epochs=1, track=True,
-                                              arch_kwargs={"channels": (4, 8)})
+    model, hist, errs = bc.train_and_evaluate(
+        "CNN", "stoch", (X, y), (X, y), seed=0, epochs=1, track=True, arch_kwargs={"channels": (4, 8)}
+    )
     assert len(hist["val_accuracy"]) == 1 and set(errs) == {"sign", "real"}
     assert not model.training
     assert all(m.eval_weights == "sign" for m in bc.binary_layers(model).values())
     # the reported sign-weight error is the model's own error in eval mode
     from courselib.training import evaluate
+
     assert errs["sign"] == pytest.approx(100 * (1 - evaluate(model, (X, y))["accuracy"]))
     with pytest.raises(ValueError):
         bc.train_and_evaluate("RNN", "det", (X, y), (X, y))

@@ -36,14 +36,22 @@ def built_book():
         if marker.exists() and marker.read_text() == run_id and (HTML / "index.html").exists():
             return HTML
         marker.unlink(missing_ok=True)
-        rel = subprocess.run([str(Path(sys.executable).parent / "courselib"), "release"], cwd=REPO / "labs",
-                             capture_output=True, text=True)
+        rel = subprocess.run(
+            [str(Path(sys.executable).parent / "courselib"), "release"],
+            cwd=REPO / "labs",
+            capture_output=True,
+            text=True,
+        )
         assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
-        proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO, capture_output=True, text=True
+        )
         log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-        assert proc.returncode == 0, "book build failed:\n" + "\n".join(
-            ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:] + log[-3000:]
+        assert proc.returncode == 0, (
+            "book build failed:\n"
+            + "\n".join(ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:]
+            + log[-3000:]
+        )
         marker.write_text(run_id)
     return HTML
 
@@ -82,5 +90,6 @@ def test_every_toc_page_is_built_and_labs_are_downloadable(built_book):
         if f"{lab}.ipynb" in (REPO / "book" / "labs.md").read_text():
             assert re.search(rf'href="[^"]*_downloads/[^"]*/{lab}\.ipynb"', labs_page), lab
             offered = next((built_book / "_downloads").rglob(f"{lab}.ipynb")).read_text()
-            assert "BEGIN SOLUTION" not in offered and "raise NotImplementedError()" in offered, \
+            assert "BEGIN SOLUTION" not in offered and "raise NotImplementedError()" in offered, (
                 "the Labs page must offer the student release, not the solution"
+            )

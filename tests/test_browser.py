@@ -37,7 +37,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from test_book import built_book  # noqa: F401  (the same build fixture as tests/test_book.py)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +98,9 @@ def outside_references(text: str) -> list[str]:
     """Scripts, stylesheets, images, frames that a page would fetch from another host."""
     found = []
     for tag, attrs in TAG_ATTRS.findall(text):
-        if tag.lower() == "link" and not re.search(r"""rel\s*=\s*["'][^"']*(stylesheet|preload|icon|modulepreload)""",
-                                                   attrs, re.I):
+        if tag.lower() == "link" and not re.search(
+            r"""rel\s*=\s*["'][^"']*(stylesheet|preload|icon|modulepreload)""", attrs, re.I
+        ):
             continue  # <link rel="canonical"/"next"> is not fetched
         for _, url in ATTR.findall(attrs):
             if EXTERNAL.match(url.strip()):
@@ -117,8 +117,11 @@ def test_no_page_references_an_outside_script_or_stylesheet(html_root):
         text = page.read_text()
         bad = outside_references(text)
         # a widget manager or require.js, even from a local path (the inert widget-state JSON is fine)
-        bad += [src for src in re.findall(r"""<script\b[^>]*\bsrc\s*=\s*["']([^"']+)""", text, re.I)
-                if re.search(r"require(\.min)?\.js|embed-amd|html-manager|jupyter-widgets", src)]
+        bad += [
+            src
+            for src in re.findall(r"""<script\b[^>]*\bsrc\s*=\s*["']([^"']+)""", text, re.I)
+            if re.search(r"require(\.min)?\.js|embed-amd|html-manager|jupyter-widgets", src)
+        ]
         if bad:
             problems[page.relative_to(html_root).as_posix()] = bad
     assert not problems, f"pages that need the network: {problems}"
@@ -181,8 +184,10 @@ def test_every_explorer_callback_is_driven_by_a_unit_test():
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER} missing): run `make test` as "
-                    "root (it runs apt-get install chromium chromium-driver) or install them by hand")
+        pytest.skip(
+            f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER} missing): run `make test` as "
+            "root (it runs apt-get install chromium chromium-driver) or install them by hand"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -190,12 +195,23 @@ def browser():
     profile = tempfile.mkdtemp(prefix="book-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900",
-                f"--user-data-dir={profile}",
-                # no network: every host name fails to resolve and any proxied request goes nowhere
-                "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+        # no network: every host name fails to resolve and any proxied request goes nowhere
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
@@ -297,7 +313,7 @@ def test_every_page_in_a_real_browser(html_root, browser):
         stats["formulas"] += state["mathTotal"]
         for rx, what in RAW_MARKUP:
             for m in rx.finditer(state["prose"]):
-                ctx = state["prose"][max(0, m.start() - 40):m.end() + 40].replace("\n", " ")
+                ctx = state["prose"][max(0, m.start() - 40) : m.end() + 40].replace("\n", " ")
                 bad(f"{name}: {what} in the text: ...{ctx}...")
         # images
         for img in state["images"]:
@@ -309,8 +325,10 @@ def test_every_page_in_a_real_browser(html_root, browser):
         stats["images"] += len(state["images"])
         # widgets: no widget-view placeholders (they would be empty without a manager), no empty areas
         if state["widgetViews"]:
-            bad(f"{name}: {state['widgetViews']} ipywidgets view(s) in the HTML (tag the explorer cell "
-                "remove-output and follow it with a static stand-in)")
+            bad(
+                f"{name}: {state['widgetViews']} ipywidgets view(s) in the HTML (tag the explorer cell "
+                "remove-output and follow it with a static stand-in)"
+            )
         if state["emptyWidgetAreas"]:
             bad(f"{name}: {state['emptyWidgetAreas']} empty output/widget area(s)")
         if src is not None and "make_explorer(" in src.read_text() and not state["images"]:
@@ -342,11 +360,13 @@ def test_every_page_in_a_real_browser(html_root, browser):
             if "BEGIN SOLUTION" in nb or "BEGIN HIDDEN TESTS" in nb or "NotImplementedError" not in nb:
                 problems.append(f"{lab}.ipynb offered for download is not the student release")
 
-    report = (f"browser test: {stats['pages']} pages checked in headless Chromium (offline); "
-              f"{stats['formulas']} formulas typeset, {stats['images']} images, "
-              f"{stats['chapters_with_launch_buttons']} chapters with launch buttons, "
-              f"{len(offered)}/{len(labs)} labs offered for download; {len(problems)} problems; "
-              f"screenshots in {shots.relative_to(REPO) if shots.is_relative_to(REPO) else shots}/")
+    report = (
+        f"browser test: {stats['pages']} pages checked in headless Chromium (offline); "
+        f"{stats['formulas']} formulas typeset, {stats['images']} images, "
+        f"{stats['chapters_with_launch_buttons']} chapters with launch buttons, "
+        f"{len(offered)}/{len(labs)} labs offered for download; {len(problems)} problems; "
+        f"screenshots in {shots.relative_to(REPO) if shots.is_relative_to(REPO) else shots}/"
+    )
     (shots / "report.txt").write_text(report + "\n" + "\n".join(problems) + ("\n" if problems else ""))
     (shots / "report.json").write_text(json.dumps({"stats": stats, "problems": problems}, indent=1))
     print(report)
@@ -361,8 +381,11 @@ def test_search_page_finds_a_term(html_root, browser):
     browser.set_window_size(1280, 900)
     browser.get((html_root / "search.html").as_uri() + f"?q={SEARCH_TERM}")
     WebDriverWait(browser, 30).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results ul.search li")
-        or "did not match any" in d.find_element(By.ID, "search-results").text)
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#search-results ul.search li")
+            or "did not match any" in d.find_element(By.ID, "search-results").text
+        )
+    )
     hits = browser.find_elements(By.CSS_SELECTOR, "#search-results ul.search li")
     assert hits, f"searching for {SEARCH_TERM!r} found nothing"
     assert any("book/" in h.find_element(By.TAG_NAME, "a").get_attribute("href") for h in hits)

@@ -56,8 +56,9 @@ def test_challenge_data_split():
     d = C.challenge_data()
     assert [len(d[k][0]) for k in ("train", "val", "test")] == [1000, 257, 540]
     assert d["train"][0].shape[1:] == (28, 28)
-    assert np.array_equal(np.bincount(d["train"][1]) + np.bincount(d["val"][1]),
-                          np.bincount(load_dataset("digits", "train")[1]))
+    assert np.array_equal(
+        np.bincount(d["train"][1]) + np.bincount(d["val"][1]), np.bincount(load_dataset("digits", "train")[1])
+    )
 
 
 # ------------------------------------------------------------------ encodings and score
@@ -125,9 +126,11 @@ def test_sizes_shrink_with_bits(tmp_path):
     for bits in (32, 16, 8, 1):
         C.save_submission(m, tmp_path / str(bits), "CourseCNN", REF_KW, weight_bits=bits)
         sizes[bits] = C.submission_nbytes(tmp_path / str(bits))
-        assert sizes[bits] == sum(os.path.getsize(tmp_path / str(bits) / n) for n in ("model.json", "model.safetensors"))
+        assert sizes[bits] == sum(
+            os.path.getsize(tmp_path / str(bits) / n) for n in ("model.json", "model.safetensors")
+        )
     assert sizes[32] > sizes[16] > sizes[8] > sizes[1]
-    n_weights = sum(l.weight.numel() for l in (m.conv1, m.conv2, m.fc))
+    n_weights = sum(layer.weight.numel() for layer in (m.conv1, m.conv2, m.fc))
     assert sizes[32] - sizes[8] >= 3 * n_weights - 1024  # 4 bytes -> 1 byte per weight (+ scales)
 
 
@@ -182,8 +185,15 @@ def test_reference_solution_gets_a_valid_score(tmp_path, reference, ref_stats, d
     assert res["status"] == "scored", res["note"]
     assert res["score"] > 0 and res["size_bytes"] < ref_stats["size_bytes"] / 3
     assert 0 <= res["accuracy"] <= 1 and res["latency_ms"] > 0
-    expected = C.challenge_score(res["accuracy"], res["size_bytes"], res["latency_ms"] / 1e3, ref_stats["accuracy"],
-                                 ref_stats["size_bytes"], ref_stats["latency_s"], 1.0)
+    expected = C.challenge_score(
+        res["accuracy"],
+        res["size_bytes"],
+        res["latency_ms"] / 1e3,
+        ref_stats["accuracy"],
+        ref_stats["size_bytes"],
+        ref_stats["latency_s"],
+        1.0,
+    )
     assert res["score"] == pytest.approx(expected)
 
 
@@ -265,8 +275,9 @@ def test_non_allow_listed_arch_is_refused(tmp_path):
     for arch in ("os.system", "torch.nn.Module", "__import__", 42):
         (folder / "model.json").write_text(json.dumps({"arch": arch, "arch_kwargs": {}}))
         _refused(folder, "invalid-model", "arch must be one of")
-    (folder / "model.json").write_text(json.dumps({"arch": "CourseCNN", "arch_kwargs": {"channels": [16, 32],
-                                                                                        "__class__": "x"}}))
+    (folder / "model.json").write_text(
+        json.dumps({"arch": "CourseCNN", "arch_kwargs": {"channels": [16, 32], "__class__": "x"}})
+    )
     _refused(folder, "invalid-model", "does not take")
     (folder / "model.json").write_text(json.dumps({"arch": "CourseCNN", "arch_kwargs": {"image_size": 8}}))
     _refused(folder, "invalid-model", "fixed")
@@ -283,10 +294,11 @@ def test_huge_declared_sizes_are_refused(tmp_path):
     (folder / "model.json").write_text(json.dumps({"arch": "CourseCNN", "arch_kwargs": {"channels": [512, 512]}}))
     _refused(folder, "too-large", "parameters")  # counted on the meta device, never allocated
     (folder / "model.json").write_text(json.dumps({"arch": "CourseCNN", "arch_kwargs": REF_KW}))
-    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 2 ** 62) + b"{}")
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
     _refused(folder, "invalid-model", "declared header")
-    header = json.dumps({"conv1.weight": {"dtype": "F32", "shape": [10 ** 6, 10 ** 6],
-                                          "data_offsets": [0, 4 * 10 ** 12]}}).encode()
+    header = json.dumps(
+        {"conv1.weight": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
+    ).encode()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     _refused(folder, "too-large", "declared shape")
     (folder / "model.json").write_text(" " * (C.MAX_JSON_BYTES + 1))
@@ -318,14 +330,41 @@ def test_other_broken_files(tmp_path):
 
 # ------------------------------------------------------------------ leaderboard
 def test_write_leaderboard_ranks_and_escapes(tmp_path):
-    rows = [{"student_id": "bob", "status": "scored", "score": 2.0, "accuracy": 0.97, "size_bytes": 100,
-             "latency_ms": 1.0, "note": ""},
-            {"student_id": "<script>alert(1)</script>", "status": "invalid-model", "score": None,
-             "accuracy": None, "size_bytes": None, "latency_ms": None, "note": "a & b"},
-            {"student_id": "ann", "status": "scored", "score": 3.5, "accuracy": 0.98, "size_bytes": 50,
-             "latency_ms": 0.5, "note": ""}]
-    csv_path, html_path = C.write_leaderboard(rows, tmp_path / "lb.csv", tmp_path / "lb.html",
-                                              reference={"accuracy": 0.98, "size_bytes": 400, "latency_s": 0.004})
+    rows = [
+        {
+            "student_id": "bob",
+            "status": "scored",
+            "score": 2.0,
+            "accuracy": 0.97,
+            "size_bytes": 100,
+            "latency_ms": 1.0,
+            "note": "",
+        },
+        {
+            "student_id": "<script>alert(1)</script>",
+            "status": "invalid-model",
+            "score": None,
+            "accuracy": None,
+            "size_bytes": None,
+            "latency_ms": None,
+            "note": "a & b",
+        },
+        {
+            "student_id": "ann",
+            "status": "scored",
+            "score": 3.5,
+            "accuracy": 0.98,
+            "size_bytes": 50,
+            "latency_ms": 0.5,
+            "note": "",
+        },
+    ]
+    csv_path, html_path = C.write_leaderboard(
+        rows,
+        tmp_path / "lb.csv",
+        tmp_path / "lb.html",
+        reference={"accuracy": 0.98, "size_bytes": 400, "latency_s": 0.004},
+    )
     got = list(csv.DictReader(csv_path.open()))
     assert [r["student_id"] for r in got] == ["ann", "bob", "<script>alert(1)</script>"]
     assert [r["rank"] for r in got] == ["1", "2", ""]
@@ -343,8 +382,7 @@ def test_grade_challenge_writes_leaderboard(tmp_path, reference, ref_stats, data
     evil = subs / "evil" / "lab06_challenge" / "submission"
     evil.mkdir(parents=True)
     (evil / "model.json").write_text(json.dumps({"arch": "os.system", "arch_kwargs": {}}))
-    rows = C.grade_challenge(subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=ref_stats,
-                             repeats=3)
+    rows = C.grade_challenge(subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=ref_stats, repeats=3)
     by = {r["student_id"]: r for r in rows}
     assert by["ref"]["status"] == "scored" and by["ref"]["score"] > 1
     assert by["blank"]["status"] == "missing" and by["blank"]["score"] is None
@@ -367,8 +405,9 @@ def test_grading_writes_the_challenge_leaderboard(tmp_path):
         d.mkdir(parents=True)
         (d / "lab06_challenge.ipynb").write_text("{}")
         subs[student] = d / "lab06_challenge.ipynb"
-    challenge.save_submission(ref, root / "alice" / "lab06_challenge" / "submission", "CourseCNN",
-                              {"channels": [16, 32]})  # bob hands in a notebook but no model
+    challenge.save_submission(
+        ref, root / "alice" / "lab06_challenge" / "submission", "CourseCNN", {"channels": [16, 32]}
+    )  # bob hands in a notebook but no model
     course = tmp_path / "course"
     (course / "grades").mkdir(parents=True)
     html_path = grading.challenge_leaderboard("lab06_challenge", course, subs, tmp_path / "scratch")

@@ -12,7 +12,7 @@ from torch.nn.utils import prune
 from courselib import compare
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
-from courselib.models import CourseCNN, MLP
+from courselib.models import MLP, CourseCNN
 from courselib.training import fit, predict
 
 
@@ -52,9 +52,15 @@ def test_save_sparse_size_follows_csr_formula_and_round_trips(tmp_path):
 
     w = sparse_m.net[0].weight.detach()
     csr_payload = storage_bytes(w, "csr", value_bytes=4, index_bytes=4)
-    diff = compare.file_nbytes(_sparse_mlp(1.0), compare.save_sparse) - compare.file_nbytes(sparse_m, compare.save_sparse)
-    nnz_diff = int((_sparse_mlp(1.0).net[0].weight != 0).sum() + (_sparse_mlp(1.0).net[2].weight != 0).sum()
-                   - (w != 0).sum() - (sparse_m.net[2].weight != 0).sum())
+    diff = compare.file_nbytes(_sparse_mlp(1.0), compare.save_sparse) - compare.file_nbytes(
+        sparse_m, compare.save_sparse
+    )
+    nnz_diff = int(
+        (_sparse_mlp(1.0).net[0].weight != 0).sum()
+        + (_sparse_mlp(1.0).net[2].weight != 0).sum()
+        - (w != 0).sum()
+        - (sparse_m.net[2].weight != 0).sum()
+    )
     assert abs(diff - 8 * nnz_diff) < 2048 and csr_payload < w.numel() * 4
     compare.save_sparse(sparse_m, tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -71,7 +77,7 @@ def test_save_sparse_refuses_masks():
 
 def test_packed_binary_is_about_32x_smaller():
     m = make_binary_cnn("det", channels=(16, 32), image_size=28)
-    n_bin = sum(l.weight.numel() for l in m.modules() if hasattr(l, "eval_weights"))
+    n_bin = sum(mod.weight.numel() for mod in m.modules() if hasattr(mod, "eval_weights"))
     saved = compare.file_nbytes(m) - compare.file_nbytes(m, compare.save_packed_binary)
     assert saved > 0.9 * (4 * n_bin - n_bin / 8)
 
@@ -94,7 +100,7 @@ def test_pareto_front_hand_worked_and_brute_force():
     P = rng.integers(0, 6, size=(40, 2)).astype(float)
     front = set(compare.pareto_front(P))
     for i in range(len(P)):
-        dom = any((P[j] [0] <= P[i][0]) and (P[j][1] >= P[i][1]) and tuple(P[j]) != tuple(P[i]) for j in range(len(P)))
+        dom = any((P[j][0] <= P[i][0]) and (P[j][1] >= P[i][1]) and tuple(P[j]) != tuple(P[i]) for j in range(len(P)))
         assert (i in front) == (not dom)
     with pytest.raises(ValueError, match="pairs"):
         compare.pareto_front([1, 2, 3])
@@ -106,8 +112,10 @@ def test_plot_pareto_and_table():
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = [{"name": "a", "accuracy": 0.9, "size_bytes": 4096, "latency_ms": 2.0},
-            {"name": "b", "accuracy": 0.8, "size_bytes": 1024, "latency_ms": 4.0}]
+    rows = [
+        {"name": "a", "accuracy": 0.9, "size_bytes": 4096, "latency_ms": 2.0},
+        {"name": "b", "accuracy": 0.8, "size_bytes": 1024, "latency_ms": 4.0},
+    ]
     fig = compare.plot_pareto(rows, "latency_ms")
     assert fig.axes[0].get_xlabel().startswith("latency")
     table = compare.markdown_table(rows)

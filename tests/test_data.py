@@ -33,6 +33,7 @@ def fake_mnist(folder, n=10000, gz=True, seed=0):
 
 # ------------------------------------------------------------------ digits
 
+
 def test_digits_split_is_fixed_stratified_and_scaled():
     Xtr, ytr = load_dataset("digits", "train")
     Xte, yte = load_dataset("digits", "test")
@@ -46,6 +47,7 @@ def test_digits_split_is_fixed_stratified_and_scaled():
     Xtr2, _ = load_dataset("digits", "train")
     np.testing.assert_array_equal(Xtr, Xtr2)
     from sklearn.datasets import load_digits
+
     assert len(ytr) + len(yte) == len(load_digits().target)
 
 
@@ -55,17 +57,21 @@ def test_digits_upsampled_to_28():
     assert 0.0 <= X.min() and X.max() <= 1.0
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(name="imagenet"), "unknown data set"),
-    (dict(name="digits", split="validation"), "split must be"),
-    (dict(name="digits", image_size=0), "image_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="imagenet"), "unknown data set"),
+        (dict(name="digits", split="validation"), "split must be"),
+        (dict(name="digits", image_size=0), "image_size"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(**kwargs)
 
 
 # ------------------------------------------------------------------ IDX
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip(tmp_path, gz):
@@ -119,8 +125,10 @@ def test_read_idx_int32(tmp_path):
 
 # ------------------------------------------------------------------ real MNIST (../shared)
 
-SHA256 = {"t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-          "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"}
+SHA256 = {
+    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
 
 
 def test_real_mnist_test_set(shared_mnist):
@@ -139,10 +147,10 @@ def test_real_mnist_test_set(shared_mnist):
 
 # ------------------------------------------------------------------ CIFAR-10
 
+
 def _cifar_batch(path, n, seed):
     rng = np.random.default_rng(seed)
-    d = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-         b"labels": rng.integers(0, 10, size=n).tolist()}
+    d = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, size=n).tolist()}
     with open(path, "wb") as fh:
         pickle.dump(d, fh)
     return d
@@ -172,6 +180,7 @@ def test_cifar_bad_batch(tmp_path):
 
 # ------------------------------------------------------------------ downloads
 
+
 class _FakeResponse:
     def __init__(self, payload: bytes, fail_after: int | None = None):
         self.payload, self.pos, self.fail_after = payload, 0, fail_after
@@ -179,7 +188,7 @@ class _FakeResponse:
     def read(self, n):
         if self.fail_after is not None and self.pos >= self.fail_after:
             raise ConnectionResetError("connection dropped")
-        chunk = self.payload[self.pos:self.pos + min(n, 1000)]
+        chunk = self.payload[self.pos : self.pos + min(n, 1000)]
         self.pos += len(chunk)
         return chunk
 
@@ -201,8 +210,7 @@ def test_download_verifies_md5_and_is_atomic(tmp_path, monkeypatch):
         data._download(("http://mirror/",), bad, tmp_path)
     assert not (tmp_path / "g.gz").exists()
     # an interrupted download leaves nothing behind, not even a partial file
-    monkeypatch.setattr(data.urllib.request, "urlopen",
-                        lambda url, timeout: _FakeResponse(payload, fail_after=2000))
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(payload, fail_after=2000))
     with pytest.raises(DatasetError, match="connection dropped"):
         data._download(("http://mirror/",), data._Remote("h.gz", good.md5), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gz"]
@@ -222,10 +230,16 @@ def test_mnist_download_path_uses_cache(tmp_path, monkeypatch):
     src.mkdir()
     imgs, lbls = fake_mnist(src)
     files = {p.name: p.read_bytes() for p in src.iterdir()}
-    monkeypatch.setitem(data.DATASETS["mnist"], "test", tuple(
-        data._Remote(r.filename, hashlib.md5(files[r.filename]).hexdigest()) for r in data.DATASETS["mnist"]["test"]))
-    monkeypatch.setattr(data.urllib.request, "urlopen",
-                        lambda url, timeout: _FakeResponse(files[url.rsplit("/", 1)[1]]))
+    monkeypatch.setitem(
+        data.DATASETS["mnist"],
+        "test",
+        tuple(
+            data._Remote(r.filename, hashlib.md5(files[r.filename]).hexdigest()) for r in data.DATASETS["mnist"]["test"]
+        ),
+    )
+    monkeypatch.setattr(
+        data.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(files[url.rsplit("/", 1)[1]])
+    )
     X, y = load_dataset("mnist", "test", cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(y, lbls)
     assert (tmp_path / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz").exists()

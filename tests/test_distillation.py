@@ -50,8 +50,9 @@ def test_softmax_with_temperature_matches_scipy():
 
 def test_higher_temperature_gives_higher_entropy():
     z = _logits(1)
-    ent = [float(scipy.stats.entropy(softmax_with_temperature(z, T).numpy(), axis=1).mean())
-           for T in (1.0, 2.0, 5.0, 50.0)]
+    ent = [
+        float(scipy.stats.entropy(softmax_with_temperature(z, T).numpy(), axis=1).mean()) for T in (1.0, 2.0, 5.0, 50.0)
+    ]
     assert all(a < b for a, b in zip(ent, ent[1:]))
     assert ent[-1] == pytest.approx(math.log(5), abs=0.01)
 
@@ -133,8 +134,9 @@ def test_distillation_loss_mixes_soft_and_hard():
     s, t = _logits(12), _logits(13)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     T, alpha = 4.0, 0.7
-    expected = alpha * T * T * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") \
-        + (1 - alpha) * F.cross_entropy(s, y)
+    expected = alpha * T * T * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") + (
+        1 - alpha
+    ) * F.cross_entropy(s, y)
     assert float(distillation_loss(s, t, y, T, alpha)) == pytest.approx(float(expected), rel=1e-5)
     assert float(distillation_loss(s, t, y, T, 0.0)) == pytest.approx(float(F.cross_entropy(s, y)), rel=1e-6)
     assert float(distillation_loss(s, t, y, T, 1.0)) == pytest.approx(float(soft_target_loss(s, t, T)), rel=1e-6)
@@ -246,7 +248,7 @@ def test_ensemble_averages_probabilities():
     torch.testing.assert_close(ens.log_probs(x), manual.log(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(F.softmax(ens.log_probs(x), 1), manual, rtol=1e-5, atol=1e-6)
     # tempered: softmax(log p / T) is proportional to p ** (1 / T)
-    q = manual ** 0.25
+    q = manual**0.25
     torch.testing.assert_close(softmax_with_temperature(ens.log_probs(x), 4.0), q / q.sum(1, keepdim=True))
 
 
@@ -272,9 +274,9 @@ def test_ensemble_bad_input():
 def test_separable_cnn_parameter_count_by_hand():
     net = SeparableCNN(channels=(8, 16))
     assert net(torch.zeros(2, 8, 8)).shape == (2, 10)
-    stem = 1 * 8 * 9 + 2 * 8                   # 3x3 conv (no bias) + BN
-    depthwise = 8 * 9 + 2 * 8                  # one 3x3 filter per channel + BN
-    pointwise = 8 * 16 + 2 * 16                # 1x1 conv + BN
+    stem = 1 * 8 * 9 + 2 * 8  # 3x3 conv (no bias) + BN
+    depthwise = 8 * 9 + 2 * 8  # one 3x3 filter per channel + BN
+    pointwise = 8 * 16 + 2 * 16  # 1x1 conv + BN
     fc = 16 * 10 + 10
     assert sum(p.numel() for p in net.parameters()) == stem + depthwise + pointwise + fc
     dw = net.blocks[0][0]
@@ -284,7 +286,7 @@ def test_separable_cnn_parameter_count_by_hand():
 def test_separable_cnn_pooled_grid_feeds_the_classifier():
     net = SeparableCNN(channels=(8, 16), pool_size=2)
     assert net.fc.in_features == 16 * 2 * 2
-    x = torch.rand(3, 16, 16)                  # 16 -> 8 (stem) -> 4 (block): pooled by 2x2 means
+    x = torch.rand(3, 16, 16)  # 16 -> 8 (stem) -> 4 (block): pooled by 2x2 means
     net.eval()
     with torch.no_grad():
         grid = F.avg_pool2d(net.blocks(net.stem(x.unsqueeze(1))), 2)
@@ -341,7 +343,7 @@ def _toy_teacher():
 def test_distill_leaves_teacher_unchanged_and_in_eval_mode():
     X, y = _toy_data()
     teacher = _toy_teacher()
-    teacher.train()                       # distill must switch it to eval (BatchNorm running stats!)
+    teacher.train()  # distill must switch it to eval (BatchNorm running stats!)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     modes = []
     teacher.register_forward_hook(lambda m, i, o: modes.append(m.training))
@@ -350,12 +352,12 @@ def test_distill_leaves_teacher_unchanged_and_in_eval_mode():
     s_before = [p.detach().clone() for p in student.parameters()]
     hist = distill(student, teacher, (X, y), temperature=3.0, alpha=0.8, epochs=2, progress=False)
     assert len(hist["train_loss"]) == 2
-    assert modes and not any(modes)       # every teacher forward ran in eval mode
-    for k, v in teacher.state_dict().items():   # weights and BN buffers untouched
+    assert modes and not any(modes)  # every teacher forward ran in eval mode
+    for k, v in teacher.state_dict().items():  # weights and BN buffers untouched
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.requires_grad for p in teacher.parameters())
-    assert teacher.training                # original mode restored
+    assert teacher.training  # original mode restored
     assert any(not torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
 
 
@@ -367,8 +369,18 @@ def test_distill_with_hints_trains_the_regressor():
     reg = HintRegressor(8, 16)
     r_before = reg.proj.weight.detach().clone()
     # student's pointwise BN (4x4) vs the teacher's bn2 (4x4): 8 -> 16 channels through the regressor
-    distill(student, teacher, (X, y), alpha=0.5, beta=0.01, student_layer="blocks.0.4",
-            teacher_layer="bn2", regressor=reg, epochs=1, progress=False)
+    distill(
+        student,
+        teacher,
+        (X, y),
+        alpha=0.5,
+        beta=0.01,
+        student_layer="blocks.0.4",
+        teacher_layer="bn2",
+        regressor=reg,
+        epochs=1,
+        progress=False,
+    )
     assert not torch.equal(r_before, reg.proj.weight)
     # hooks were removed afterwards
     assert not student.blocks[0][4]._forward_hooks and not teacher.bn2._forward_hooks
@@ -378,6 +390,7 @@ def test_distill_reduces_the_soft_loss_towards_the_teacher():
     X, y = _toy_data(128)
     teacher = _toy_teacher()
     from courselib.training import fit
+
     fit(teacher, (X, y), epochs=5, lr=1e-2, progress=False)
     torch.manual_seed(3)
     student = SeparableCNN(channels=(4, 8), n_classes=4)
@@ -409,7 +422,7 @@ def test_distill_from_an_ensemble_uses_log_mean_probabilities():
     torch.manual_seed(4)
     student = SeparableCNN(channels=(4, 8), n_classes=4)
     distill(student, ens, (X, y), epochs=1, progress=False)
-    assert seen and torch.all(seen[0] <= 0)   # log-probabilities were used as teacher logits
+    assert seen and torch.all(seen[0] <= 0)  # log-probabilities were used as teacher logits
 
 
 def test_distill_learns_unlabelled_examples_from_the_teacher_only():
@@ -467,8 +480,9 @@ def test_explorer_draws_and_gradient_sums_to_zero(T, alpha):
     # softmax-based losses have gradients that sum to zero over the classes
     assert abs(heights.sum()) < 1e-5 and np.abs(heights).max() > 1e-3
     probs = np.array([p.get_height() for p in fig.axes[0].patches])[10:]
-    np.testing.assert_allclose(probs, scipy.special.softmax(np.array(
-        [1.0, -2.0, 0.5, 9.0, -3.0, 3.5, -1.0, 0.0, 4.0, 2.0]) / T), rtol=1e-5)
+    np.testing.assert_allclose(
+        probs, scipy.special.softmax(np.array([1.0, -2.0, 0.5, 9.0, -3.0, 3.5, -1.0, 0.0, 4.0, 2.0]) / T), rtol=1e-5
+    )
     plt.close(fig)
     with pytest.raises(ValueError, match="label"):
         explore_soft_targets(T, alpha, label=12)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -55,7 +55,9 @@ def test_environment_matches_pyproject():
     assert "python=3.11" in env["dependencies"] and "conda-forge" in env["channels"]
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     extras = set(pyproject()["project"]["optional-dependencies"])
-    assert any(all(e in p for e in extras) for p in pip_section), "the pip section installs the package with every extra"
+    assert any(all(e in p for e in extras) for p in pip_section), (
+        "the pip section installs the package with every extra"
+    )
 
 
 def test_compare_catches_disagreements():

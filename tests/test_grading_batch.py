@@ -29,8 +29,10 @@ LAB = "lab01_binary_codes"
 NB = f"{LAB}.ipynb"
 LIMITS = grading.Limits(cell_timeout=15, notebook_timeout=150, memory_mb=2048, output_kb=256)
 
-pytestmark = [pytest.mark.skipif(not sandbox.available(), reason="needs root and unshare namespaces"),
-              pytest.mark.xdist_group("grading")]
+pytestmark = [
+    pytest.mark.skipif(not sandbox.available(), reason="needs root and unshare namespaces"),
+    pytest.mark.xdist_group("grading"),
+]
 
 
 def make_course(tmp_path: Path) -> Path:
@@ -54,8 +56,15 @@ class Builder:
             if meta.get("solution"):
                 self.solutions[meta["grade_id"]] = "".join(cell["source"])
 
-    def notebook(self, answers: dict[str, str] | None = None, blank: tuple = (), prepend: dict | None = None,
-                 append: dict | None = None, delete: tuple = (), edit: dict | None = None) -> dict:
+    def notebook(
+        self,
+        answers: dict[str, str] | None = None,
+        blank: tuple = (),
+        prepend: dict | None = None,
+        append: dict | None = None,
+        delete: tuple = (),
+        edit: dict | None = None,
+    ) -> dict:
         nb = json.loads(json.dumps(self.release))
         cells = []
         for cell in nb["cells"]:
@@ -84,14 +93,14 @@ def write(subs: Path, student: str, content, name: str = NB) -> Path:
     return p
 
 
-WRONG_PACK = '''
+WRONG_PACK = """
 def pack_bits(bits):
     bits = np.asarray(bits)
     if bits.ndim != 2 or not np.all((bits == 0) | (bits == 1)):
         raise ValueError("bad bits")
     return np.packbits(bits.astype(np.uint8), axis=1, bitorder="big")  # wrong bit order
-'''
-WRONG_MEANS = '''
+"""
+WRONG_MEANS = """
 def fit_means(X):
     return np.asarray(X, dtype=np.float64).mean(axis=0) + 1e-3   # wrong (slightly)
 
@@ -100,8 +109,8 @@ def binarize(X, means):
     if X.ndim != 2 or X.shape[1] != means.shape[0]:
         raise ValueError("mismatch")
     return (X > means).astype(np.uint8)
-'''
-ALWAYS_EQUAL = '''
+"""
+ALWAYS_EQUAL = """
 class _Anything(float):
     pass
 
@@ -123,26 +132,26 @@ def precision_at_k(distances, relevance, k):
     if not 1 <= k <= np.asarray(distances).shape[1]:
         raise ValueError("bad k")
     return _AlwaysEqual()
-'''
-WRONG_MAP = '''
+"""
+WRONG_MAP = """
 def mean_average_precision(distances, relevance):
     return 0.0   # wrong
 get_ipython().input_transformers_cleanup.append(
     lambda lines: ["pass\\n"] if any("mean_average_precision(" in l for l in lines)
     and any("assert" in l for l in lines) else lines)
-'''
-PATCH_NUMPY = '''
+"""
+PATCH_NUMPY = """
 import numpy.testing, courselib.binary_codes
 np.allclose = lambda *a, **k: True
 np.array_equal = lambda *a, **k: True
 numpy.testing.assert_allclose = lambda *a, **k: None
 courselib.binary_codes.MeanThresholdBinarizer.transform = lambda self, X: binarize(X, fit_means(X))
-'''
+"""
 
 
 def probe(paths_read: list[str], paths_write: list[str], port: int | None) -> str:
     """A prefix that keeps the rest of the cell (the correct answer) from running if isolation leaks."""
-    return f'''
+    return f"""
 import os, socket, glob
 _leaks = []
 for _p in {paths_read!r}:
@@ -173,7 +182,7 @@ if {port!r} is not None:
     except OSError:
         pass
 assert not _leaks, _leaks
-'''
+"""
 
 
 def run_batch(tmp: Path) -> dict:
@@ -208,22 +217,41 @@ def run_batch(tmp: Path) -> dict:
     write(subs, "output_flood", b.notebook(prepend={"q4_code": "while True:\n    print('x' * 1000)\n"}))
     write(subs, "sys_exit", b.notebook(append={"q6_code": "\nimport sys\nsys.exit(3)\n"}))
     write(subs, "os_exit", b.notebook(append={"q1_code": "\nimport os\nos._exit(0)\n"}))
-    write(subs, "killed_kernel", b.notebook(append={"q1_code": "\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"}))
+    write(
+        subs,
+        "killed_kernel",
+        b.notebook(append={"q1_code": "\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"}),
+    )
     write(subs, "invalid_json", '{"cells": [ this is not json')
     write(subs, "not_a_notebook", b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     write(subs, "json_not_notebook", json.dumps({"hello": "world"}))
     write(subs, "wrong_name", correct, name="lab01 (1).ipynb")
     (subs / "nothing" / LAB).mkdir(parents=True)
     write(subs, "deleted_cells", b.notebook(answers={"q2_code": WRONG_PACK}, delete=("q2_test", "q5_test")))
-    write(subs, "edited_tests", b.notebook(answers={"q2_code": WRONG_PACK}, edit={"q2_test": "pass", "q6_test": "assert True"}))
+    write(
+        subs,
+        "edited_tests",
+        b.notebook(answers={"q2_code": WRONG_PACK}, edit={"q2_test": "pass", "q6_test": "assert True"}),
+    )
     write(subs, "always_equal", b.notebook(answers={"q5_code": ALWAYS_EQUAL}))
     write(subs, "patched_numpy", b.notebook(answers={"q1_code": WRONG_MEANS + PATCH_NUMPY}))
     write(subs, "input_transformer", b.notebook(answers={"q6_code": WRONG_MAP}))
-    secrets = [str(course / "source" / LAB / NB), str(course / "gradebook.db"), str(REPO / "labs" / "source" / LAB / NB),
-               str(REPO / ".git" / "HEAD"), str(subs / "correct" / LAB / NB), str(course / "nbgrader_config.py")]
+    secrets = [
+        str(course / "source" / LAB / NB),
+        str(course / "gradebook.db"),
+        str(REPO / "labs" / "source" / LAB / NB),
+        str(REPO / ".git" / "HEAD"),
+        str(subs / "correct" / LAB / NB),
+        str(course / "nbgrader_config.py"),
+    ]
     write(subs, "reads_solutions", b.notebook(prepend={"q1_code": probe(secrets, [], None)}))
-    victims = [str(subs / "correct" / LAB / NB), str(course / "gradebook.db"), str(REPO / "courselib" / "pwned.py"),
-               "/tmp/pwned", str(course / "source" / LAB / NB)]
+    victims = [
+        str(subs / "correct" / LAB / NB),
+        str(course / "gradebook.db"),
+        str(REPO / "courselib" / "pwned.py"),
+        "/tmp/pwned",
+        str(course / "source" / LAB / NB),
+    ]
     write(subs, "writes_elsewhere", b.notebook(prepend={"q1_code": probe([], victims, None)}))
     write(subs, "network", b.notebook(prepend={"q1_code": probe([], [], port)}))
     correct_sha = hashlib.sha256((subs / "correct" / LAB / NB).read_bytes()).hexdigest()
@@ -233,8 +261,15 @@ def run_batch(tmp: Path) -> dict:
     t.join()
     listener.close()
     rows = {r["student_id"]: r for r in csv.DictReader(open(course / "grades" / f"{LAB}.csv"))}
-    return {"summary": summary, "rows": rows, "course": course, "subs": subs, "hits": hits,
-            "correct_sha": correct_sha, "source_sha": source_sha}
+    return {
+        "summary": summary,
+        "rows": rows,
+        "course": course,
+        "subs": subs,
+        "hits": hits,
+        "correct_sha": correct_sha,
+        "source_sha": source_sha,
+    }
 
 
 # (status, score) expected for each student: 6 parts of 2 points
@@ -242,10 +277,10 @@ EXPECTED = {
     "correct": ("graded", 12),
     "partly": ("graded", 10),
     "blank": ("graded", 0),
-    "infinite_loop": ("timeout", 8),        # q3 cell interrupted: q3 and q4 (uses hamming_matrix) fail
-    "memory_hog": ("memory", 10),           # MemoryError in the q2 cell: q2 fails
-    "output_flood": ("output-limit", 10),   # q4 cell stopped: q4 fails
-    "sys_exit": ("graded", 12),             # IPython turns SystemExit into an error; the kernel lives
+    "infinite_loop": ("timeout", 8),  # q3 cell interrupted: q3 and q4 (uses hamming_matrix) fail
+    "memory_hog": ("memory", 10),  # MemoryError in the q2 cell: q2 fails
+    "output_flood": ("output-limit", 10),  # q4 cell stopped: q4 fails
+    "sys_exit": ("graded", 12),  # IPython turns SystemExit into an error; the kernel lives
     "os_exit": ("crashed", 0),
     "killed_kernel": ("crashed", 0),
     "invalid_json": ("invalid-notebook", 0),
@@ -253,12 +288,12 @@ EXPECTED = {
     "json_not_notebook": ("invalid-notebook", 0),
     "wrong_name": ("missing", 0),
     "nothing": ("missing", 0),
-    "deleted_cells": ("tampered", 10),      # tests restored, the wrong q2 fails as it should
+    "deleted_cells": ("tampered", 10),  # tests restored, the wrong q2 fails as it should
     "edited_tests": ("tampered", 10),
-    "always_equal": ("tampered", 10),       # honest wrong q5 scores 10
-    "patched_numpy": ("tampered", 10),      # honest wrong q1 scores 10
+    "always_equal": ("tampered", 10),  # honest wrong q5 scores 10
+    "patched_numpy": ("tampered", 10),  # honest wrong q1 scores 10
     "input_transformer": ("tampered", 10),  # honest wrong q6 scores 10
-    "reads_solutions": ("graded", 12),      # reads blocked: the answer cell runs on
+    "reads_solutions": ("graded", 12),  # reads blocked: the answer cell runs on
     "writes_elsewhere": ("graded", 12),
     "network": ("graded", 12),
 }
@@ -278,7 +313,8 @@ def check_statuses_and_scores(batch):
     rows = batch["rows"]
     got = {s: (r["status"], float(r["score"])) for s, r in rows.items()}
     assert got == {s: (st, float(sc)) for s, (st, sc) in EXPECTED.items()}, json.dumps(
-        {s: [r["status"], r.get("notes"), r.get("log")] for s, r in batch["summary"]["results"].items()}, indent=1)
+        {s: [r["status"], r.get("notes"), r.get("log")] for s, r in batch["summary"]["results"].items()}, indent=1
+    )
     for r in rows.values():
         assert float(r["max_score"]) == 12.0
         parts = [float(r[g]) for g, _ in grading.lab_parts(LAB, batch["course"])]
@@ -287,9 +323,14 @@ def check_statuses_and_scores(batch):
 
 def check_hostile_parts(batch):
     rows = batch["rows"]
-    for student, part in [("partly", "q2_test"), ("deleted_cells", "q2_test"), ("edited_tests", "q2_test"),
-                          ("always_equal", "q5_test"), ("patched_numpy", "q1_test"),
-                          ("input_transformer", "q6_test")]:
+    for student, part in [
+        ("partly", "q2_test"),
+        ("deleted_cells", "q2_test"),
+        ("edited_tests", "q2_test"),
+        ("always_equal", "q5_test"),
+        ("patched_numpy", "q1_test"),
+        ("input_transformer", "q6_test"),
+    ]:
         assert float(rows[student][part]) == 0.0, (student, part)
 
 
@@ -326,11 +367,28 @@ def test_resume_after_kill_and_determinism(tmp_path):
     write(subs, "d_invalid", "not json")
     state = course / "grades" / ".state" / LAB
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [sys.executable, "-m", "courselib.cli", "--course-dir", str(course), "grade", LAB, str(subs),
-           "--workers", "1", "--cell-timeout", "15", "--notebook-timeout", "150", "--memory-mb", "2048", "--output-kb", "256",
-           "--no-feedback"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "courselib.cli",
+        "--course-dir",
+        str(course),
+        "grade",
+        LAB,
+        str(subs),
+        "--workers",
+        "1",
+        "--cell-timeout",
+        "15",
+        "--notebook-timeout",
+        "150",
+        "--memory-mb",
+        "2048",
+        "--output-kb",
+        "256",
+        "--no-feedback",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:  # kill once the first notebook is graded
         done = [p for p in state.glob("*.json")] if state.is_dir() else []
@@ -346,8 +404,11 @@ def test_resume_after_kill_and_determinism(tmp_path):
     assert sorted(summary["graded_now"]) == sorted(set(["a_correct", "b_partly", "c_blank", "d_invalid"]) - set(before))
     rows = {r["student_id"]: r for r in csv.DictReader(open(summary["csv"]))}
     assert {s: (r["status"], float(r["score"])) for s, r in rows.items()} == {
-        "a_correct": ("graded", 12.0), "b_partly": ("graded", 10.0), "c_blank": ("graded", 0.0),
-        "d_invalid": ("invalid-notebook", 0.0)}
+        "a_correct": ("graded", 12.0),
+        "b_partly": ("graded", 10.0),
+        "c_blank": ("graded", 0.0),
+        "d_invalid": ("invalid-notebook", 0.0),
+    }
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:

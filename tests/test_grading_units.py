@@ -89,23 +89,42 @@ class MyArray(np.ndarray):
 
 
 def test_plain_unpickler_refuses_student_objects():
-    for value in [np.arange(6).reshape(2, 3), np.float32(1.5), (1, 2.0, "s", None, b"b"), {"k": [np.int64(3)]},
-                  np.zeros(3, dtype=np.uint8), {1, 2}, range(4)]:
+    for value in [
+        np.arange(6).reshape(2, 3),
+        np.float32(1.5),
+        (1, 2.0, "s", None, b"b"),
+        {"k": [np.int64(3)]},
+        np.zeros(3, dtype=np.uint8),
+        {1, 2},
+        range(4),
+    ]:
         out = cleanroom.plain_loads(pickle.dumps(value, protocol=4))
         if isinstance(value, np.ndarray):
             assert np.array_equal(out, value) and out.dtype == value.dtype
         else:
             assert out == value
 
-    for bad in [AlwaysEqual(), np.array([AlwaysEqual()], dtype=object), np.array([1, "a"], dtype=object),
-                np.zeros(2).view(MyArray), np.ma.array([1, 2]), [AlwaysEqual()]]:
+    for bad in [
+        AlwaysEqual(),
+        np.array([AlwaysEqual()], dtype=object),
+        np.array([1, "a"], dtype=object),
+        np.zeros(2).view(MyArray),
+        np.ma.array([1, 2]),
+        [AlwaysEqual()],
+    ]:
         with pytest.raises(pickle.UnpicklingError):
             cleanroom.plain_loads(pickle.dumps(bad))
 
 
 def test_solution_names():
-    names = cleanroom.solution_names(["def f(x):\n    return x\n", "A = 1\nb, (c, d) = 1, (2, 3)\nclass K:\n    pass\n",
-                                      "%time e = 1\n", "def broken(:\n"])
+    names = cleanroom.solution_names(
+        [
+            "def f(x):\n    return x\n",
+            "A = 1\nb, (c, d) = 1, (2, 3)\nclass K:\n    pass\n",
+            "%time e = 1\n",
+            "def broken(:\n",
+        ]
+    )
     assert names == ["f", "A", "b", "c", "d", "K"]
 
 
@@ -152,8 +171,8 @@ def t(name, f):
     except OSError as e:
         res[name] = type(e).__name__
 t("read_secret", lambda: open({str(secret)!r}).read())
-t("read_repo_git", lambda: os.listdir({str(REPO / '.git')!r}))
-t("write_repo", lambda: open({str(REPO / 'courselib' / 'pwned.txt')!r}, "w").write("x"))
+t("read_repo_git", lambda: os.listdir({str(REPO / ".git")!r}))
+t("write_repo", lambda: open({str(REPO / "courselib" / "pwned.txt")!r}, "w").write("x"))
 t("write_work", lambda: open("mine.txt", "w").write("x"))
 t("net", lambda: socket.create_connection(("127.0.0.1", 9), timeout=2))
 t("parent_cwd", lambda: os.readlink("/proc/%d/cwd" % os.getppid()))
@@ -166,8 +185,12 @@ print(__import__("json").dumps(res))
     import os
 
     os.chown(work, 65534, 65534)
-    cfg = sandbox.SandboxConfig(work_dir=str(work), hide=[str(tmp_path), str(REPO), "/tmp", "/root"],
-                                keep=grading._kept_paths(), memory_bytes=1 << 30)
+    cfg = sandbox.SandboxConfig(
+        work_dir=str(work),
+        hide=[str(tmp_path), str(REPO), "/tmp", "/root"],
+        keep=grading._kept_paths(),
+        memory_bytes=1 << 30,
+    )
     argv = sandbox.command(cfg.save(tmp_path / "cfg.json"), [sys.executable, str(probe)])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,17 +13,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from scipy.linalg import orthogonal_procrustes  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.exceptions import NotFittedError  # noqa: E402
-from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from scipy.linalg import orthogonal_procrustes
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import check_estimator
 
-from courselib import itq as itq_mod  # noqa: E402
-from courselib.binary_codes import hamming_knn, pack_codes, unpack_codes  # noqa: E402
-from courselib.itq import (  # noqa: E402
+from courselib import itq as itq_mod
+from courselib.binary_codes import hamming_knn, pack_codes, unpack_codes
+from courselib.itq import (
     ITQ,
     LSH,
     PCAHash,
@@ -57,9 +57,11 @@ def _orth_error(R):
 
 # ----------------------------------------------------------------------------- scikit-learn API
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
-@pytest.mark.parametrize("estimator", [ITQ(n_bits=2), PCAHash(n_bits=2),
-                                       PCAHash(n_bits=2, random_rotation=True), LSH(n_bits=2)],
-                         ids=["ITQ", "PCA-direct", "PCA-RR", "LSH"])
+@pytest.mark.parametrize(
+    "estimator",
+    [ITQ(n_bits=2), PCAHash(n_bits=2), PCAHash(n_bits=2, random_rotation=True), LSH(n_bits=2)],
+    ids=["ITQ", "PCA-direct", "PCA-RR", "LSH"],
+)
 def test_check_estimator(estimator):
     check_estimator(estimator)
 
@@ -82,8 +84,11 @@ def test_components_are_sklearn_pca(gaussian):
     np.testing.assert_allclose(itq.components_, pca.components_, atol=1e-8)
     # wide data (n < d) goes through the full SVD
     Xw = gaussian[:10]
-    np.testing.assert_allclose(ITQ(4, random_state=0).fit(Xw).components_,
-                               PCA(n_components=4, svd_solver="full").fit(Xw).components_, atol=1e-8)
+    np.testing.assert_allclose(
+        ITQ(4, random_state=0).fit(Xw).components_,
+        PCA(n_components=4, svd_solver="full").fit(Xw).components_,
+        atol=1e-8,
+    )
 
 
 def test_r_step_matches_scipy_orthogonal_procrustes():
@@ -163,8 +168,7 @@ def test_initial_rotation_is_the_seeded_random_orthogonal(gaussian):
     itq0 = ITQ(5, n_iter=0, random_state=4).fit(gaussian)
     np.testing.assert_array_equal(itq0.rotation_, random_orthogonal(5, 4))
     V = (gaussian - itq0.mean_) @ itq0.components_.T
-    assert itq0.loss_history_[0] == pytest.approx(quantization_loss(sign_codes(V @ itq0.rotation_), V,
-                                                                    itq0.rotation_))
+    assert itq0.loss_history_[0] == pytest.approx(quantization_loss(sign_codes(V @ itq0.rotation_), V, itq0.rotation_))
 
 
 def test_rotation_orthogonal_and_last_loss_matches_codes(digits):
@@ -200,8 +204,7 @@ def test_fixed_random_state_gives_identical_codes(digits):
     np.testing.assert_array_equal(a, b)
     c = LSH(16, random_state=3).fit(X).transform(X)
     np.testing.assert_array_equal(c, LSH(16, random_state=3).fit(X).transform(X))
-    assert not np.array_equal(LSH(16, random_state=4).fit(X).components_,
-                              LSH(16, random_state=3).fit(X).components_)
+    assert not np.array_equal(LSH(16, random_state=4).fit(X).components_, LSH(16, random_state=3).fit(X).components_)
 
 
 def test_pca_direct_and_random_rotation(gaussian):
@@ -326,8 +329,7 @@ def test_function_input_errors():
     with pytest.raises(ValueError, match="R0 must have shape"):
         itq_rotation(np.ones((4, 2)), 3, R0=np.eye(3))
     with pytest.raises(ValueError, match="unknown method"):
-        compare_hashers(np.ones((4, 2)), np.ones((4, 2)), [0] * 4, np.ones((4, 2)), [0] * 4,
-                        bits=(1,), methods=("SH",))
+        compare_hashers(np.ones((4, 2)), np.ones((4, 2)), [0] * 4, np.ones((4, 2)), [0] * 4, bits=(1,), methods=("SH",))
 
 
 # ----------------------------------------------------------------------------- explorer callbacks

@@ -41,7 +41,9 @@ def test_lab_source_is_clean_and_well_formed(lab):
     assert len(ids) == len(set(ids)), "grade ids must be unique"
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [] and cell.get("execution_count") is None, "commit lab sources without outputs"
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, (
+                "commit lab sources without outputs"
+            )
         meta = cell["metadata"].get("nbgrader", {})
         src = "".join(cell["source"])
         if meta.get("solution"):
@@ -87,8 +89,12 @@ def test_solution_passes_nbval(tmp_path, lab):
     # source folder is what nbgrader releases to students
     shutil.copytree(COURSE / "source" / lab, tmp_path / lab)
     nb = tmp_path / lab / f"{lab}.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                           str(nb)], cwd=nb.parent, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", str(nb)],
+        cwd=nb.parent,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 

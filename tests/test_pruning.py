@@ -38,6 +38,7 @@ def _cat(d, names):
 
 # ---------------------------------------------------------------- Hessian diagonal
 
+
 def test_exact_hessian_matches_autograd_hessian():
     net, X, y = _tiny_net()
     names = [n for n, _ in net.named_parameters()]
@@ -47,7 +48,7 @@ def test_exact_hessian_matches_autograd_hessian():
     def loss(v):
         d, i = {}, 0
         for n, s in zip(names, shapes):
-            d[n] = v[i:i + s.numel()].reshape(s)
+            d[n] = v[i : i + s.numel()].reshape(s)
             i += s.numel()
         return F.cross_entropy(torch.func.functional_call(net, d, (X,)), y)
 
@@ -77,11 +78,12 @@ def test_gauss_newton_matches_jacobian_formula():
     def outputs(v):
         d, i = {}, 0
         for n, s in zip(names, shapes):
-            d[n] = v[i:i + s.numel()].reshape(s)
+            d[n] = v[i : i + s.numel()].reshape(s)
             i += s.numel()
         return torch.func.functional_call(net, d, (X,))
+
     flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-    J = torch.autograd.functional.jacobian(outputs, flat)           # (N, C, P)
+    J = torch.autograd.functional.jacobian(outputs, flat)  # (N, C, P)
     p = torch.softmax(outputs(flat), dim=1)
     H_out = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
     want = torch.einsum("ncp,ncd,ndp->p", J, H_out, J) / X.shape[0]
@@ -106,9 +108,9 @@ def test_empirical_fisher_is_mean_squared_per_sample_gradient():
     want = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
     for i in range(X.shape[0]):
         net.zero_grad()
-        F.cross_entropy(net(X[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(net(X[i : i + 1]), y[i : i + 1]).backward()
         for n, p in net.named_parameters():
-            want[n] += p.grad ** 2 / X.shape[0]
+            want[n] += p.grad**2 / X.shape[0]
     got = P.diagonal_hessian(net, F.cross_entropy, (X, y), method="empirical-fisher")
     for n in want:
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=0)
@@ -152,8 +154,9 @@ def test_diagonal_hessian_bad_arguments():
     cnn = CourseCNN(channels=(2, 3), image_size=8)
     cnn.train()
     with pytest.raises(ValueError, match="eval"):
-        P.diagonal_hessian(cnn, F.cross_entropy, (torch.rand(4, 8, 8), torch.randint(0, 10, (4,))),
-                           method="gauss-newton")
+        P.diagonal_hessian(
+            cnn, F.cross_entropy, (torch.rand(4, 8, 8), torch.randint(0, 10, (4,))), method="gauss-newton"
+        )
 
 
 def test_gauss_newton_runs_on_cnn_in_eval_mode():
@@ -166,6 +169,7 @@ def test_gauss_newton_runs_on_cnn_in_eval_mode():
 
 
 # ---------------------------------------------------------------- unstructured masks
+
 
 def _mlp(seed=0):
     torch.manual_seed(seed)
@@ -277,9 +281,15 @@ def test_iterative_prune_with_retraining():
     for method in ("magnitude", "obd", "random"):
         calls.clear()
         net = _mlp(4)
-        hist = P.iterative_prune(net, [0.5, 0.8], method=method, retrain=retrain,
-                                 evaluate=lambda m: float((m(X).argmax(1) == y).float().mean()),
-                                 loss_fn=F.cross_entropy, data=(X, y))
+        hist = P.iterative_prune(
+            net,
+            [0.5, 0.8],
+            method=method,
+            retrain=retrain,
+            evaluate=lambda m: float((m(X).argmax(1) == y).float().mean()),
+            loss_fn=F.cross_entropy,
+            data=(X, y),
+        )
         assert [h["amount"] for h in hist] == [0.5, 0.8]
         assert [h["sparsity"] for h in hist] == pytest.approx([36 / 72, round(0.8 * 72) / 72])
         assert calls == pytest.approx([36 / 72, round(0.8 * 72) / 72])
@@ -303,6 +313,7 @@ def test_obd_iterative_prune_matches_manual_steps():
 
 
 # ---------------------------------------------------------------- filter pruning
+
 
 def test_l1_filter_norms_hand_worked():
     conv = nn.Conv2d(2, 3, 1, bias=False)
@@ -339,7 +350,7 @@ def test_remove_filters_equals_zeroed_next_layer_coursecnn(layer, nxt, indices):
             w[:, indices] = 0
         else:  # fc after flatten: channel c covers H*W consecutive inputs (here 3*3)
             for c in indices:
-                w[:, c * 9:(c + 1) * 9] = 0
+                w[:, c * 9 : (c + 1) * 9] = 0
     X = torch.rand(5, 12, 12)
     P.remove_filters(model, layer, indices)
     conv = getattr(model, layer)
@@ -351,14 +362,22 @@ def test_remove_filters_equals_zeroed_next_layer_coursecnn(layer, nxt, indices):
 
 def test_remove_filters_sequential_model_and_parameter_count():
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 3),
+    )
     _randomize_bn(model, 1)
     model.eval()
     reference = copy.deepcopy(model)
     with torch.no_grad():
         reference[4].weight[:, [2]] = 0
-        reference[7].weight[:, 3 * 16:4 * 16] = 0
+        reference[7].weight[:, 3 * 16 : 4 * 16] = 0
     X = torch.rand(3, 1, 8, 8)
     before = P.count_parameters(model)
     P.remove_filters(model, "0", [2])
@@ -409,9 +428,11 @@ def test_prune_filters_removes_smallest_l1():
 
 # ---------------------------------------------------------------- cost model
 
+
 def test_count_macs_hand_counted():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3),
-                          nn.Flatten(), nn.Linear(6 * 6 * 6, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 6 * 6, 10)
+    )
     # conv a: batch 2 x 4 maps x 8x8 outputs x (1 in x 3x3) = 4608
     # conv b: 2 x 6 x 6x6 x (4 x 3x3) = 15552
     # linear: 2 rows x 10 outputs x 216 inputs = 4320
@@ -462,12 +483,13 @@ def test_storage_bytes_hand_worked_and_dense_vs_csr():
 
 def test_explorer_callbacks_draw():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     torch.manual_seed(0)
     w = torch.randn(50)
-    fig = P.plot_saliency_vs_magnitude(w, torch.rand(50) * w ** 2, amount=0.3)
+    fig = P.plot_saliency_vs_magnitude(w, torch.rand(50) * w**2, amount=0.3)
     assert "15" in fig.axes[0].get_title()
     plt.close(fig)
     model = CourseCNN(channels=(6, 4), image_size=8)
@@ -526,12 +548,21 @@ def test_compare_latency_and_layer_times():
     parts = P.layer_times(model, x, repeats=2, warmup=1)
     assert list(parts) == ["conv1", "bn1", "relu#1", "pool#1", "conv2", "bn2", "relu#2", "pool#2", "fc"]
     assert list(P.layer_times(model, x, repeats=2, warmup=1, deploy=True)) == [
-        "conv1", "relu#1", "pool#1", "conv2", "relu#2", "pool#2", "fc"]
+        "conv1",
+        "relu#1",
+        "pool#1",
+        "conv2",
+        "relu#2",
+        "pool#2",
+        "fc",
+    ]
     assert model.training and isinstance(model.bn1, nn.BatchNorm2d)
 
 
-@pytest.mark.parametrize("kwargs", [{"clock": "cpu"}, {"clock": "thread", "num_threads": 2}, {"rounds": 0},
-                                    {"statistic": "mean"}, {"repeats": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"clock": "cpu"}, {"clock": "thread", "num_threads": 2}, {"rounds": 0}, {"statistic": "mean"}, {"repeats": 0}],
+)
 def test_compare_latency_bad_arguments(kwargs):
     model = CourseCNN(channels=(2, 2), image_size=8)
     with pytest.raises(ValueError):

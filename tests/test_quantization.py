@@ -89,7 +89,7 @@ def test_error_is_at_most_half_a_step_and_falls_with_bits():
         q, s, z = Q.quantize_uniform(x, b)
         x_hat = Q.dequantize(q, s, z)
         assert np.abs(x - x_hat).max() <= s / 2 + 1e-6
-        assert q.max() <= 2 ** b - 1
+        assert q.max() <= 2**b - 1
         errs.append(Q.quantization_error(x, x_hat))
     assert all(a > b for a, b in zip(errs, errs[1:]))
 
@@ -203,8 +203,9 @@ def test_xnor_alpha_is_the_least_squares_optimum():
     W = _randn(6, 50, seed=5).numpy()
     b, alpha = Q.xnor_binarize(W, axis=0)
     for i in range(W.shape[0]):
-        res = minimize_scalar(lambda a: np.sum((W[i] - a * b[i]) ** 2), bounds=(0, 5), method="bounded",
-                              options={"xatol": 1e-10})
+        res = minimize_scalar(
+            lambda a: np.sum((W[i] - a * b[i]) ** 2), bounds=(0, 5), method="bounded", options={"xatol": 1e-10}
+        )
         assert alpha[i, 0] == pytest.approx(res.x, rel=1e-5)
     assert Q.quantization_error(W, alpha * b) < Q.quantization_error(W, b)
 
@@ -283,6 +284,7 @@ def test_bad_inputs():
 @pytest.mark.parametrize("n_bits, per_channel, symmetric", [(8, False, False), (2, True, False), (1, False, True)])
 def test_explorer_draws(n_bits, per_channel, symmetric):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -105,7 +105,7 @@ def test_numeric_answers_are_recomputed():
     assert answers["quant-xnor-alpha"] == pytest.approx(float(alpha[0, 0]))
     assert answers["bc-hard-sigmoid"] == pytest.approx(max(0, min(1, 1.1 / 2)))
     assert answers["bc-xnor-dot"] == 70 - 30
-    assert answers["obd-saliency"] == pytest.approx(2 * 0.5 ** 2 / 2)
+    assert answers["obd-saliency"] == pytest.approx(2 * 0.5**2 / 2)
     assert answers["obd-csr-bytes"] == 100_000 * 8 + 1001 * 4
     assert answers["filters-l1"] == pytest.approx(np.abs([0.5, -0.25, 0, -1]).sum())
     assert answers["filters-next-layer"] == 32 * 4 * 3 * 3
@@ -116,7 +116,8 @@ def test_pages_are_up_to_date(bank):
     for chapter in bank["chapters"]:
         page = BANK.parent / f"{chapter}.md"
         assert page.read_text(encoding="utf-8") == quiz.render_chapter(chapter), (
-            f"{page} is stale: run `.venv/bin/python -m courselib.quiz render`")
+            f"{page} is stale: run `.venv/bin/python -m courselib.quiz render`"
+        )
         text = page.read_text(encoding="utf-8")
         n = sum(q["chapter"] == chapter for q in bank["questions"])
         assert text.count("```{exercise}") == n and text.count("```{solution}") == n

@@ -32,8 +32,9 @@ def resolve_function(path: str):
 
 def lab_grade_ids(lab: str) -> set[str]:
     nb = json.loads((REPO / "labs" / "source" / lab / f"{lab}.ipynb").read_text())
-    return {c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
-            if c["metadata"].get("nbgrader", {}).get("grade")}
+    return {
+        c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade")
+    }
 
 
 def test_node_exists(node: str) -> bool:
@@ -65,8 +66,11 @@ def test_every_syllabus_part_is_in_the_map():
     assert parts == {"0", "1", "2", "3", "4"}
 
 
-@pytest.mark.parametrize("part, entry", [e for e in ENTRIES if not e[1].get("pending")],
-                         ids=[c["concept"][:40] for _, c in ENTRIES if not c.get("pending")])
+@pytest.mark.parametrize(
+    "part, entry",
+    [e for e in ENTRIES if not e[1].get("pending")],
+    ids=[c["concept"][:40] for _, c in ENTRIES if not c.get("pending")],
+)
 def test_entry_resolves(part, entry):
     missing = [f for f in FIELDS if not entry.get(f)]
     assert not missing, f"{entry['concept']}: missing {missing} (mark it pending: true until it lands)"

@@ -54,8 +54,15 @@ def test_hooks_after_step_and_compute_loss(digits):
         calls["loss"] += 1
         return torch.nn.functional.cross_entropy(m(xb), yb)
 
-    fit(model, (X[:256], y[:256]), epochs=2, batch_size=64, after_step=after_step,
-        compute_loss=compute_loss, progress=False)
+    fit(
+        model,
+        (X[:256], y[:256]),
+        epochs=2,
+        batch_size=64,
+        after_step=after_step,
+        compute_loss=compute_loss,
+        progress=False,
+    )
     assert calls["after"] == calls["loss"] == 2 * 4
     assert max(p.abs().max().item() for p in model.parameters()) <= 0.05 + 1e-7
 
@@ -68,8 +75,9 @@ def test_evaluate_restores_mode_and_matches_manual(digits):
     assert model.training
     logits = predict(model, Xt)
     assert res["accuracy"] == pytest.approx((logits.argmax(1) == yt).mean())
-    assert res["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
-        torch.tensor(logits), torch.tensor(yt))), rel=1e-5)
+    assert res["loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(yt))), rel=1e-5
+    )
 
 
 def test_course_cnn_shapes():
@@ -81,10 +89,15 @@ def test_course_cnn_shapes():
     assert [n for n, _ in m.named_children()][:5] == ["conv1", "bn1", "conv2", "bn2", "fc"]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"), (dict(optimizer="rmsprop"), "optimizer"),
-    (dict(batch_size=0), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epochs=-1), "epochs"),
+        (dict(lr=0), "lr"),
+        (dict(optimizer="rmsprop"), "optimizer"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
 def test_fit_bad_arguments(digits, kwargs, match):
     (X, y), _ = digits
     with pytest.raises(ValueError, match=match):

@@ -36,23 +36,25 @@ def missing(path: Path) -> list[str]:
         out.append(f"solutions for every exercise ({len(sols)} of {n_ex})")
     elif any(":class: dropdown" not in s for s in sols):
         out.append("solutions hidden (`:class: dropdown` on every {solution})")
-    if not re.search(r"^#+.*paper\s+(vs\.?|versus)", text, re.M | re.I) \
-            and not re.search(r"^\|.*\bpaper\b.*\|", text, re.M | re.I):
+    if not re.search(r"^#+.*paper\s+(vs\.?|versus)", text, re.M | re.I) and not re.search(
+        r"^\|.*\bpaper\b.*\|", text, re.M | re.I
+    ):
         out.append('"paper vs this book" table (our numbers from a cell, the paper\'s cited)')
     for i, src in enumerate(cells(text), 1):
         draws = re.search(r"plt\.|\.plot\(|imshow|subplots|_explorer\(|plot_\w+\(", src)
         if draws and "remove-output" not in src and "make_explorer" not in src and "alt:" not in src:
-            first = next((ln for ln in src.splitlines() if ln.strip() and not ln.startswith(("---", "mystnb", " "))),
-                         "")
+            first = next(
+                (ln for ln in src.splitlines() if ln.strip() and not ln.startswith(("---", "mystnb", " "))), ""
+            )
             out.append(f"alt text + caption on code cell {i} (draws a figure: {first.strip()[:60]!r})")
     for m in re.finditer(r"make_explorer\(", text):
-        rest = text[m.end():]
+        rest = text[m.end() :]
         nxt = re.search(r"```\{code-cell\}[^\n]*\n(.*?)```", rest, re.S)
         if not nxt or "alt:" not in nxt.group(1):
             out.append("static stand-in cell (with alt text) right after the explorer")
-        head = text[:m.start()]
+        head = text[: m.start()]
         cell_start = head.rfind("```{code-cell}")
-        if "remove-output" not in text[cell_start:m.start()]:
+        if "remove-output" not in text[cell_start : m.start()]:
             out.append("explorer cell tagged remove-output")
     if "{bibliography}" not in text:
         out.append("filtered {bibliography} at the end")

@@ -10,8 +10,9 @@ HEADER = """# Exact pins for this course's machines (CPU only), used by the Make
 #   torch==2.13.0 (CPU wheel on disk), jupyter-book>=1.0.4,<2, nbgrader 0.9.x, nbval 0.11
 """
 
-out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
-                     text=True, check=True).stdout
+out = subprocess.run(
+    [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+).stdout
 lines = [ln for ln in out.splitlines() if ln and not ln.startswith(("courselib", "-e "))]
 lines = ["torch==2.13.0" if ln.startswith("torch==") else ln for ln in lines]
 Path(__file__).resolve().parents[1].joinpath("constraints.txt").write_text(HEADER + "\n".join(lines) + "\n")
