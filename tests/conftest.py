@@ -1,8 +1,11 @@
-"""Shared fixtures: the real MNIST test set beside the repo, the venv's bin on PATH, seeds."""
+"""Shared fixtures: the real MNIST test set beside the repo, the venv's bin on PATH, seeds, the built book."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+HTML = REPO / "_build" / "html"
 
 # nbgrader runs `alembic` by name: put this interpreter's bin first on PATH for every test.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -38,3 +42,39 @@ def _torch_threads():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """Build the book once per test run, whichever module or xdist worker asks first.
+
+    The build (lab releases, then tools/build_book.py with -W into the repository's `_build/html`) is
+    serialized by a file lock and recorded with the run's id, so the modules that use it (test_book.py,
+    test_browser.py) never inspect pages while a second build rewrites them.
+    """
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}"
+    HTML.parent.mkdir(exist_ok=True)
+    marker = HTML.parent / ".pytest_built_by"
+    with open(HTML.parent / ".pytest_book.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text() == run_id and (HTML / "index.html").exists():
+            return HTML
+        marker.unlink(missing_ok=True)
+        rel = subprocess.run(
+            [str(Path(sys.executable).parent / "courselib"), "release"],
+            cwd=REPO / "labs",
+            capture_output=True,
+            text=True,
+        )
+        assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO, capture_output=True, text=True
+        )
+        log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+        assert proc.returncode == 0, (
+            "book build failed:\n"
+            + "\n".join(ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:]
+            + log[-3000:]
+        )
+        marker.write_text(run_id)
+    return HTML

@@ -1,59 +1,19 @@
 """The book builds with -W from the README's command path, and the built pages hold executed output.
 
-This builds into the repository's own `_build/` (the same place `make book` writes), after generating
-the labs' student releases that the Labs page offers for download. Executed outputs are cached in
-`_build/.jupyter_cache`, so a developer's second run re-executes only changed chapters.
+The `built_book` fixture (tests/conftest.py) builds into the repository's own `_build/` (the same place
+`make book` writes), after generating the labs' student releases that the Labs page offers for download.
+Executed outputs are cached in `_build/.jupyter_cache`, so a developer's second run re-executes only
+changed chapters.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HTML = REPO / "_build" / "html"
-
-
-@pytest.fixture(scope="module")
-def built_book():
-    """Build the book once per test run, whichever module or xdist worker asks first.
-
-    The build is serialized by a file lock and recorded with the run's id, so test_browser.py (which
-    reuses this fixture) never inspects pages while a second build rewrites them.
-    """
-    import fcntl
-    import os
-
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}"
-    HTML.parent.mkdir(exist_ok=True)
-    marker = HTML.parent / ".pytest_built_by"
-    with open(HTML.parent / ".pytest_book.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and marker.read_text() == run_id and (HTML / "index.html").exists():
-            return HTML
-        marker.unlink(missing_ok=True)
-        rel = subprocess.run(
-            [str(Path(sys.executable).parent / "courselib"), "release"],
-            cwd=REPO / "labs",
-            capture_output=True,
-            text=True,
-        )
-        assert rel.returncode == 0, "courselib release failed:\n" + rel.stdout[-2000:] + rel.stderr[-4000:]
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "tools" / "build_book.py")], cwd=REPO, capture_output=True, text=True
-        )
-        log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-        assert proc.returncode == 0, (
-            "book build failed:\n"
-            + "\n".join(ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln or "Error" in ln)[-5000:]
-            + log[-3000:]
-        )
-        marker.write_text(run_id)
-    return HTML
 
 
 def page(html_root: Path, name: str) -> str:

@@ -15,7 +15,7 @@ What is checked (issue 9), page by page in `_build/html`:
 - a full-page screenshot of every page is written to `_build/screenshots/<page>.png` for review, and
   `_build/screenshots/report.txt` says how many pages were checked (`make test` prints it).
 
-The book is built by the same fixture as tests/test_book.py (imported below) and both modules share the
+The book is built by the same fixture as tests/test_book.py (`built_book` in tests/conftest.py) and both modules share the
 xdist group "book", so with `pytest -n 2 --dist loadgroup` they run one after the other in one worker and
 the second build is a no-change rebuild (executed outputs come from the jupyter-cache). To check an
 already-built book without building, set BOOK_HTML=/path/to/_build/html.
@@ -37,7 +37,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from test_book import built_book  # noqa: F401  (the same build fixture as tests/test_book.py)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
