@@ -25,9 +25,13 @@ Hamming distance on its threshold codes and by Euclidean distance on its pixels.
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import _bits
+from .data import load_dataset
 
 __all__ = [
     "MeanThresholdBinarizer",
@@ -213,171 +217,9 @@ def _check_pair(query_codes, database_codes):
     return q, db
 
 
-def _to_words(codes: np.ndarray) -> np.ndarray:
-    """View packed codes as uint64 words, zero-padding each row to a multiple of 8 bytes."""
-    n, n_bytes = codes.shape
-    n_words = (n_bytes + 7) // 8
-    if n_bytes == 8 * n_words and codes.flags.c_contiguous:
-        return codes.view(np.uint64)
-    padded = np.zeros((n, 8 * n_words), dtype=np.uint8)
-    padded[:, :n_bytes] = codes
-    return padded.view(np.uint64)
-
-
-# ----------------------------------------------------------------------------------------------------
-# NumPy reference path
-# ----------------------------------------------------------------------------------------------------
-def _hamming_numpy(q: np.ndarray, db: np.ndarray, block: int = 256) -> np.ndarray:
-    qw, dw = _to_words(q), _to_words(db)
-    out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
-    for start in range(0, q.shape[0], block):
-        x = qw[start : start + block, None, :] ^ dw[None, :, :]
-        out[start : start + block] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
-    return out
-
-
-def _topk_from_distances(dist: np.ndarray, k: int):
-    """Exact top-k of each row by (distance, index): sorted, ties broken by the lower index."""
-    n_db = dist.shape[1]
-    key = dist.astype(np.int64) * n_db + np.arange(n_db, dtype=np.int64)
-    if k < n_db:
-        part = np.argpartition(key, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(n_db), key.shape).copy()
-    order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1)
-    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return np.take_along_axis(dist, idx, axis=1).astype(np.int32), idx
-
-
-# ----------------------------------------------------------------------------------------------------
-# numba kernels (compiled lazily on first use; cached on disk)
-# ----------------------------------------------------------------------------------------------------
-try:  # numba is an accepted dependency; without it every call takes the NumPy path.
-    import numba as _nb
-    from numba import types as _nbtypes
-    from numba.extending import intrinsic as _intrinsic
-except Exception:  # pragma: no cover - numba missing or broken
-    _nb = None
-
-if _nb is not None:
-
-    @_intrinsic
-    def _popcount64(typingctx, x):
-        """The LLVM ``ctpop`` intrinsic on a uint64 (one ``popcnt`` instruction on x86-64)."""
-        sig = _nbtypes.uint64(_nbtypes.uint64)
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return sig, codegen
-
-    @_nb.njit(cache=True, nogil=True, parallel=True)
-    def _hamming_matrix_kernel(qw, dw, out):  # pragma: no cover - compiled
-        n_q, n_w = qw.shape
-        n_d = dw.shape[0]
-        for i in _nb.prange(n_q):
-            for j in range(n_d):
-                s = 0
-                for t in range(n_w):
-                    s += _popcount64(qw[i, t] ^ dw[j, t])
-                out[i, j] = s
-
-    @_nb.njit(cache=True, nogil=True, inline="always")
-    def _sift_down(hd, hi, k):  # pragma: no cover - compiled
-        # restore the max-heap on key (distance, index) after the root was replaced
-        pos = 0
-        d0 = hd[0]
-        i0 = hi[0]
-        while True:
-            child = 2 * pos + 1
-            if child >= k:
-                break
-            if child + 1 < k and (
-                hd[child + 1] > hd[child] or (hd[child + 1] == hd[child] and hi[child + 1] > hi[child])
-            ):
-                child += 1
-            if hd[child] > d0 or (hd[child] == d0 and hi[child] > i0):
-                hd[pos] = hd[child]
-                hi[pos] = hi[child]
-                pos = child
-            else:
-                break
-        hd[pos] = d0
-        hi[pos] = i0
-
-    @_nb.njit(cache=True, nogil=True)
-    def _topk_block(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
-        n_q, n_w = qw.shape
-        n_d = dw.shape[0]
-        for q0 in range(0, n_q, q_block):
-            q1 = min(q0 + q_block, n_q)
-            for d0 in range(0, n_d, d_block):
-                d1 = min(d0 + d_block, n_d)
-                for i in range(q0, q1):
-                    hd = dist[i]
-                    hi = idx[i]
-                    worst = hd[0]
-                    if n_w == 1:
-                        a = qw[i, 0]
-                        for j in range(d0, d1):
-                            s = _popcount64(a ^ dw[j, 0])
-                            if s < worst:
-                                hd[0] = s
-                                hi[0] = j
-                                _sift_down(hd, hi, k)
-                                worst = hd[0]
-                    else:
-                        for j in range(d0, d1):
-                            s = 0
-                            for t in range(n_w):
-                                s += _popcount64(qw[i, t] ^ dw[j, t])
-                            if s < worst:
-                                hd[0] = s
-                                hi[0] = j
-                                _sift_down(hd, hi, k)
-                                worst = hd[0]
-
-    @_nb.njit(cache=True, nogil=True, parallel=True)
-    def _hamming_topk_kernel(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
-        n_q = qw.shape[0]
-        big = 1 << 30
-        for i in range(n_q):
-            for t in range(k):
-                dist[i, t] = big
-                idx[i, t] = -1
-        n_chunks = (n_q + q_block - 1) // q_block
-        for c in _nb.prange(n_chunks):
-            a = c * q_block
-            b = min(a + q_block, n_q)
-            _topk_block(qw[a:b], dw, k, dist[a:b], idx[a:b], q_block, d_block)
-        # heap -> sorted by (distance, index): pop the maximum k times
-        for i in _nb.prange(n_q):
-            hd = dist[i]
-            hi = idx[i]
-            for end in range(k - 1, 0, -1):
-                d_top = hd[0]
-                i_top = hi[0]
-                hd[0] = hd[end]
-                hi[0] = hi[end]
-                hd[end] = d_top
-                hi[end] = i_top
-                _sift_down(hd, hi, end)
-
-
-def _numba_available() -> bool:
-    return _nb is not None
-
-
-def _use_numba(n_pairs: int, backend: str) -> bool:
-    if backend not in ("auto", "numba", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
-    if backend == "numpy":
-        return False
-    if backend == "numba":
-        if not _numba_available():
-            raise ValueError("backend='numba' requested but numba is not available")
-        return True
-    return n_pairs >= NUMPY_PAIRS_THRESHOLD and _numba_available()
+def _backend(backend: str, n_pairs: int) -> str:
+    """``"auto"``: NumPy below :data:`NUMPY_PAIRS_THRESHOLD` pairs (no JIT compilation to pay), numba above."""
+    return _bits.choose_backend(backend, auto_numba=n_pairs >= NUMPY_PAIRS_THRESHOLD)
 
 
 def hamming_distances(query_codes, database_codes, *, backend: str = "auto") -> np.ndarray:
@@ -404,11 +246,8 @@ def hamming_distances(query_codes, database_codes, *, backend: str = "auto") -> 
         If either array is empty, not 2-D ``uint8``, or the code widths differ.
     """
     q, db = _check_pair(query_codes, database_codes)
-    if not _use_numba(q.shape[0] * db.shape[0], backend):
-        return _hamming_numpy(q, db)
-    out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
-    _hamming_matrix_kernel(_to_words(q), _to_words(db), out)
-    return out
+    backend = _backend(backend, q.shape[0] * db.shape[0])
+    return _bits.hamming_matrix(_bits.to_words(q), _bits.to_words(db), backend)
 
 
 def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
@@ -452,12 +291,8 @@ def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
     if k < 1 or k > db.shape[0]:
         raise ValueError(f"k must be between 1 and the database size {db.shape[0]}, got {k}")
     k = int(k)
-    if not _use_numba(q.shape[0] * db.shape[0], backend):
-        return _topk_from_distances(_hamming_numpy(q, db), k)
-    dist = np.empty((q.shape[0], k), dtype=np.int32)
-    idx = np.empty((q.shape[0], k), dtype=np.int64)
-    _hamming_topk_kernel(_to_words(q), _to_words(db), k, dist, idx, Q_BLOCK, D_BLOCK)
-    return dist, idx
+    backend = _backend(backend, q.shape[0] * db.shape[0])
+    return _bits.hamming_topk(_bits.to_words(q), _bits.to_words(db), k, backend, q_block=Q_BLOCK, d_block=D_BLOCK)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -469,8 +304,6 @@ _DIGITS_CACHE: dict = {}
 def _explorer_data():
     """The course's digits split, flattened: (X_train, X_test, y_train, y_test), cached."""
     if "split" not in _DIGITS_CACHE:
-        from courselib.data import load_dataset
-
         Xtr, ytr = load_dataset("digits", "train")
         Xte, yte = load_dataset("digits", "test")
         _DIGITS_CACHE["split"] = (Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1), ytr, yte)
@@ -526,8 +359,6 @@ def plot_neighbours(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     if X_train is None or X_test is None:
         X_train, X_test, y_train, y_test = _explorer_data()
     X_train = np.asarray(X_train, dtype=np.float32).reshape(len(X_train), -1)

@@ -24,13 +24,18 @@ indicator would always be 1.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import _bits
+from .binary_codes import pack_codes, unpack_codes
+from .training import evaluate, fit
+from .utils import progress as progress_bar
 
 __all__ = [
     "hard_sigmoid",
@@ -43,8 +48,7 @@ __all__ = [
     "clip_latent_weights_",
     "pack_binary_weights",
     "load_packed_weights",
-    "packed_nbytes",
-    "serialized_nbytes",
+    "binary_weight_bytes",
     "xnor_popcount_matmul",
     "binary_conv2d",
     "pack_channels",
@@ -320,18 +324,6 @@ def clip_latent_weights_(model: nn.Module, bound: float = 1.0) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # Packed weights (1 bit per binary weight)
 # ---------------------------------------------------------------------------------------------
-def _pack_codes(bits: np.ndarray) -> np.ndarray:
-    from .binary_codes import pack_codes
-
-    return pack_codes(bits)
-
-
-def _unpack_codes(codes: np.ndarray, n_bits: int) -> np.ndarray:
-    from .binary_codes import unpack_codes
-
-    return unpack_codes(codes, n_bits)
-
-
 _FORMAT = "courselib.binaryconnect/packed-v1"
 
 
@@ -371,7 +363,7 @@ def pack_binary_weights(model: nn.Module) -> dict:
     for name, m in layers.items():
         w = m.weight.detach().cpu()
         bits = (w >= 0).reshape(1, -1).numpy().astype(np.uint8)
-        binary[name] = {"codes": torch.from_numpy(_pack_codes(bits)), "shape": tuple(w.shape)}
+        binary[name] = {"codes": torch.from_numpy(pack_codes(bits)), "shape": tuple(w.shape)}
     skip = {f"{name}.weight" if name else "weight" for name in layers}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
     return {"format": _FORMAT, "binary": binary, "state": state}
@@ -407,7 +399,7 @@ def load_packed_weights(model: nn.Module, packed: dict) -> nn.Module:
         if shape != tuple(m.weight.shape):
             raise ValueError(f"layer {name!r}: packed shape {shape} != model shape {tuple(m.weight.shape)}")
         n = int(np.prod(shape))
-        bits = _unpack_codes(np.asarray(entry["codes"].cpu().numpy(), dtype=np.uint8), n)
+        bits = unpack_codes(np.asarray(entry["codes"].cpu().numpy(), dtype=np.uint8), n)
         signs = torch.from_numpy(bits.reshape(shape).astype(np.float32) * 2 - 1)
         m.weight.copy_(signs.to(m.weight.dtype))
     own = model.state_dict()
@@ -425,7 +417,7 @@ def load_packed_weights(model: nn.Module, packed: dict) -> nn.Module:
     return model
 
 
-def packed_nbytes(model: nn.Module) -> dict[str, int]:
+def binary_weight_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of the binary layers' weights as float32 and packed, and of the other state entries.
 
     Returns
@@ -441,13 +433,6 @@ def packed_nbytes(model: nn.Module) -> dict[str, int]:
     return {"binary_float32": f32, "binary_packed": pk, "other": other}
 
 
-def serialized_nbytes(obj) -> int:
-    """Size in bytes of ``torch.save(obj)`` (a state dict or a packed dict), measured in memory."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getbuffer().nbytes
-
-
 # ---------------------------------------------------------------------------------------------
 # XNOR-popcount products on packed codes
 # ---------------------------------------------------------------------------------------------
@@ -457,44 +442,6 @@ def _check_codes(codes, name):
         raise ValueError(f"{name} must be a 2-D uint8 array of packed codes (pack_codes output), got {got}")
     if codes.shape[0] == 0:
         raise ValueError(f"{name} is empty")
-
-
-def _to_words(codes: np.ndarray, n_bits: int) -> np.ndarray:
-    """View (or copy) packed byte codes as uint64 words with the padding bits cleared."""
-    n_bytes = codes.shape[1]
-    if n_bytes % 8 == 0 and n_bits % 8 == 0 and codes.flags.c_contiguous:
-        return codes.view(np.uint64)  # zero-copy fast path
-    n_words = -(-n_bytes // 8)
-    buf = np.zeros((codes.shape[0], n_words * 8), dtype=np.uint8)
-    buf[:, :n_bytes] = codes
-    if n_bits % 8:
-        buf[:, n_bytes - 1] &= np.uint8((1 << (n_bits % 8)) - 1)
-    return buf.view(np.uint64)
-
-
-def _numpy_xnor(aw, bw, n_bits, a_mask=None, chunk=256):
-    out = np.empty((aw.shape[0], bw.shape[0]), dtype=np.int32)
-    for s in range(0, aw.shape[0], chunk):
-        x = aw[s : s + chunk, None, :] ^ bw[None, :, :]
-        if a_mask is None:
-            out[s : s + chunk] = n_bits - 2 * np.bitwise_count(x).sum(-1, dtype=np.int32)
-        else:
-            m = a_mask[s : s + chunk]
-            n_valid = np.bitwise_count(m).sum(-1, dtype=np.int32)[:, None]
-            out[s : s + chunk] = n_valid - 2 * np.bitwise_count(x & m[:, None, :]).sum(-1, dtype=np.int32)
-    return out
-
-
-def _backend(backend):
-    from . import _xnor_kernels
-
-    if backend not in ("auto", "numba", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
-    if backend == "numba" and not _xnor_kernels.HAVE_NUMBA:
-        raise ValueError("backend='numba' needs numba, which is not installed")
-    if backend == "auto":
-        backend = "numba" if _xnor_kernels.HAVE_NUMBA else "numpy"
-    return backend, _xnor_kernels
 
 
 def xnor_popcount_matmul(a_codes: np.ndarray, b_codes: np.ndarray, n_bits: int, *, backend: str = "auto") -> np.ndarray:
@@ -532,11 +479,8 @@ def xnor_popcount_matmul(a_codes: np.ndarray, b_codes: np.ndarray, n_bits: int, 
     for name, c in (("a_codes", a_codes), ("b_codes", b_codes)):
         if c.shape[1] != n_bytes:
             raise ValueError(f"{name} has {c.shape[1]} bytes per row, but n_bits={n_bits} needs {n_bytes}")
-    backend, kernels = _backend(backend)
-    aw, bw = _to_words(a_codes, n_bits), _to_words(b_codes, n_bits)
-    if backend == "numba":
-        return kernels.xnor_matmul_words(aw, bw, n_bits)
-    return _numpy_xnor(aw, bw, n_bits)
+    backend = _bits.choose_backend(backend)
+    return _bits.xnor_matmul(_bits.to_words(a_codes, n_bits), _bits.to_words(b_codes, n_bits), n_bits, backend)
 
 
 def _as_pm1_tensor(x, name):
@@ -594,7 +538,7 @@ def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str 
     w_out = (w + 2 * padding - kw) // stride + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
-    backend, _ = _backend(backend)
+    backend = _bits.choose_backend(backend)
     if backend == "numba":
         # im2col fused into a compiled loop: inputs and filters packed once along the channels
         return binary_conv2d_packed(
@@ -603,14 +547,15 @@ def binary_conv2d(x, weight, *, stride: int = 1, padding: int = 0, backend: str 
     k = c * kh * kw
     cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, k, L), zeros at padding
     cols = cols.transpose(1, 2).reshape(-1, k).numpy()  # (N L, k)
-    a_codes = _pack_codes((cols > 0).astype(np.uint8))
-    b_codes = _pack_codes((weight.reshape(o, k).numpy() > 0).astype(np.uint8))
-    aw, bw = _to_words(a_codes, k), _to_words(b_codes, k)
+    # bit 1 where the value is >= 0 (sign(0) = +1); the zeros of the padding are masked out below
+    a_codes = pack_codes((cols >= 0).astype(np.uint8))
+    b_codes = pack_codes((weight.reshape(o, k).numpy() >= 0).astype(np.uint8))
+    aw, bw = _bits.to_words(a_codes, k), _bits.to_words(b_codes, k)
     if padding == 0:
-        out = _numpy_xnor(aw, bw, k)
+        out = _bits.xnor_matmul(aw, bw, k, "numpy")
     else:
-        mw = _to_words(_pack_codes((cols != 0).astype(np.uint8)), k)
-        out = _numpy_xnor(aw, bw, k, a_mask=mw)
+        mw = _bits.to_words(pack_codes((cols != 0).astype(np.uint8)), k)
+        out = _bits.xnor_matmul(aw, bw, k, "numpy", a_mask=mw)
     out = torch.from_numpy(out.astype(np.float32)).reshape(n, h_out * w_out, o)
     return out.transpose(1, 2).reshape(n, o, h_out, w_out).contiguous()
 
@@ -622,17 +567,11 @@ def pack_channels(x) -> np.ndarray:
     filters (O, C, kh, kw) once when the model is loaded, and a binary activation map once per layer;
     :func:`binary_conv2d_packed` then convolves the packed operands. Needs numba.
     """
-    from . import _xnor_kernels
-
-    if not _xnor_kernels.HAVE_NUMBA:
-        raise ValueError("pack_channels needs numba, which is not installed")
     return _pack_channels_checked(_as_pm1_tensor(x, "x"))
 
 
 def _pack_channels_checked(t: torch.Tensor) -> np.ndarray:
-    from . import _xnor_kernels
-
-    return _xnor_kernels.pack_channels(np.ascontiguousarray(t.numpy()), -(-t.shape[1] // 64))
+    return _bits.pack_channels_words(t.numpy())
 
 
 def binary_conv2d_packed(
@@ -658,8 +597,6 @@ def binary_conv2d_packed(
     torch.Tensor of float32, shape (N, O, H_out, W_out)
         Equal (exactly) to ``F.conv2d(x, weight, stride=stride, padding=padding)``.
     """
-    from . import _xnor_kernels
-
     for name, a in (("x_packed", x_packed), ("w_packed", w_packed)):
         if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 4:
             raise ValueError(f"{name} must be a 4-D uint64 array from pack_channels")
@@ -678,7 +615,7 @@ def binary_conv2d_packed(
     if h_out < 1 or w_out < 1:
         raise ValueError(f"kernel {kh}x{kw} does not fit the padded {h}x{w} input")
     wt = np.ascontiguousarray(w_packed.transpose(1, 2, 3, 0))  # (kh, kw, words, O): filters innermost
-    out = _xnor_kernels.binary_conv_packed(
+    out = _bits.binary_conv_words(
         np.ascontiguousarray(x_packed), wt, int(n_channels), int(stride), int(padding), h_out, w_out
     )
     return torch.from_numpy(out.astype(np.float32))
@@ -867,9 +804,6 @@ def fit_binaryconnect(
     has binary layers (paper Algorithm 1). Each epoch is one call of
     :func:`courselib.training.fit` with the same optimizer (seed ``seed + epoch``).
     """
-    from .training import fit
-    from .utils import progress as progress_bar
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not (lr > 0 and lr_final > 0):
@@ -956,8 +890,6 @@ def train_and_evaluate(
     errors : dict
         ``{"sign": test error in %}`` plus ``"real"`` for ``mode="stoch"``.
     """
-    from .training import evaluate
-
     _check_mode(mode)
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
@@ -1008,8 +940,6 @@ def binarization_explorer(mode: str = "stochastic", w: float = 0.1, n_samples: i
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     if mode not in ("deterministic", "stochastic"):
         raise ValueError(f"mode must be 'deterministic' or 'stochastic', got {mode!r}")
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:

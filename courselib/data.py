@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 __all__ = [
     "DatasetError",
@@ -224,9 +229,6 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
 
 def upsample(X: np.ndarray, size: int = 28) -> np.ndarray:
     """Resize a batch of images ``(n, H, W)`` or ``(n, C, H, W)`` to ``size x size`` (bilinear, torch)."""
-    import torch
-    import torch.nn.functional as F
-
     X = np.asarray(X, dtype=np.float32)
     if X.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (n, H, W) or (n, C, H, W), got {X.shape}")
@@ -237,8 +239,6 @@ def upsample(X: np.ndarray, size: int = 28) -> np.ndarray:
 
 def train_test_split_arrays(X, y, *, test_size: float = 0.3, seed: int = 0):
     """Stratified split of ``(X, y)`` with a fixed seed: ``X_train, X_test, y_train, y_test``."""
-    from sklearn.model_selection import train_test_split
-
     return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
 
 
@@ -251,8 +251,6 @@ def _check_split(split: str) -> None:
 
 
 def _load_digits(split: str):
-    from sklearn.datasets import load_digits
-
     d = load_digits()
     X = (d.images / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
@@ -316,8 +314,6 @@ def _load_cifar10(split: str, root: Path | None, download: bool, cache_dir: Path
                     tar.extractall(tmpdir, filter="data")
                 os.replace(tmpdir / "cifar-10-batches-py", folder)
             finally:
-                import shutil
-
                 shutil.rmtree(tmpdir, ignore_errors=True)
     parts = [read_cifar10_batch(folder / b) for b in spec[split]]
     X = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0

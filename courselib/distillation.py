@@ -22,10 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .training import fit
 
 __all__ = [
     "UNLABELLED",
@@ -511,8 +514,6 @@ def distill(
     dict
         The history returned by :func:`courselib.training.fit`.
     """
-    from courselib.training import fit
-
     T = _check_temperature(temperature)
     a = _check_alpha(alpha)
     try:
@@ -609,8 +610,6 @@ def explore_soft_targets(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     T = _check_temperature(temperature)
     a = _check_alpha(alpha)
     zt = torch.as_tensor(

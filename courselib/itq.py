@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import numbers
 
+import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .binary_codes import hamming_distances, pack_codes
+from .data import load_dataset
+from .retrieval import label_relevance, mean_average_precision
 
 __all__ = [
     "ITQ",
@@ -64,7 +69,8 @@ def sign_codes(Z) -> np.ndarray:
 
     For a fixed rotation ``R``, ``B = sgn(V R)`` minimizes ``Q(B, R)`` over all
     ``B in {-1, +1}^{n x c}`` (Gong & Lazebnik 2011, Sec. 2.3). Ties (``Z == 0``) go to
-    ``-1`` so that the 0/1 bits ``(B + 1) / 2`` equal ``Z > 0``.
+    ``+1`` (``sign(0) = +1``, the convention of the whole book), so the 0/1 bits ``(B + 1) / 2``
+    equal ``Z >= 0``.
 
     Parameters
     ----------
@@ -77,7 +83,7 @@ def sign_codes(Z) -> np.ndarray:
         Entries are exactly ``-1.0`` or ``+1.0``.
     """
     Z = _as_2d_float("Z", Z)
-    return np.where(Z > 0, 1.0, -1.0)
+    return np.where(Z >= 0, 1.0, -1.0)
 
 
 def procrustes_rotation(V, B) -> np.ndarray:
@@ -242,13 +248,13 @@ class _BaseHasher(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return (X - self.mean_) @ self.components_.T @ self.rotation_
 
     def transform(self, X) -> np.ndarray:
-        """0/1 codes: bit ``k`` is 1 where ``project(X)[:, k] > 0`` (``(sgn(VR) + 1) / 2``).
+        """0/1 codes: bit ``k`` is 1 where ``project(X)[:, k] >= 0`` (``(sgn(VR) + 1) / 2``).
 
         Returns
         -------
         codes : ndarray of shape (n_samples, n_bits), dtype uint8
         """
-        return (self.project(X) > 0).astype(np.uint8)
+        return (self.project(X) >= 0).astype(np.uint8)
 
     @property
     def _n_features_out(self):
@@ -367,7 +373,7 @@ class PCAHash(_BaseHasher):
 
 
 class LSH(_BaseHasher):
-    """Locality-sensitive hashing with random hyperplanes (Charikar 2002): bit = [w_k^T (x - mean) > 0].
+    """Locality-sensitive hashing with random hyperplanes (Charikar 2002): bit = [w_k^T (x - mean) >= 0].
 
     The ``w_k`` are i.i.d. standard Gaussian vectors; the data are zero-centred with the
     training mean as for the other methods (Gong & Lazebnik 2011 compare against this LSH).
@@ -433,9 +439,6 @@ def hamming_map(hasher, X_database, y_database, X_query, y_query) -> float:
     -------
     float
     """
-    from courselib.binary_codes import hamming_distances, pack_codes
-    from courselib.retrieval import label_relevance, mean_average_precision
-
     D = hamming_distances(pack_codes(hasher.transform(X_query)), pack_codes(hasher.transform(X_database)))
     return mean_average_precision(D, label_relevance(y_query, y_database))
 
@@ -477,8 +480,6 @@ def plot_itq_2d(n_iter: int = 50, random_state: int = 0, n_samples: int = 400, a
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     rng = np.random.default_rng(random_state)
     # four clusters on the principal axes (a longer and a shorter pair): sgn(V) cuts every cluster
     # in half, a 45-degree rotation puts each cluster in its own quadrant, next to one vertex
@@ -531,8 +532,6 @@ _DIGITS_CACHE: dict = {}
 
 def _digits():
     if "d" not in _DIGITS_CACHE:
-        from courselib.data import load_dataset
-
         Xtr, ytr = load_dataset("digits", split="train")
         Xte, yte = load_dataset("digits", split="test")
         _DIGITS_CACHE["d"] = (
@@ -555,8 +554,6 @@ def itq_explorer(n_bits: int = 16, n_iter: int = 50, random_state: int = 0):
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     Xtr, ytr, Xte, yte = _digits()
     itq = ITQ(n_bits, n_iter=n_iter, random_state=random_state).fit(Xtr)
     pca = PCAHash(n_bits).fit(Xtr)

@@ -8,21 +8,20 @@ byte: binarizing float32 values cuts memory 4x as bool bytes and 32x as packed b
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
+import torch
+
+from .measure import file_bytes
 
 __all__ = [
     "REPRESENTATIONS",
     "bytes_per_value",
     "measure_representations",
     "compression_ratio",
-    "packed_nbytes",
+    "packed_bytes",
     "popcount",
     "hamming_distance_int",
-    "parameter_bytes",
     "model_size_on_disk",
 ]
 
@@ -48,8 +47,12 @@ def bytes_per_value(representation: str) -> float:
     return 0.125 if dtype is None else float(np.dtype(dtype).itemsize)
 
 
-def packed_nbytes(n_values: int) -> int:
-    """Bytes needed to store ``n_values`` bits packed eight to a byte: ``ceil(n / 8)``."""
+def packed_bytes(n_values: int) -> int:
+    """Bytes needed to store ``n_values`` bits packed eight to a byte: ``ceil(n / 8)``.
+
+    >>> packed_bytes(8), packed_bytes(9)
+    (1, 2)
+    """
     if n_values < 0:
         raise ValueError(f"n_values must be >= 0, got {n_values}")
     return math.ceil(n_values / 8)
@@ -58,7 +61,8 @@ def packed_nbytes(n_values: int) -> int:
 def measure_representations(values: np.ndarray) -> list[dict]:
     """Store the same values in every representation and measure the real arrays' ``nbytes``.
 
-    ``values`` are real numbers; the binary representations keep their sign (``x > 0``).
+    ``values`` are real numbers; the binary representations keep their sign, bit 1 where ``x >= 0``
+    (``sign(0) = +1``, the convention of the whole book).
 
     Returns
     -------
@@ -74,8 +78,8 @@ def measure_representations(values: np.ndarray) -> list[dict]:
         "int32": values.astype(np.int32),
         "float32": values.astype(np.float32),
         "float64": values.astype(np.float64),
-        "bool": values > 0,
-        "packed bits": np.packbits((values > 0).ravel(), bitorder="little"),
+        "bool": values >= 0,
+        "packed bits": np.packbits((values >= 0).ravel(), bitorder="little"),
     }
     f32 = arrays["float32"].nbytes
     return [
@@ -106,11 +110,21 @@ def hamming_distance_int(a: int, b: int) -> int:
     return popcount(a ^ b)
 
 
-def parameter_bytes(model, bits_per_weight: float = 32) -> int:
-    """Bytes of a torch model's parameters at ``bits_per_weight`` bits each (packed, per tensor)."""
-    if bits_per_weight <= 0:
-        raise ValueError(f"bits_per_weight must be > 0, got {bits_per_weight}")
-    return sum(math.ceil(p.numel() * bits_per_weight / 8) for p in model.parameters())
+def _save_float32(model, path) -> None:
+    torch.save({k: v.detach().float() for k, v in model.state_dict().items()}, path)
+
+
+def _save_packed_signs(model, path) -> None:
+    arrays = {}
+    for name, p in model.state_dict().items():
+        a = p.detach().cpu().numpy()
+        if a.ndim >= 2:
+            arrays[name] = np.packbits((a >= 0).ravel(), bitorder="little")
+            arrays[name + ".shape"] = np.asarray(a.shape, dtype=np.int32)
+        else:
+            arrays[name] = a.astype(np.float32)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def model_size_on_disk(model, fmt: str = "float32") -> int:
@@ -120,30 +134,16 @@ def model_size_on_disk(model, fmt: str = "float32") -> int:
     ----------
     model : torch.nn.Module
     fmt : {"float32", "packed bits"}
-        ``"float32"`` saves the ``state_dict`` with ``torch.save``. ``"packed bits"`` keeps only the
-        sign of every weight matrix/kernel (``w > 0``) packed eight to a byte (``np.savez``); biases and
-        other 1-D parameters stay float32, as in BinaryConnect.
-    """
-    import torch
+        ``"float32"`` saves the ``state_dict`` (every entry cast to float32) with ``torch.save``.
+        ``"packed bits"`` keeps only the sign of every weight matrix/kernel, bit 1 where ``w >= 0``
+        (``sign(0) = +1``), packed eight to a byte (``np.savez``); biases and other 1-D parameters
+        stay float32, as in BinaryConnect.
 
+    Returns
+    -------
+    int
+        Measured with :func:`courselib.measure.file_bytes`.
+    """
     if fmt not in ("float32", "packed bits"):
         raise ValueError(f"fmt must be 'float32' or 'packed bits', got {fmt!r}")
-    fd, path = tempfile.mkstemp(suffix=".bin")
-    os.close(fd)
-    try:
-        if fmt == "float32":
-            torch.save({k: v.detach().float() for k, v in model.state_dict().items()}, path)
-        else:
-            arrays = {}
-            for name, p in model.state_dict().items():
-                a = p.detach().cpu().numpy()
-                if a.ndim >= 2:
-                    arrays[name] = np.packbits((a > 0).ravel(), bitorder="little")
-                    arrays[name + ".shape"] = np.asarray(a.shape, dtype=np.int32)
-                else:
-                    arrays[name] = a.astype(np.float32)
-            with open(path, "wb") as fh:
-                np.savez(fh, **arrays)
-        return Path(path).stat().st_size
-    finally:
-        os.unlink(path)
+    return file_bytes(model, _save_float32 if fmt == "float32" else _save_packed_signs)

@@ -12,8 +12,8 @@ Two families of pruning, as in the chapters *Optimal Brain Damage* (``book/pruni
   map, its BatchNorm entries and the matching input channels of the next layer are physically
   removed, which leaves a smaller *dense* network.
 
-Plus the cost model used by both chapters: parameter counts, multiply-accumulates (MACs), measured
-latency, and the size and speed of dense versus CSR storage.
+Plus the size and speed of dense versus CSR storage. The cost model both chapters use (parameter
+counts, multiply-accumulates, latency, BatchNorm folding) lives in :mod:`courselib.measure`.
 
 "Which layer comes next" (for :func:`remove_filters`) is read from the order of
 ``model.named_modules()``: this is the execution order for :class:`torch.nn.Sequential` models and
@@ -23,14 +23,20 @@ function raises a ``ValueError`` rather than guess.
 
 from __future__ import annotations
 
+import copy
 import math
-import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jacrev, vjp, vmap
 from torch.nn.utils import prune
+
+from .measure import count_macs, count_parameters
+from .utils import time_call
 
 __all__ = [
     "diagonal_hessian",
@@ -45,13 +51,6 @@ __all__ = [
     "smallest_filters",
     "remove_filters",
     "prune_filters",
-    "count_parameters",
-    "count_macs",
-    "measure_latency",
-    "compare_latency",
-    "layer_times",
-    "fold_batchnorm",
-    "inference_copy",
     "storage_bytes",
     "dense_vs_csr",
     "plot_saliency_vs_magnitude",
@@ -253,8 +252,6 @@ def _check_per_sample_mode(model: nn.Module, method: str) -> None:
 
 def _per_sample_diag(model, loss_fn, X, y, params, method: str, chunk: int = 64) -> dict[str, torch.Tensor]:
     """Sum over the samples of diag(J_i^T H_i J_i) (Gauss-Newton) or of g_i**2 (empirical Fisher)."""
-    from torch.func import functional_call, grad, jacrev, vjp, vmap
-
     names = list(params)
     detached = {n: params[n].detach() for n in names}
     buffers = {n: b for n, b in model.named_buffers()}
@@ -840,341 +837,8 @@ def prune_filters(model: nn.Module, layer_name: str, amount: float) -> list[int]
 
 
 # --------------------------------------------------------------------------------------------------
-# cost model: parameters, MACs, latency, storage
+# storage: dense versus CSR
 # --------------------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
-    """Number of parameters stored by ``model`` (or, with ``nonzero=True``, the number that are
-    nonzero in effect, masks of :mod:`torch.nn.utils.prune` included)."""
-    if not nonzero:
-        return sum(p.numel() for p in model.parameters())
-    total = 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            mname, attr = _split_name(_base_name(name))
-            v = _effective(model.get_submodule(mname), attr) if name.endswith("_orig") else p
-            total += int((v != 0).sum())
-    return total
-
-
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    r"""Multiply-accumulates of one forward pass on an input of ``input_shape`` (batch included).
-
-    Counted with forward hooks: a ``Conv2d`` costs :math:`N H_\text{out} W_\text{out} C_\text{out}
-    (C_\text{in}/g) k_h k_w`, a ``Linear`` :math:`(\text{rows}) \cdot d_\text{out} d_\text{in}`
-    (book Eq. ``filters-macs``). Biases, BatchNorm, activations and pooling are not counted
-    (they are O(outputs), not O(outputs x inputs)). Pruning masks are ignored: a dense kernel
-    multiplies zeros too.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    input_shape : sequence of int
-        Shape of the input, including the batch dimension.
-
-    Returns
-    -------
-    int
-    """
-    if not isinstance(input_shape, (tuple, list, torch.Size)) or not all(
-        isinstance(s, (int, np.integer)) and s > 0 for s in input_shape
-    ):
-        raise ValueError(f"input_shape must be a tuple of positive ints (batch first), got {input_shape!r}")
-    total = [0]
-
-    def conv_hook(m, inp, out):
-        kh, kw = m.kernel_size
-        total[0] += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m, inp, out):
-        total[0] += out.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    p = next(model.parameters(), None)
-    x = torch.zeros(
-        tuple(int(s) for s in input_shape),
-        dtype=p.dtype if p is not None else torch.float32,
-        device=p.device if p is not None else "cpu",
-    )
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return int(total[0])
-
-
-LATENCY_CLOCKS = ("thread", "wall")
-
-
-def _clock(clock: str):
-    if clock == "thread":
-        return time.thread_time
-    if clock == "wall":
-        return time.perf_counter
-    raise ValueError(f"clock must be one of {LATENCY_CLOCKS}, got {clock!r}")
-
-
-def _check_timing_args(repeats, warmup, num_threads, clock):
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    _clock(clock)
-    if clock == "thread" and num_threads != 1:
-        raise ValueError(
-            "clock='thread' measures the CPU time of the calling thread only, which is the whole "
-            f"cost only with num_threads=1 (got {num_threads}); use clock='wall' for more threads"
-        )
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    r"""A copy of ``model`` in eval mode with every BatchNorm2d folded into the convolution before it.
-
-    In eval mode BatchNorm is the affine map :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} +
-    \beta`, so a convolution followed by it equals one convolution with weights :math:`W_j \gamma_j /
-    \sqrt{\sigma_j^2 + \epsilon}` and bias :math:`(b_j - \mu_j) \gamma_j / \sqrt{\sigma_j^2 + \epsilon} +
-    \beta_j` (book Eq. ``filters-fold-bn``). This is a standard deployment step (it is what
-    :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` computes, and what inference runtimes do); it removes
-    BatchNorm's pass over every feature map. The BatchNorm modules become :class:`torch.nn.Identity`.
-
-    A ``BatchNorm2d`` is folded when it is the next leaf module after a ``Conv2d`` in
-    ``model.named_modules()`` order with matching channel count (the layout :func:`remove_filters`
-    also assumes); other BatchNorms are left alone.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Not modified.
-
-    Returns
-    -------
-    torch.nn.Module
-        The folded copy, in eval mode (only valid for inference).
-    """
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    out = copy.deepcopy(model).eval()
-    leaves = [(n, m) for n, m in out.named_modules() if len(list(m.children())) == 0]
-    for (cname, conv), (bname, bn) in zip(leaves, leaves[1:]):
-        if (
-            isinstance(conv, nn.Conv2d)
-            and isinstance(bn, nn.BatchNorm2d)
-            and bn.track_running_stats
-            and bn.num_features == conv.out_channels
-            and not hasattr(conv, "weight_orig")
-        ):
-            _replace(out, cname, fuse_conv_bn_eval(conv, bn))
-            _replace(out, bname, nn.Identity())
-    return out
-
-
-def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
-    """The deployed form of a CNN: an eval-mode copy with BatchNorm folded (:func:`fold_batchnorm`) and
-    the weights in channels-last (NHWC) memory format.
-
-    Channels-last lets oneDNN convolutions and max-pooling read each pixel's channels contiguously; on
-    the course machine the NCHW max-pool over conv1's 28x28 maps is several times slower than the NHWC
-    one (book section ``filters-latency``). The input must then be channels-last too
-    (:func:`measure_latency` with ``deploy=True`` does both).
-    """
-    import copy
-
-    out = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
-    if channels_last:
-        out = out.to(memory_format=torch.channels_last)
-    return out
-
-
-def _prepare(model, example_input, deploy: bool):
-    if not deploy:
-        return model, example_input
-    x = example_input
-    if x.dim() == 3:  # (n, H, W) -> (n, 1, H, W), as CourseCNN does
-        x = x.unsqueeze(1)
-    if x.dim() != 4:
-        raise ValueError(f"deploy=True needs a 4-D (or 3-D image) input, got shape {tuple(example_input.shape)}")
-    return inference_copy(model), x.contiguous(memory_format=torch.channels_last)
-
-
-def measure_latency(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    *,
-    repeats: int = 20,
-    warmup: int = 3,
-    num_threads: int = 1,
-    clock: str = "thread",
-    deploy: bool = False,
-) -> float:
-    """Median seconds of ``model(example_input)`` in eval mode under ``torch.inference_mode``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    example_input : torch.Tensor
-    repeats, warmup : int
-        Timed calls (the median is returned) and untimed calls before them.
-    num_threads : int, default 1
-        torch intra-op threads during the measurement (restored afterwards); state it next to
-        every number you quote.
-    clock : {"thread", "wall"}, default "thread"
-        ``"thread"``: CPU time of the calling thread (:func:`time.thread_time`). With one torch thread
-        all the work runs on that thread, so this is the latency the model would have on a core of its
-        own; it does not count the time the operating system gives the core to other processes, which
-        on a shared machine inflates wall-clock times, more for longer calls (a 10 ms forward is
-        interrupted more often than a 1 ms one). Requires ``num_threads=1``.
-        ``"wall"``: :func:`time.perf_counter`.
-    deploy : bool, default False
-        Time :func:`inference_copy` of the model (BatchNorm folded, channels-last) on a channels-last
-        copy of the input instead of the model as it is.
-    """
-    _check_timing_args(repeats, warmup, num_threads, clock)
-    return compare_latency(
-        {"m": model},
-        example_input,
-        rounds=1,
-        repeats=repeats,
-        warmup=warmup,
-        num_threads=num_threads,
-        clock=clock,
-        deploy=deploy,
-    )["m"]
-
-
-def compare_latency(
-    models: dict,
-    example_input: torch.Tensor,
-    *,
-    rounds: int = 15,
-    repeats: int = 5,
-    warmup: int = 3,
-    num_threads: int = 1,
-    clock: str = "thread",
-    deploy: bool = False,
-    statistic: str = "median",
-) -> dict:
-    """Median latency of several models measured side by side: ``rounds`` rounds, each timing every
-    model ``repeats`` times in turn, so that a slow spell of a shared machine hits all of them alike.
-
-    Parameters as in :func:`measure_latency`; ``models`` is ``{name: module}``. ``statistic`` is
-    ``"median"`` (default), ``"min"`` (the least disturbed call: an estimate of the cost on an idle
-    machine, whereas the median includes the typical interference of other processes, e.g. for the
-    shared caches) or ``"all"`` (the list of every call's seconds).
-
-    Returns
-    -------
-    dict
-        ``{name: statistic of the seconds over all rounds * repeats calls}``.
-    """
-    if statistic not in ("median", "min", "all"):
-        raise ValueError(f"statistic must be 'median', 'min' or 'all', got {statistic!r}")
-    _check_timing_args(repeats, warmup, num_threads, clock)
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if not isinstance(models, dict) or not models:
-        raise ValueError("models must be a non-empty dict {name: module}")
-    tick = _clock(clock)
-    old_threads = torch.get_num_threads()
-    modes = {k: m.training for k, m in models.items()}
-    torch.set_num_threads(num_threads)
-    try:
-        prepared = {}
-        for k, m in models.items():
-            m.eval()
-            prepared[k] = _prepare(m, example_input, deploy)
-        times = {k: [] for k in models}
-        with torch.inference_mode():
-            for m, x in prepared.values():
-                for _ in range(warmup):
-                    m(x)
-            for _ in range(rounds):
-                for k, (m, x) in prepared.items():
-                    for _ in range(repeats):
-                        t0 = tick()
-                        m(x)
-                        times[k].append(tick() - t0)
-        if statistic == "all":
-            return times
-        reduce = np.median if statistic == "median" else np.min
-        return {k: float(reduce(v)) for k, v in times.items()}
-    finally:
-        torch.set_num_threads(old_threads)
-        for k, m in models.items():
-            m.train(modes[k])
-
-
-def layer_times(
-    model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20, warmup: int = 3, deploy: bool = False
-) -> dict:
-    """Where the time of a forward pass goes: median thread CPU seconds spent in every leaf module
-    (one torch thread), measured with forward pre-/post-hooks.
-
-    A module called several times per forward (CourseCNN's shared ``relu`` and ``pool``) gets one
-    entry per call, ``"pool#1"``, ``"pool#2"``. Work done outside modules (``torch.flatten``) is not
-    counted. ``deploy=True`` times :func:`inference_copy` on a channels-last input.
-
-    Returns
-    -------
-    dict
-        ``{entry: median seconds}`` in execution order.
-    """
-    _check_timing_args(repeats, warmup, 1, "thread")
-    old_threads = torch.get_num_threads()
-    was_training = model.training
-    torch.set_num_threads(1)
-    model.eval()
-    handles = []
-    try:
-        m, x = _prepare(model, example_input, deploy)
-        calls: dict[str, int] = {}
-        start: dict[str, float] = {}
-        record: dict[str, list] = {}
-
-        def pre(name):
-            def hook(mod, inp):
-                calls[name] = calls.get(name, 0) + 1
-                start[name] = time.thread_time()
-
-            return hook
-
-        def post(name):
-            def hook(mod, inp, out):
-                record.setdefault((name, calls[name]), []).append(time.thread_time() - start[name])
-
-            return hook
-
-        for name, mod in m.named_modules():
-            if len(list(mod.children())) == 0 and not isinstance(mod, nn.Identity):
-                handles.append(mod.register_forward_pre_hook(pre(name)))
-                handles.append(mod.register_forward_hook(post(name)))
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                calls.clear()
-                if i == warmup:
-                    record.clear()
-                m(x)
-        counts = {}
-        for name, _ in record:
-            counts[name] = counts.get(name, 0) + 1
-        return {(f"{n}#{c}" if counts[n] > 1 else n): float(np.median(v)) for (n, c), v in record.items()}
-    finally:
-        for h in handles:
-            h.remove()
-        torch.set_num_threads(old_threads)
-        model.train(was_training)
 
 
 def storage_bytes(weight, fmt: str = "dense", *, value_bytes: int = 4, index_bytes: int = 4) -> int:
@@ -1201,13 +865,9 @@ def dense_vs_csr(weight: torch.Tensor, x: torch.Tensor, *, repeats: int = 20, nu
     Returns ``{"dense_bytes", "csr_bytes", "dense_s", "csr_s", "density"}`` (torch threads fixed
     to ``num_threads`` while timing). Used in the section "Does this really save space/time?".
     """
-    from courselib.utils import time_call
-
     w = torch.as_tensor(weight)
     if w.dim() != 2 or x.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"need weight (out, in) and x (batch, in); got {tuple(w.shape)} and {tuple(x.shape)}")
-    import warnings
-
     with warnings.catch_warnings():  # "sparse CSR support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
         w_csr = w.to_sparse_csr()
@@ -1241,8 +901,6 @@ def plot_saliency_vs_magnitude(weights: torch.Tensor, saliency: torch.Tensor, am
 
     Explorer callback of the OBD chapter; returns the matplotlib figure.
     """
-    import matplotlib.pyplot as plt
-
     amount = _check_amount(amount)
     w = torch.as_tensor(weights).detach().reshape(-1).double()
     s = torch.as_tensor(saliency).detach().reshape(-1).double()
@@ -1278,10 +936,6 @@ def plot_saliency_vs_magnitude(weights: torch.Tensor, saliency: torch.Tensor, am
 def plot_filter_ranking(model: nn.Module, layer_name: str, amount: float = 0.5, input_shape=(1, 1, 28, 28)):
     """Bar chart of a layer's filter L1 norms (sorted), the ``amount`` smallest marked for removal,
     with parameters and MACs before/after in the title. Explorer callback of the filter chapter."""
-    import copy
-
-    import matplotlib.pyplot as plt
-
     conv = dict(model.named_modules()).get(layer_name)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"{layer_name!r} is not a Conv2d of the model")

@@ -13,8 +13,8 @@ Implements the chapter ``book/quantization.md``:
 - :func:`fake_quantize_weights` -- a copy of a model whose weights went through quantize-dequantize
   (weight-only quantization, to measure accuracy at 8, 4, 2 and 1 bit);
 - :func:`quantize_dynamic_int8`, :func:`quantize_static_int8` -- post-training int8 quantization
-  with PyTorch's own ``torch.ao.quantization`` (eager mode); :func:`model_nbytes` measures the
-  saved size;
+  with PyTorch's own ``torch.ao.quantization`` (eager mode); :func:`courselib.measure.state_dict_bytes`
+  measures the saved size;
 - :func:`quantization_explorer` -- the chapter's explorer (bits, per-channel, symmetric).
 
 Conventions (the same as PyTorch's ``MinMaxObserver`` with ``quint8``):
@@ -35,11 +35,12 @@ Conventions (the same as PyTorch's ``MinMaxObserver`` with ``quint8``):
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.ao.quantization as tq
 from torch import nn
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "xnor_binarize",
     "fake_quantize_weights",
     "weight_layers",
-    "model_nbytes",
     "quantize_dynamic_int8",
     "quantize_static_int8",
     "quantization_explorer",
@@ -363,21 +363,6 @@ def fake_quantize_weights(
     return out
 
 
-def model_nbytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``, the model's size on disk (measured in memory).
-
-    Works for float models and for the quantized models of :func:`quantize_dynamic_int8` and
-    :func:`quantize_static_int8` (their int8 weights are saved packed, one byte each).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
 def _check_backend(backend: str) -> str:
     engines = torch.backends.quantized.supported_engines
     if backend not in engines or backend == "none":
@@ -392,14 +377,12 @@ def quantize_dynamic_int8(model: nn.Module, backend: str = "x86") -> nn.Module:
     fly, per batch, from their observed min and max, and the int8 products are accumulated in
     int32 (Jacob et al. 2018, Sec. 2.2-2.4). ``model`` is left unchanged.
     """
-    from torch.ao.quantization import quantize_dynamic
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     torch.backends.quantized.engine = _check_backend(backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return tq.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
 def _fusion_groups(model: nn.Module) -> list[list[str]]:
@@ -466,8 +449,6 @@ def quantize_static_int8(
     nn.Module
         The int8 model: float tensors in, float tensors out, int8 inside.
     """
-    import torch.ao.quantization as tq
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_backend(backend)
@@ -528,8 +509,6 @@ def quantization_explorer(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     W = _demo_weight(seed) if weight is None else _to_numpy(weight, "weight")[0].astype(np.float32)
     if W.ndim != 2:
         raise ValueError(f"weight must be 2-D (out, in), got shape {W.shape}")

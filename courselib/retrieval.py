@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .binary_codes import hamming_distances
+
 __all__ = [
     "label_relevance",
     "euclidean_relevance",
@@ -293,8 +295,6 @@ def evaluate_codes(query_codes, database_codes, relevance, *, ks=(10, 100), map_
     dict
         ``{"mAP": float, "precision@10": float, ...}``
     """
-    from .binary_codes import hamming_distances
-
     dist = hamming_distances(query_codes, database_codes)
     out = {"mAP": mean_average_precision(dist, relevance, k=map_k)}
     for k in ks:

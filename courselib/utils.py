@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+import torch
+from tqdm.std import tqdm
 
 __all__ = ["set_seed", "progress", "time_call"]
 
 
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global random number generators."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -44,8 +44,6 @@ def progress(
     leave : bool, default True
         Keep the finished bar on screen.
     """
-    from tqdm.std import tqdm
-
     return tqdm(
         iterable,
         desc=desc,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import matplotlib.pyplot as plt
+
 __all__ = ["make_explorer"]
 
 
@@ -28,8 +30,8 @@ def make_explorer(callback: Callable, **controls):
     -------
     ipywidgets.interactive
     """
+    # lazy: ipywidgets is in the optional `book` extra, not a dependency of courselib
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
     if not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")

@@ -218,9 +218,20 @@ def test_packed_codes_match_pack_codes_and_size():
     codes = packed["binary"][""]["codes"].numpy()
     bits = (layer.weight.detach().reshape(1, -1) >= 0).numpy().astype(np.uint8)
     np.testing.assert_array_equal(codes, pack_codes(bits))
-    sizes = bc.packed_nbytes(layer)
+    sizes = bc.binary_weight_bytes(layer)
     assert sizes == {"binary_float32": 1200, "binary_packed": 38, "other": 12}
     assert sizes["binary_float32"] / sizes["binary_packed"] >= 31
+
+
+def test_pack_binary_weights_zero_weight_is_bit_one():
+    layer = bc.BinaryLinear(5, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, -0.0, -1.0, 0.3, -0.2], [0.0, 1.0, -1e-9, 0.0, -0.0]]))
+    codes = bc.pack_binary_weights(layer)["binary"][""]["codes"].numpy()
+    # bits 1,1,0,1,0, 1,1,0 | 1,1 (little-endian within each byte): sign(0) = +1
+    np.testing.assert_array_equal(codes, [[0b01101011, 0b00000011]])
+    fresh = bc.load_packed_weights(bc.BinaryLinear(5, 2, bias=False), bc.pack_binary_weights(layer))
+    assert torch.equal(fresh.weight, torch.tensor([[1.0, 1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, 1.0, 1.0]]))
 
 
 def test_pack_load_bad_input():

@@ -137,8 +137,9 @@ def test_b_step_is_the_brute_force_minimizer():
         np.testing.assert_array_equal(B[i], all_codes[np.argmin(errs)])
 
 
-def test_sign_codes_tie_goes_to_minus_one():
-    np.testing.assert_array_equal(sign_codes([[0.0, 2.0, -3.0]]), [[-1.0, 1.0, -1.0]])
+def test_sign_codes_tie_goes_to_plus_one():
+    # sign(0) = +1, as everywhere in the book
+    np.testing.assert_array_equal(sign_codes([[0.0, 2.0, -3.0, -0.0]]), [[1.0, 1.0, -1.0, 1.0]])
 
 
 def test_quantization_loss_hand_worked():

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from courselib import memory
 from courselib.models import MLP
@@ -16,7 +15,7 @@ def test_measured_bytes_match_dtypes(rng):
     rows = {r["representation"]: r for r in memory.measure_representations(rng.standard_normal(1001))}
     for name in ("int32", "float32", "float64", "bool"):
         assert rows[name]["nbytes"] == 1001 * np.dtype(memory.REPRESENTATIONS[name]).itemsize
-    assert rows["packed bits"]["nbytes"] == math.ceil(1001 / 8) == memory.packed_nbytes(1001)
+    assert rows["packed bits"]["nbytes"] == math.ceil(1001 / 8) == memory.packed_bytes(1001)
     assert rows["bool"]["ratio_vs_float32"] == 4.0
 
 
@@ -38,14 +37,6 @@ def test_popcount_and_hamming_against_numpy(rng):
     assert memory.hamming_distance_int(0b1011, 0b0110) == 3
     with pytest.raises(ValueError):
         memory.popcount(-1)
-
-
-def test_parameter_bytes_hand_counted():
-    lin = torch.nn.Linear(64, 10)  # 640 weights + 10 biases
-    assert memory.parameter_bytes(lin, 32) == 2600
-    assert memory.parameter_bytes(lin, 1) == 80 + 2
-    with pytest.raises(ValueError):
-        memory.parameter_bytes(lin, 0)
 
 
 def test_model_size_on_disk_packed_is_much_smaller():

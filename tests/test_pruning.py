@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from courselib import pruning as P
+from courselib.measure import count_parameters
 from courselib.models import CourseCNN
 
 
@@ -379,12 +380,12 @@ def test_remove_filters_sequential_model_and_parameter_count():
         reference[4].weight[:, [2]] = 0
         reference[7].weight[:, 3 * 16 : 4 * 16] = 0
     X = torch.rand(3, 1, 8, 8)
-    before = P.count_parameters(model)
+    before = count_parameters(model)
     P.remove_filters(model, "0", [2])
     P.remove_filters(model, "4", np.array([3]))
     # conv0 filter: 1*9 w + 1 b; bn: 2; conv4 inputs: 5*9; conv4 filter (3 inputs left): 3*9 w + 1 b;
     # linear columns: 16 inputs x 3 outputs
-    assert P.count_parameters(model) == before - (9 + 1 + 2 + 45 + 27 + 1 + 48)
+    assert count_parameters(model) == before - (9 + 1 + 2 + 45 + 27 + 1 + 48)
     with torch.no_grad():
         torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=0)
 
@@ -426,48 +427,6 @@ def test_prune_filters_removes_smallest_l1():
     assert model.conv2.in_channels == 6
 
 
-# ---------------------------------------------------------------- cost model
-
-
-def test_count_macs_hand_counted():
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 6 * 6, 10)
-    )
-    # conv a: batch 2 x 4 maps x 8x8 outputs x (1 in x 3x3) = 4608
-    # conv b: 2 x 6 x 6x6 x (4 x 3x3) = 15552
-    # linear: 2 rows x 10 outputs x 216 inputs = 4320
-    assert P.count_macs(model, (2, 1, 8, 8)) == 4608 + 15552 + 4320
-
-
-def test_count_macs_coursecnn_and_after_removal():
-    model = CourseCNN(channels=(16, 32), image_size=28)
-    # conv1 28x28x16x9, conv2 14x14x32x(16x9), fc 10x(32x7x7)
-    full = 28 * 28 * 16 * 9 + 14 * 14 * 32 * 16 * 9 + 10 * 32 * 7 * 7
-    assert P.count_macs(model, (1, 1, 28, 28)) == full
-    P.remove_filters(model, "conv1", list(range(8)))
-    assert P.count_macs(model, (1, 1, 28, 28)) == 28 * 28 * 8 * 9 + 14 * 14 * 32 * 8 * 9 + 10 * 32 * 7 * 7
-    with pytest.raises(ValueError, match="input_shape"):
-        P.count_macs(model, (28, -1))
-
-
-def test_count_parameters_nonzero():
-    lin = nn.Linear(4, 5)
-    assert P.count_parameters(lin) == 25
-    P.magnitude_prune(lin, 0.25)
-    assert P.count_parameters(lin) == 25
-    assert P.count_parameters(lin, nonzero=True) == 25 - 5
-
-
-def test_measure_latency_restores_state():
-    model = CourseCNN(channels=(2, 2), image_size=8).train()
-    before = torch.get_num_threads()
-    t = P.measure_latency(model, torch.rand(2, 8, 8), repeats=3, warmup=1, num_threads=1)
-    assert isinstance(t, float) and t > 0
-    assert torch.get_num_threads() == before and model.training
-    with pytest.raises(ValueError):
-        P.measure_latency(model, torch.rand(2, 8, 8), repeats=0)
-
-
 def test_storage_bytes_hand_worked_and_dense_vs_csr():
     w = torch.tensor([[1.0, 0, 0, 2], [0, 0, 0, 0], [3, 4, 0, 5]])
     assert P.storage_bytes(w, "dense") == 48
@@ -498,74 +457,3 @@ def test_explorer_callbacks_draw():
         assert len(fig.axes[0].patches) == 6
         plt.close(fig)
     assert model.conv1.out_channels == 6  # the callback works on a copy
-
-
-def test_fold_batchnorm_matches_original_and_torch_fusion():
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    torch.manual_seed(0)
-    model = _randomize_bn(CourseCNN(channels=(6, 4), image_size=8)).eval()
-    x = torch.rand(5, 8, 8)
-    folded = P.fold_batchnorm(model)
-    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
-    assert isinstance(model.bn1, nn.BatchNorm2d)  # the original is untouched
-    with torch.no_grad():
-        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
-        ref = fuse_conv_bn_eval(copy.deepcopy(model.conv1), copy.deepcopy(model.bn1))
-        torch.testing.assert_close(folded.conv1.weight, ref.weight)
-        torch.testing.assert_close(folded.conv1.bias, ref.bias)
-        # hand-worked: W * gamma / sqrt(var + eps)
-        scale = model.bn2.weight / torch.sqrt(model.bn2.running_var + model.bn2.eps)
-        torch.testing.assert_close(folded.conv2.weight, model.conv2.weight * scale[:, None, None, None])
-        deployed = P.inference_copy(model)
-        assert deployed.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-        xcl = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(deployed(xcl), model(x), atol=1e-5, rtol=1e-5)
-
-
-def test_fold_batchnorm_after_filter_removal():
-    torch.manual_seed(1)
-    model = _randomize_bn(CourseCNN(channels=(6, 4), image_size=8)).eval()
-    P.remove_filters(model, "conv1", [0, 3])
-    x = torch.rand(3, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(P.fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-5)
-
-
-def test_compare_latency_and_layer_times():
-    model = CourseCNN(channels=(2, 2), image_size=8).train()
-    other = CourseCNN(channels=(1, 1), image_size=8).eval()
-    x = torch.rand(2, 8, 8)
-    before = torch.get_num_threads()
-    for deploy in (False, True):
-        res = P.compare_latency({"a": model, "b": other}, x, rounds=2, repeats=2, warmup=1, deploy=deploy)
-        assert set(res) == {"a", "b"} and all(isinstance(v, float) and v >= 0 for v in res.values())
-    res = P.compare_latency({"a": model}, x, rounds=2, repeats=2, clock="wall", num_threads=2, statistic="min")
-    assert res["a"] > 0
-    every = P.compare_latency({"a": model, "b": other}, x, rounds=3, repeats=2, statistic="all")
-    assert [len(v) for v in every.values()] == [6, 6]
-    assert torch.get_num_threads() == before and model.training and not other.training
-    parts = P.layer_times(model, x, repeats=2, warmup=1)
-    assert list(parts) == ["conv1", "bn1", "relu#1", "pool#1", "conv2", "bn2", "relu#2", "pool#2", "fc"]
-    assert list(P.layer_times(model, x, repeats=2, warmup=1, deploy=True)) == [
-        "conv1",
-        "relu#1",
-        "pool#1",
-        "conv2",
-        "relu#2",
-        "pool#2",
-        "fc",
-    ]
-    assert model.training and isinstance(model.bn1, nn.BatchNorm2d)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"clock": "cpu"}, {"clock": "thread", "num_threads": 2}, {"rounds": 0}, {"statistic": "mean"}, {"repeats": 0}],
-)
-def test_compare_latency_bad_arguments(kwargs):
-    model = CourseCNN(channels=(2, 2), image_size=8)
-    with pytest.raises(ValueError):
-        P.compare_latency({"a": model}, torch.rand(2, 8, 8), **kwargs)
-    with pytest.raises(ValueError):
-        P.compare_latency({}, torch.rand(2, 8, 8))

@@ -10,6 +10,7 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
 from courselib import quantization as Q
+from courselib.measure import state_dict_bytes
 from courselib.models import MLP
 
 torch.set_num_threads(1)
@@ -173,7 +174,7 @@ def test_static_int8_weights_are_our_symmetric_per_channel_integers():
     # the int8 model computes nearly what the float model computes, and is smaller on disk
     with torch.no_grad():
         torch.testing.assert_close(qm(X), model(X), atol=0.05, rtol=0)
-    assert Q.model_nbytes(qm) < Q.model_nbytes(model) / 2
+    assert state_dict_bytes(qm) < state_dict_bytes(model) / 2
 
 
 def test_dynamic_int8_close_to_float_and_smaller():
@@ -182,7 +183,7 @@ def test_dynamic_int8_close_to_float_and_smaller():
     dm = Q.quantize_dynamic_int8(model)
     with torch.no_grad():
         torch.testing.assert_close(dm(X), model(X), atol=0.05, rtol=0)
-    assert Q.model_nbytes(dm) < Q.model_nbytes(model) / 2
+    assert state_dict_bytes(dm) < state_dict_bytes(model) / 2
     assert isinstance(model.net[0], nn.Linear)  # the original is untouched
 
 
@@ -295,3 +296,11 @@ def test_explorer_draws(n_bits, per_channel, symmetric):
     plt.close(fig)
     with pytest.raises(ValueError, match="2-D"):
         Q.quantization_explorer(weight=np.ones(4))
+
+
+def test_fake_quantize_weights_sign_of_zero_is_plus_one():
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, -0.0, 1.5], [-1.0, 0.0, 2.0]]))
+    out = Q.fake_quantize_weights(lin, 1, method="sign")
+    assert torch.equal(out.weight, torch.tensor([[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]))  # sign(0) = +1
