@@ -30,6 +30,7 @@ from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_availa
 from courselib import binaryconnect as bc
 from courselib.binary_codes import pack_codes
 from courselib.data import load_dataset, train_test_split_arrays
+from courselib.measure import state_dict_bytes
 
 LABELS = {"float": "float", "det": "BC-det", "stoch": "BC-stoch"}
 
@@ -142,9 +143,9 @@ def size_rows():
     for name, make in specs:
         torch.manual_seed(0)
         model = make().eval()
-        s = bc.packed_nbytes(model)
-        f_file = bc.serialized_nbytes(model.state_dict())
-        p_file = bc.serialized_nbytes(bc.pack_binary_weights(model))
+        s = bc.binary_weight_bytes(model)
+        f_file = state_dict_bytes(model.state_dict())
+        p_file = state_dict_bytes(bc.pack_binary_weights(model))
         rows.append(
             [
                 name,

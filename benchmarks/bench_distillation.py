@@ -34,8 +34,8 @@ from _common import SHARED_MNIST, print_table, shared_mnist_available
 
 from courselib.data import load_dataset, train_test_split_arrays
 from courselib.distillation import UNLABELLED, Ensemble, HintRegressor, SeparableCNN, distill
+from courselib.measure import count_macs, count_parameters, measure_latency
 from courselib.models import CourseCNN
-from courselib.pruning import count_macs, count_parameters, measure_latency
 from courselib.training import evaluate, fit
 
 SEEDS = (0, 1, 2)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
+from courselib import measure as M
 from courselib import pruning as P
 from courselib.data import load_dataset, train_test_split_arrays
 from courselib.models import MLP, CourseCNN
@@ -158,7 +159,7 @@ def filter_table(quick: bool) -> None:
         for plan in plans:
             retrain = lambda mm: fit(mm, (Xtr, ytr), epochs=1, lr=1e-3, seed=seed, progress=False)  # noqa: E731
             runs[plan].append((a0, acc(_pruned(base, plan, retrain))))
-    macs0, par0 = P.count_macs(bases[0], SHAPE), P.count_parameters(bases[0])
+    macs0, par0 = M.count_macs(bases[0], SHAPE), M.count_parameters(bases[0])
     archs = {"dense": bases[0], **{p: _pruned(bases[0], p) for p in plans}}  # latency depends on shapes only
     x = torch.as_tensor(Xte[:64])
     rounds = 8 if quick else 24
@@ -173,7 +174,7 @@ def filter_table(quick: bool) -> None:
     for clock in ("thread", "wall"):
         for deploy in (False, True) if clock == "thread" else (False,):
             # the same interleaved calls give the median and the minimum
-            times = P.compare_latency(
+            times = M.compare_latency(
                 archs,
                 x,
                 rounds=rounds,
@@ -191,14 +192,14 @@ def filter_table(quick: bool) -> None:
         r = np.array(runs[plan])
         drop = 100 * (r[:, 0] - r[:, 1]).mean()
         m = archs[plan]
-        mac_cut = 1 - P.count_macs(m, SHAPE) / macs0
+        mac_cut = 1 - M.count_macs(m, SHAPE) / macs0
         cells = [
             f"{plan[0]:.0%} / {plan[1]:.0%}",
             f"{100 * r[:, 0].mean():.2f}",
             f"{100 * r[:, 1].mean():.2f}",
             f"{drop:+.2f}",
             f"{mac_cut:.1%}",
-            f"{1 - P.count_parameters(m) / par0:.1%}",
+            f"{1 - M.count_parameters(m) / par0:.1%}",
         ]
         ratios = []
         for key in keys:
@@ -259,7 +260,7 @@ def filter_table(quick: bool) -> None:
     where = best[0] if best is not None else plans[0]
     reps = 10 if quick else 30
     parts = {
-        (label, deploy): P.layer_times(archs[key], x, repeats=reps, deploy=deploy)
+        (label, deploy): M.layer_times(archs[key], x, repeats=reps, deploy=deploy)
         for label, key in (("dense", "dense"), (f"{where[0]:.0%} / {where[1]:.0%}", where))
         for deploy in (False, True)
     }

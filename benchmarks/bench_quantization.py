@@ -31,6 +31,7 @@ from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_availa
 
 from courselib import quantization as Q
 from courselib.data import load_dataset, train_test_split_arrays
+from courselib.measure import state_dict_bytes
 from courselib.models import MLP, CourseCNN
 from courselib.training import evaluate, fit
 
@@ -61,7 +62,7 @@ def int8_rows(name, model, train, test, repeats):
     rows, base = [], None
     for label, m in variants:
         acc = evaluate(m, test)["accuracy"]
-        size = Q.model_nbytes(m)
+        size = state_dict_bytes(m)
         t1 = _latency(m, test[0], 1, repeats * 10)
         t256 = _latency(m, test[0], 256, repeats)
         if base is None:
