@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,grade,deploy,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,grade,deploy,labs,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)

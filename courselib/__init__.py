@@ -20,4 +20,4 @@ One module per chapter topic:
 Submodules are imported on demand, so ``import courselib`` stays fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
