@@ -54,7 +54,8 @@ def make_batch(tmp: Path, n: int) -> tuple[Path, Path]:
 
 
 def main(quick: bool = False) -> None:
-    from courselib import grading, sandbox
+    from courselib import grading
+    from courselib.grading import sandbox
 
     n = 6 if quick else 20
     print(machine_line())

@@ -1,9 +1,14 @@
 """courselib: the tested library behind the *On-device Machine Learning* textbook.
 
-One module per chapter topic:
+Two layers, one boundary.
+
+**The book's appendix** -- content modules, flat, one per chapter topic, named like the chapter and
+its lab (read them beside the book; the API reference renders their docstrings):
 
 - :mod:`courselib.data` -- data set loaders (digits offline; MNIST, Fashion-MNIST, CIFAR-10 with checksums)
 - :mod:`courselib.training` -- seeded training and evaluation loops for torch models
+- :mod:`courselib.models` -- the small networks the chapters share (``MLP``, ``CourseCNN``)
+- :mod:`courselib.measure` -- the cost model: parameters, MACs, bytes, latency (one name per quantity)
 - :mod:`courselib.memory` -- bytes per value, packed bits, model size on disk (chapter "Why on-device ML")
 - :mod:`courselib.binary_codes`, :mod:`courselib.retrieval` -- binary codes and Hamming search
 - :mod:`courselib.itq` -- Iterative Quantization and its baselines
@@ -12,10 +17,12 @@ One module per chapter topic:
 - :mod:`courselib.distillation` -- knowledge distillation
 - :mod:`courselib.quantization` -- uniform k-bit quantization, int8, the XNOR-Net scale
 - :mod:`courselib.compare`, :mod:`courselib.challenge` -- the trade-off study and the compression challenge
-- :mod:`courselib.grading` -- the nbgrader lab pipeline used by instructors (``courselib grade``), with
-  :mod:`courselib.sandbox` (namespaces and limits around student kernels) and :mod:`courselib.cleanroom`
-  (hidden tests re-run on plain data in a clean process)
-- :mod:`courselib.quiz` -- the concept-check question bank and its autograder
+- :mod:`courselib.utils`, :mod:`courselib.widgets` -- seeds, progress bars, timing; interactive explorers
+- ``courselib._bits`` -- private: the bit-level kernels (popcount, XNOR) and their NumPy fallbacks
+
+**Instructor tooling** -- :mod:`courselib.grading`, a subpackage that no content module imports: the
+nbgrader pipeline, the sandbox and clean room, class-scale grading, the leaderboard, the question bank,
+mutation testing of the labs, and the one ``courselib`` command. Students never need it.
 
 Submodules are imported on demand, so ``import courselib`` stays fast.
 """

@@ -40,8 +40,6 @@ a self-contained HTML page.
 
 from __future__ import annotations
 
-import csv
-import html
 import json
 import math
 import os
@@ -53,7 +51,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save_file
 from torch import nn
+
+from .binary_codes import pack_codes, unpack_codes
+from .binaryconnect import binary_layers, make_binary_cnn
+from .compare import reference_arch, study_data, train_reference
+from .data import load_dataset
+from .distillation import SeparableCNN
+from .measure import measure_latency
+from .models import MLP, CourseCNN
+from .quantization import quantize_static_int8
+from .training import evaluate
 
 __all__ = [
     "ChallengeError",
@@ -72,8 +82,7 @@ __all__ = [
     "load_submission",
     "submission_nbytes",
     "score_submission",
-    "grade_challenge",
-    "write_leaderboard",
+    "reference_stats",
 ]
 
 FORMAT = "courselib-challenge/v1"
@@ -114,26 +123,18 @@ class ChallengeError(ValueError):
 # allow-listed architectures
 # --------------------------------------------------------------------------------------------------
 def _course_cnn(**kw):
-    from .models import CourseCNN
-
     return CourseCNN(**kw)
 
 
 def _separable_cnn(**kw):
-    from .distillation import SeparableCNN
-
     return SeparableCNN(**kw)
 
 
 def _mlp(**kw):
-    from .models import MLP
-
     return MLP(**kw)
 
 
 def _binary_cnn(**kw):
-    from .binaryconnect import make_binary_cnn
-
     return make_binary_cnn(**kw)
 
 
@@ -232,61 +233,17 @@ def _weight_keys(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # reference, calibration data, encodings, score
 # --------------------------------------------------------------------------------------------------
-def reference_arch() -> tuple[str, dict]:
-    """Architecture of the reference model: ``("CourseCNN", {"channels": [16, 32]})``."""
-    return "CourseCNN", {"channels": [16, 32]}
-
-
 def challenge_data() -> dict:
-    """The challenge's data: digits upsampled to 28x28 (offline, scikit-learn's bundled set).
+    """The challenge's data: :func:`courselib.compare.study_data` (digits upsampled to 28x28, offline).
 
-    Returns ``{"train": (X, y), "val": (X, y), "test": (X, y)}``: the 1257 training images split
-    (stratified, seed 0) into 1000 for training and 257 for validation -- the students' -- and the
-    540 test images, which only the grader uses (the "hidden" test set; an instructor can pass any
-    other test set to :func:`grade_challenge`).
+    Returns ``{"train": (X, y), "val": (X, y), "test": (X, y)}``: 1000 training and 257 validation
+    images -- the students' -- and the 540 test images.
     """
-    from sklearn.model_selection import train_test_split
-
-    from .data import load_dataset
-
-    X, y = load_dataset("digits", "train", image_size=28)
-    Xtr, Xva, ytr, yva = train_test_split(X, y, train_size=1000, stratify=y, random_state=0)
-    return {"train": (Xtr, ytr), "val": (Xva, yva), "test": load_dataset("digits", "test", image_size=28)}
-
-
-def train_reference(seed: int = 0, epochs: int = 4, train=None) -> nn.Module:
-    """The challenge's reference: ``CourseCNN(channels=(16, 32))`` trained on digits at 28x28.
-
-    Adam, learning rate 3e-3, batches of 64, ``epochs`` epochs, seeded, one torch thread (so that
-    every run on the same machine gives the same model). About 2 s per epoch on one core.
-
-    Parameters
-    ----------
-    seed : int
-    epochs : int
-    train : (X, y), optional
-        Default ``challenge_data()["train"]`` (1000 digits images at 28x28).
-    """
-    from .training import fit
-
-    if train is None:
-        train = challenge_data()["train"]
-    arch, kw = reference_arch()
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model = _build(arch, _check_kwargs(arch, kw))
-        fit(model, train, epochs=epochs, lr=3e-3, seed=seed, progress=False)
-    finally:
-        torch.set_num_threads(old)
-    return model.eval()
+    return study_data()
 
 
 def calibration_data(n: int = 256) -> np.ndarray:
     """The public calibration images of the ``"int8"`` runtime: the first ``n`` digits training images, 28x28."""
-    from .data import load_dataset
-
     return load_dataset("digits", "train", image_size=28)[0][:n]
 
 
@@ -361,8 +318,6 @@ def challenge_score(
 # saving
 # --------------------------------------------------------------------------------------------------
 def _binary_module_names(model) -> set[str]:
-    from .binaryconnect import binary_layers
-
     return {f"{n}.weight" if n else "weight" for n in binary_layers(model)}
 
 
@@ -402,10 +357,6 @@ def save_submission(
     Path
         ``folder``.
     """
-    from safetensors.torch import save_file
-
-    from .binary_codes import pack_codes
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if weight_bits not in WEIGHT_BITS:
@@ -546,10 +497,6 @@ def _parse_header(data: bytes) -> dict:
 
 
 def _decode_state(header: dict, data: bytes, expected: dict, weight_keys: set) -> dict:
-    from safetensors.torch import load as st_load
-
-    from .binary_codes import unpack_codes
-
     want = {}  # entry name -> (dtype names allowed, shape)
     groups = {}
     present = set(header)
@@ -654,8 +601,6 @@ def load_submission(folder) -> tuple[nn.Module, dict]:
         raise ChallengeError("invalid-model", f"state does not load: {str(err)[:300]}") from None
     model.eval()
     if runtime == "int8":
-        from .quantization import quantize_static_int8
-
         if meta["arch"] == "BinaryCNN":
             raise ChallengeError("invalid-model", "runtime 'int8' is for CourseCNN, SeparableCNN and MLP")
         model = quantize_static_int8(model, calibration_data()).eval()
@@ -676,19 +621,16 @@ def submission_nbytes(folder) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# scoring
+# scoring one submission (students score theirs on the validation split, the grader on the test set)
 # --------------------------------------------------------------------------------------------------
 def _measure(model, X_test, y_test, latency_batch, repeats):
-    from .pruning import measure_latency
-    from .training import evaluate
-
     acc = evaluate(model, (X_test, y_test))["accuracy"]
     x = torch.as_tensor(np.asarray(X_test[:latency_batch]), dtype=torch.float32)
     lat = measure_latency(model, x, repeats=repeats, warmup=3, num_threads=1)
     return acc, lat
 
 
-def _reference_stats(reference, X_test, y_test, latency_batch, repeats) -> dict:
+def reference_stats(reference, X_test, y_test, latency_batch, repeats) -> dict:
     if isinstance(reference, dict):
         return reference
     if not isinstance(reference, nn.Module):
@@ -727,7 +669,7 @@ def score_submission(
         (``None`` unless scored), ``reference`` (the reference stats), ``note``. Never raises on a
         bad submission: a :class:`ChallengeError` becomes its status with ``score=None``.
     """
-    ref = _reference_stats(reference, X_test, y_test, latency_batch, repeats)
+    ref = reference_stats(reference, X_test, y_test, latency_batch, repeats)
     out = {
         "status": None,
         "accuracy": None,
@@ -764,187 +706,3 @@ def score_submission(
         + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
     )
     return out
-
-
-def grade_challenge(
-    submissions,
-    out_dir,
-    *,
-    lab: str = "lab06_challenge",
-    folder_name: str = "submission",
-    X_test=None,
-    y_test=None,
-    reference=None,
-    margin: float = MARGIN,
-    latency_batch: int = LATENCY_BATCH,
-    repeats: int = 20,
-    students=None,
-) -> list[dict]:
-    """Score every ``<submissions>/<student>/<lab>/<folder_name>/`` and write the leaderboard.
-
-    Writes ``<out_dir>/<lab>_leaderboard.csv`` and ``<out_dir>/<lab>_leaderboard.html``
-    (:func:`write_leaderboard`). Runs in the grader's own process: loading is safe by design
-    (:func:`load_submission`), and every submission is timed in the same process as the reference.
-
-    Parameters
-    ----------
-    submissions : path
-        nbgrader's layout ``<student>/<lab>/...``.
-    out_dir : path
-    X_test, y_test : arrays, optional
-        The hidden test set; default ``challenge_data()["test"]``.
-    reference : nn.Module, optional
-        Default :func:`train_reference` ``()``.
-    students : iterable of str, optional
-        Score these ids (a missing folder is ``missing``); default every student folder.
-
-    Returns
-    -------
-    list of dict
-        One row per student (``student_id`` plus the :func:`score_submission` fields), best first.
-    """
-    if X_test is None or y_test is None:
-        X_test, y_test = challenge_data()["test"]
-    if reference is None:
-        reference = train_reference()
-    ref = _reference_stats(reference, X_test, y_test, latency_batch, repeats)
-    submissions = Path(submissions)
-    if students is None:
-        students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows = []
-    for student in students:
-        res = score_submission(
-            submissions / student / lab / folder_name,
-            X_test,
-            y_test,
-            ref,
-            margin=margin,
-            latency_batch=latency_batch,
-            repeats=repeats,
-        )
-        rows.append({"student_id": student, **res})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_leaderboard(
-        rows,
-        out_dir / f"{lab}_leaderboard.csv",
-        out_dir / f"{lab}_leaderboard.html",
-        reference=ref,
-        margin=margin,
-        latency_batch=latency_batch,
-    )
-    return _ranked(rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# leaderboard
-# --------------------------------------------------------------------------------------------------
-_COLUMNS = ("rank", "student_id", "status", "score", "accuracy", "size_bytes", "latency_ms", "note")
-
-
-def _ranked(results):
-    return sorted(results, key=lambda r: (r.get("score") is None, -(r.get("score") or 0.0), str(r.get("student_id"))))
-
-
-def _fmt(key, value):
-    if value is None:
-        return ""
-    if key == "score":
-        return f"{value:.3f}"
-    if key == "accuracy":
-        return f"{value:.4f}"
-    if key == "latency_ms":
-        return f"{value:.3f}"
-    return str(value)
-
-
-def write_leaderboard(
-    results,
-    csv_path,
-    html_path,
-    *,
-    reference: dict | None = None,
-    margin: float = MARGIN,
-    latency_batch: int = LATENCY_BATCH,
-    title: str = "Compression challenge leaderboard",
-):
-    """Write the ranked results as CSV and as a self-contained HTML page (inline CSS, no scripts).
-
-    Parameters
-    ----------
-    results : list of dict
-        Rows with ``student_id``, ``status``, ``score``, ``accuracy``, ``size_bytes``, ``latency_ms``,
-        ``note`` (as returned by :func:`score_submission` plus ``student_id``).
-    csv_path, html_path : path
-    reference : dict, optional
-        Reference stats shown above the table (``accuracy``, ``size_bytes``, ``latency_s`` or ``latency_ms``).
-
-    Returns
-    -------
-    (Path, Path)
-    """
-    rows = _ranked(list(results))
-    for r in rows:
-        if "student_id" not in r or "status" not in r:
-            raise ValueError(f"every result needs student_id and status, got keys {sorted(r)}")
-    csv_path, html_path = Path(csv_path), Path(html_path)
-    table = []
-    rank = 0
-    for r in rows:
-        if r.get("score") is not None:
-            rank += 1
-        table.append({"rank": rank if r.get("score") is not None else "", **{k: r.get(k) for k in _COLUMNS[1:]}})
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=_COLUMNS)
-        w.writeheader()
-        for t in table:
-            w.writerow({k: _fmt(k, t[k]) for k in _COLUMNS})
-    esc = html.escape
-    ref_line = ""
-    if reference:
-        lat = reference.get("latency_ms", 1e3 * reference["latency_s"] if "latency_s" in reference else None)
-        ref_line = (
-            f"<p>Reference: accuracy {reference['accuracy']:.4f}, {reference['size_bytes']:,} bytes, "
-            f"{lat:.3f} ms per batch of {latency_batch} (1 torch thread). A submission scores 0 below "
-            f"accuracy {reference['accuracy'] - margin:.4f} (margin {margin}).</p>"
-        )
-    head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
-    body = "\n".join(
-        f'<tr class="{esc(str(t["status"]))}">' + "".join(f"<td>{esc(_fmt(c, t[c]))}</td>" for c in _COLUMNS) + "</tr>"
-        for t in table
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #999;padding:.3em .6em;text-align:right}}th{{background:#eee}}
-td:nth-child(2),td:nth-child(3),td:nth-child(8){{text-align:left}}tr.scored td:nth-child(4){{font-weight:bold}}
-tr.invalid-model,tr.too-large,tr.missing{{color:#777}}</style></head>
-<body><h1>{esc(title)}</h1>
-<p>score = 0 if accuracy &lt; reference accuracy &minus; margin, else
-sqrt((reference size / size) &times; (reference latency / latency)); higher is better.</p>
-{ref_line}
-<table><thead><tr>{head}</tr></thead><tbody>
-{body}
-</tbody></table></body></html>
-"""
-    html_path.write_text(page, encoding="utf-8")
-    return csv_path, html_path
-
-
-def main(argv=None) -> int:
-    """``python -m courselib.challenge SUBMISSIONS OUT_DIR``: score every submission, write the leaderboard."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m courselib.challenge", description=main.__doc__)
-    p.add_argument("submissions")
-    p.add_argument("out_dir")
-    p.add_argument("--lab", default="lab06_challenge")
-    a = p.parse_args(argv)
-    rows = grade_challenge(a.submissions, a.out_dir, lab=a.lab)
-    for r in rows:
-        print(f"{r['student_id']}: {r['status']} score={_fmt('score', r['score']) or '-'}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -20,21 +20,32 @@ Implements the chapter ``book/putting_together.md`` and ``benchmarks/bench_compa
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, ScalarFormatter
+from sklearn.model_selection import train_test_split
 from torch import nn
+from torch.nn.utils import prune
+
+from .binaryconnect import RECIPE, fit_binaryconnect, init_latent_weights_, make_binary_cnn, pack_binary_weights
+from .data import load_dataset
+from .distillation import SeparableCNN, distill
+from .measure import file_bytes, measure_latency
+from .models import CourseCNN
+from .pruning import obd_saliency, prunable_parameters, prune_filters, saliency_prune
+from .quantization import quantize_dynamic_int8, quantize_static_int8
+from .training import evaluate, fit
 
 __all__ = [
     "save_dense",
     "save_sparse",
     "save_packed_binary",
-    "file_nbytes",
     "evaluate_compressed",
     "pareto_front",
     "plot_pareto",
@@ -47,6 +58,53 @@ __all__ = [
     "trade_off_study",
     "STUDY",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's data and reference model (also the compression challenge's, lab 6)
+# ---------------------------------------------------------------------------------------------
+def study_data() -> dict:
+    """Digits upsampled to 28x28 (offline, scikit-learn's bundled set), split for the study.
+
+    Returns ``{"train": (X, y), "val": (X, y), "test": (X, y)}``: the 1257 training images split
+    (stratified, seed 0) into 1000 for training and 257 for validation, and the 540 test images.
+    """
+    X, y = load_dataset("digits", "train", image_size=28)
+    Xtr, Xva, ytr, yva = train_test_split(X, y, train_size=1000, stratify=y, random_state=0)
+    return {"train": (Xtr, ytr), "val": (Xva, yva), "test": load_dataset("digits", "test", image_size=28)}
+
+
+def reference_arch() -> tuple[str, dict]:
+    """Architecture of the reference model: ``("CourseCNN", {"channels": [16, 32]})``."""
+    return "CourseCNN", {"channels": [16, 32]}
+
+
+def train_reference(seed: int = 0, epochs: int = 4, train=None) -> nn.Module:
+    """The reference model: ``CourseCNN(channels=(16, 32))`` trained on digits at 28x28.
+
+    Adam, learning rate 3e-3, batches of 64, ``epochs`` epochs, seeded, one torch thread (so that
+    every run on the same machine gives the same model). About 2 s per epoch on one core.
+
+    Parameters
+    ----------
+    seed : int
+    epochs : int
+    train : (X, y), optional
+        Default ``study_data()["train"]`` (1000 digits images at 28x28).
+    """
+    if train is None:
+        train = study_data()["train"]
+    _, kw = reference_arch()
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            model = CourseCNN(channels=tuple(kw["channels"]))
+        fit(model, train, epochs=epochs, lr=3e-3, seed=seed, progress=False)
+    finally:
+        torch.set_num_threads(old)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,21 +150,7 @@ def save_sparse(model: nn.Module, path) -> None:
 
 def save_packed_binary(model: nn.Module, path) -> None:
     """``torch.save(pack_binary_weights(model))``: 1 bit per BinaryConnect weight, the rest as is."""
-    from .binaryconnect import pack_binary_weights
-
     torch.save(pack_binary_weights(model), path)
-
-
-def file_nbytes(model: nn.Module, saver: Callable = save_dense) -> int:
-    """Write ``model`` with ``saver(model, path)`` to ``model.pt`` in a temporary folder; its size in bytes.
-
-    The name is fixed because ``torch.save`` records it inside its zip archive (a longer name, a
-    larger file).
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt")
-        saver(model, path)
-        return os.path.getsize(path)
 
 
 def evaluate_compressed(
@@ -134,15 +178,12 @@ def evaluate_compressed(
     dict
         ``accuracy`` (float), ``size_bytes`` (int), ``latency_ms`` (float).
     """
-    from .pruning import measure_latency
-    from .training import evaluate
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     acc = evaluate(model, (X, y))["accuracy"]
-    size = file_nbytes(model, saver)
+    size = file_bytes(model, saver)
     lat = measure_latency(model, example_input, repeats=repeats, warmup=3, num_threads=num_threads)
     return {"accuracy": float(acc), "size_bytes": int(size), "latency_ms": 1e3 * float(lat)}
 
@@ -188,15 +229,10 @@ def plot_pareto(results: Sequence[dict], cost: str = "size_bytes", *, ax=None, l
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     if cost not in ("size_bytes", "latency_ms"):
         raise ValueError(f"cost must be 'size_bytes' or 'latency_ms', got {cost!r}")
     if not results:
         raise ValueError("results is empty")
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
     if ax is None:
         fig, ax = plt.subplots(figsize=(8.0, 3.8))
     else:
@@ -279,11 +315,6 @@ def obd_prune(
     :func:`courselib.pruning.saliency_prune` over every Linear/Conv weight, ``finetune_epochs`` of
     retraining with the masks on, then ``prune.remove`` (the zeros become plain weights).
     """
-    from torch.nn.utils import prune
-
-    from .pruning import obd_saliency, prunable_parameters, saliency_prune
-    from .training import fit
-
     m = copy.deepcopy(model).eval()
     X, y = train
     sub = (torch.as_tensor(np.asarray(X[:n_hessian])), torch.as_tensor(np.asarray(y[:n_hessian])))
@@ -308,9 +339,6 @@ def filter_prune(
     seed: int = 0,
 ) -> nn.Module:
     """Li et al. (2017) on a copy, layer by layer: remove the ``amount`` smallest-L1 filters, retrain, next layer."""
-    from .pruning import prune_filters
-    from .training import fit
-
     m = copy.deepcopy(model)
     for i, layer in enumerate(layers):
         prune_filters(m, layer, amount)
@@ -326,8 +354,6 @@ def train_binary(train, *, channels: Sequence[int] = (16, 32), epochs: int = 4, 
     ``U(-1, 1)``, trained with :func:`courselib.binaryconnect.fit_binaryconnect` (the paper's recipe,
     ``epochs`` epochs). Evaluated with ``sign(w)``.
     """
-    from .binaryconnect import RECIPE, fit_binaryconnect, init_latent_weights_, make_binary_cnn
-
     X = np.asarray(train[0])
     torch.manual_seed(seed)
     m = make_binary_cnn("det", channels=tuple(channels), image_size=int(X.shape[-1]), float_first_conv=True)
@@ -349,8 +375,6 @@ def distill_student(
     seed: int = 0,
 ) -> nn.Module:
     """Distil ``teacher`` into a :class:`courselib.distillation.SeparableCNN` (Hinton et al. 2015 soft targets)."""
-    from .distillation import SeparableCNN, distill
-
     torch.manual_seed(seed)
     student = SeparableCNN(channels=tuple(channels))
     distill(
@@ -389,10 +413,6 @@ def combined_pipeline(
     3. post-training static int8 (:func:`courselib.quantization.quantize_static_int8`) calibrated on
        ``calibration_X``.
     """
-    from .distillation import distill
-    from .pruning import prune_filters
-    from .quantization import quantize_static_int8
-
     m = copy.deepcopy(student)
     last = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1][-1]
     prune_filters(m, last, amount)
@@ -439,13 +459,10 @@ def trade_off_study(
     settings : dict, optional
         Overrides of :data:`STUDY`.
     reference : nn.Module, optional
-        A trained reference (default: :func:`courselib.challenge.train_reference` on ``train``).
+        A trained reference (default: :func:`train_reference` on ``train``).
     log : callable, optional
         Called with a short message after each method (progress).
     """
-    from .challenge import train_reference
-    from .quantization import quantize_dynamic_int8, quantize_static_int8
-
     s = {**STUDY, **(settings or {})}
     unknown = set(s) - set(STUDY)
     if unknown:

@@ -18,6 +18,7 @@ from courselib import challenge as C
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
 from courselib.distillation import SeparableCNN
+from courselib.grading import leaderboard
 from courselib.models import CourseCNN
 from courselib.pruning import prune_filters
 from courselib.training import predict
@@ -39,7 +40,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def ref_stats(reference, data):
-    return C._reference_stats(reference, *data, C.LATENCY_BATCH, 5)
+    return C.reference_stats(reference, *data, C.LATENCY_BATCH, 5)
 
 
 def _random_cnn(channels=(16, 32), seed=0):
@@ -359,7 +360,7 @@ def test_write_leaderboard_ranks_and_escapes(tmp_path):
             "note": "",
         },
     ]
-    csv_path, html_path = C.write_leaderboard(
+    csv_path, html_path = leaderboard.write_leaderboard(
         rows,
         tmp_path / "lb.csv",
         tmp_path / "lb.html",
@@ -372,7 +373,7 @@ def test_write_leaderboard_ranks_and_escapes(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page and "a &amp; b" in page
     assert "src=" not in page and "href=" not in page  # self-contained: no external assets
     with pytest.raises(ValueError, match="student_id"):
-        C.write_leaderboard([{"score": 1}], tmp_path / "x.csv", tmp_path / "x.html")
+        leaderboard.write_leaderboard([{"score": 1}], tmp_path / "x.csv", tmp_path / "x.html")
 
 
 def test_grade_challenge_writes_leaderboard(tmp_path, reference, ref_stats, data):
@@ -382,7 +383,9 @@ def test_grade_challenge_writes_leaderboard(tmp_path, reference, ref_stats, data
     evil = subs / "evil" / "lab06_challenge" / "submission"
     evil.mkdir(parents=True)
     (evil / "model.json").write_text(json.dumps({"arch": "os.system", "arch_kwargs": {}}))
-    rows = C.grade_challenge(subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=ref_stats, repeats=3)
+    rows = leaderboard.grade_challenge(
+        subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=ref_stats, repeats=3
+    )
     by = {r["student_id"]: r for r in rows}
     assert by["ref"]["status"] == "scored" and by["ref"]["score"] > 1
     assert by["blank"]["status"] == "missing" and by["blank"]["score"] is None
@@ -395,7 +398,7 @@ def test_grading_writes_the_challenge_leaderboard(tmp_path):
     """`courselib grade lab06_challenge` scores the model folder beside each notebook into a leaderboard."""
     import csv
 
-    from courselib import challenge, grading
+    from courselib import challenge
 
     ref = challenge.train_reference()
     root = tmp_path / "subs"
@@ -410,7 +413,9 @@ def test_grading_writes_the_challenge_leaderboard(tmp_path):
     )  # bob hands in a notebook but no model
     course = tmp_path / "course"
     (course / "grades").mkdir(parents=True)
-    html_path = grading.challenge_leaderboard("lab06_challenge", course, subs, tmp_path / "scratch")
+    html_path = leaderboard.lab_hook(
+        lab="lab06_challenge", course=course, submissions=subs, scratch=tmp_path / "scratch"
+    )
     assert html_path.exists() and "<script src=" not in html_path.read_text()
     rows = {r["student_id"]: r for r in csv.DictReader((course / "grades" / "lab06_challenge_leaderboard.csv").open())}
     assert set(rows) == {"alice", "bob"}

@@ -12,6 +12,7 @@ from torch.nn.utils import prune
 from courselib import compare
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
+from courselib.measure import file_bytes
 from courselib.models import MLP, CourseCNN
 from courselib.training import fit, predict
 
@@ -34,27 +35,25 @@ def _sparse_mlp(density, seed=0):
     return m
 
 
-def test_file_nbytes_is_the_written_file(tmp_path):
+def test_file_bytes_is_the_written_file(tmp_path):
     m = CourseCNN()
     path = tmp_path / "model.pt"
     compare.save_dense(m, path)
-    assert compare.file_nbytes(m) == os.path.getsize(path)
+    assert file_bytes(m, compare.save_dense) == os.path.getsize(path)
     n_float = sum(v.numel() * v.element_size() for v in m.state_dict().values())
-    assert n_float < compare.file_nbytes(m) < n_float + 8192  # values plus the container's overhead
+    assert n_float < file_bytes(m, compare.save_dense) < n_float + 8192  # values plus the container's overhead
 
 
 def test_save_sparse_size_follows_csr_formula_and_round_trips(tmp_path):
     dense_m, sparse_m = _sparse_mlp(1.0), _sparse_mlp(0.1)
-    assert compare.file_nbytes(sparse_m, compare.save_sparse) < compare.file_nbytes(sparse_m) / 3
+    assert file_bytes(sparse_m, compare.save_sparse) < file_bytes(sparse_m, compare.save_dense) / 3
     # at full density CSR costs more than dense: 8 bytes per value instead of 4
-    assert compare.file_nbytes(dense_m, compare.save_sparse) > compare.file_nbytes(dense_m)
+    assert file_bytes(dense_m, compare.save_sparse) > file_bytes(dense_m, compare.save_dense)
     from courselib.pruning import storage_bytes
 
     w = sparse_m.net[0].weight.detach()
     csr_payload = storage_bytes(w, "csr", value_bytes=4, index_bytes=4)
-    diff = compare.file_nbytes(_sparse_mlp(1.0), compare.save_sparse) - compare.file_nbytes(
-        sparse_m, compare.save_sparse
-    )
+    diff = file_bytes(_sparse_mlp(1.0), compare.save_sparse) - file_bytes(sparse_m, compare.save_sparse)
     nnz_diff = int(
         (_sparse_mlp(1.0).net[0].weight != 0).sum()
         + (_sparse_mlp(1.0).net[2].weight != 0).sum()
@@ -72,13 +71,13 @@ def test_save_sparse_refuses_masks():
     m = _sparse_mlp(0.5)
     prune.l1_unstructured(m.net[0], "weight", 0.5)
     with pytest.raises(ValueError, match="prune.remove"):
-        compare.file_nbytes(m, compare.save_sparse)
+        file_bytes(m, compare.save_sparse)
 
 
 def test_packed_binary_is_about_32x_smaller():
     m = make_binary_cnn("det", channels=(16, 32), image_size=28)
     n_bin = sum(mod.weight.numel() for mod in m.modules() if hasattr(mod, "eval_weights"))
-    saved = compare.file_nbytes(m) - compare.file_nbytes(m, compare.save_packed_binary)
+    saved = file_bytes(m, compare.save_dense) - file_bytes(m, compare.save_packed_binary)
     assert saved > 0.9 * (4 * n_bin - n_bin / 8)
 
 
@@ -88,7 +87,7 @@ def test_evaluate_compressed(small):
     out = compare.evaluate_compressed(m, Xte, yte, torch.as_tensor(Xte[:8]), repeats=2)
     assert set(out) == {"accuracy", "size_bytes", "latency_ms"}
     assert out["accuracy"] == pytest.approx(np.mean(predict(m, Xte).argmax(1) == yte))
-    assert out["size_bytes"] == compare.file_nbytes(m) and out["latency_ms"] > 0
+    assert out["size_bytes"] == file_bytes(m, compare.save_dense) and out["latency_ms"] > 0
     with pytest.raises(TypeError):
         compare.evaluate_compressed(m, Xte, yte, Xte[:8])
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from courselib import grading, sandbox
+from courselib import grading
+from courselib.grading import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_binary_codes"
@@ -370,7 +371,7 @@ def test_resume_after_kill_and_determinism(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "courselib.cli",
+        "courselib.grading.cli",
         "--course-dir",
         str(course),
         "grade",

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from courselib import cleanroom, grading, sandbox
+from courselib import grading
+from courselib.grading import cleanroom, grader, intake, sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_binary_codes"
@@ -33,7 +34,7 @@ def test_grade_rejects_bad_arguments(tmp_path):
 
 
 def test_cli_grade_reports_unknown_lab(capsys):
-    from courselib.cli import main
+    from courselib.grading.cli import main
 
     assert main(["--course-dir", str(REPO / "labs"), "grade", "lab99", "."]) == 2
     assert "unknown lab" in capsys.readouterr().err
@@ -72,11 +73,11 @@ def test_collect_submissions_folder_and_zip(tmp_path):
 
 def test_check_notebook():
     good = (REPO / "labs" / "source" / LAB / f"{LAB}.ipynb").read_bytes()
-    assert grading._check_notebook(good) is None
-    assert "not JSON" in grading._check_notebook(b"{oops")
-    assert "not JSON" in grading._check_notebook(b"\x89PNG\x00\xff")
-    assert "no cells" in grading._check_notebook(b'{"a": 1}')
-    assert "invalid notebook" in grading._check_notebook(b'{"cells": 3, "metadata": {}, "nbformat": 4}')
+    assert intake.check_notebook(good) is None
+    assert "not JSON" in intake.check_notebook(b"{oops")
+    assert "not JSON" in intake.check_notebook(b"\x89PNG\x00\xff")
+    assert "no cells" in intake.check_notebook(b'{"a": 1}')
+    assert "invalid notebook" in intake.check_notebook(b'{"cells": 3, "metadata": {}, "nbformat": 4}')
 
 
 class AlwaysEqual:
@@ -136,7 +137,7 @@ def test_tampering_detection(tmp_path):
 
     shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
     grading.release(LAB, course)
-    g = grading._Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
+    g = grader.Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
     release = json.loads((course / "release" / LAB / f"{LAB}.ipynb").read_text())
     source = json.loads((course / "source" / LAB / f"{LAB}.ipynb").read_text())
     assert g.tampering(release) == [] and g.tampering(source) == []
@@ -188,7 +189,7 @@ print(__import__("json").dumps(res))
     cfg = sandbox.SandboxConfig(
         work_dir=str(work),
         hide=[str(tmp_path), str(REPO), "/tmp", "/root"],
-        keep=grading._kept_paths(),
+        keep=grader.kept_paths(),
         memory_bytes=1 << 30,
     )
     argv = sandbox.command(cfg.save(tmp_path / "cfg.json"), [sys.executable, str(probe)])

@@ -109,7 +109,7 @@ def test_unknown_lab_and_missing_folder(tmp_path):
 
 
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
-    from courselib.cli import main
+    from courselib.grading.cli import main
 
     course = make_course(tmp_path, "lab00_memory")
     assert main(["--course-dir", str(course), "labs"]) == 0

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from courselib import quiz
+from courselib.grading import quiz
+from courselib.grading.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 BANK = REPO / "book" / "question_bank" / "questions.yml"
@@ -116,7 +117,7 @@ def test_pages_are_up_to_date(bank):
     for chapter in bank["chapters"]:
         page = BANK.parent / f"{chapter}.md"
         assert page.read_text(encoding="utf-8") == quiz.render_chapter(chapter), (
-            f"{page} is stale: run `.venv/bin/python -m courselib.quiz render`"
+            f"{page} is stale: run `courselib quiz render`"
         )
         text = page.read_text(encoding="utf-8")
         n = sum(q["chapter"] == chapter for q in bank["questions"])
@@ -153,7 +154,7 @@ def test_cli_grade_and_render(tmp_path, capsys):
     qs = quiz.load_questions(chapter="itq")
     answers = tmp_path / "answers.yml"
     answers.write_text(yaml.safe_dump({q["id"]: q["answer"] for q in qs}), encoding="utf-8")
-    assert quiz.main(["grade", str(answers), "--chapter", "itq"]) == 0
+    assert main(["quiz", "grade", str(answers), "--chapter", "itq"]) == 0
     out = capsys.readouterr().out
     assert f"score: {len(qs)}/{len(qs)}" in out
     written = quiz.write_pages(out_dir=tmp_path / "pages")

@@ -1,4 +1,4 @@
-"""nbgrader's ``Execute`` preprocessor with an output-size limit per cell (used by :mod:`courselib.grading`).
+"""nbgrader's ``Execute`` preprocessor with an output-size limit per cell (used by :mod:`courselib.grading.grader`).
 
 nbclient keeps every output message of a cell in memory; a student's ``while True: print(...)``
 would fill the grader's memory before the cell timeout. :class:`LimitedExecute` counts the bytes of

@@ -7,19 +7,19 @@ sphinx-exercise), so the book's pages and the autograder read the same file.
 
 Command line::
 
-    .venv/bin/python -m courselib.quiz render              # regenerate book/question_bank/<chapter>.md
-    .venv/bin/python -m courselib.quiz grade answers.yml   # score a YAML/JSON file of {id: response}
+    courselib quiz render              # regenerate book/question_bank/<chapter>.md
+    courselib quiz grade answers.yml   # score a YAML/JSON file of {id: response}
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import yaml
 
 __all__ = [
     "QUESTION_TYPES",
@@ -30,7 +30,6 @@ __all__ = [
     "grade",
     "render_chapter",
     "write_pages",
-    "main",
 ]
 
 QUESTION_TYPES = ("multiple_choice", "multiple_select", "numeric")
@@ -40,7 +39,7 @@ _LETTER = re.compile(r"^[a-z]$")
 
 def default_bank_path() -> Path:
     """``book/question_bank/questions.yml`` of the repository this package sits in."""
-    return Path(__file__).resolve().parents[1] / "book" / "question_bank" / "questions.yml"
+    return Path(__file__).resolve().parents[2] / "book" / "question_bank" / "questions.yml"
 
 
 def _validate(bank: Mapping) -> None:
@@ -86,8 +85,6 @@ def _validate(bank: Mapping) -> None:
 
 def load_bank(path: str | Path | None = None) -> dict:
     """Read and validate the whole bank (``chapters`` and ``questions``)."""
-    import yaml
-
     p = Path(path) if path is not None else default_bank_path()
     if not p.exists():
         raise FileNotFoundError(f"question bank not found: {p}")
@@ -233,14 +230,13 @@ def render_chapter(chapter: str, path: str | Path | None = None) -> str:
         raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(bank['chapters'])}")
     info = bank["chapters"][chapter]
     lines = [
-        "<!-- Generated from book/question_bank/questions.yml by `python -m courselib.quiz render`. "
-        "Do not edit by hand. -->",
+        "<!-- Generated from book/question_bank/questions.yml by `courselib quiz render`. Do not edit by hand. -->",
         f"(qb-{chapter.replace('_', '-')})=",
         f"# Concept check: {info['title']}",
         "",
         f"Questions on the chapter *{info['title']}* (`{info['page']}`). Each solution is hidden "
         "in a dropdown. To autograde a set of answers, write them as `{question id: answer}` and run "
-        "`python -m courselib.quiz grade answers.yml` or call `courselib.quiz.grade(answers)`.",
+        "`courselib quiz grade answers.yml` or call `courselib.grading.quiz.grade(answers)`.",
         "",
     ]
     for _n, q in enumerate((q for q in bank["questions"] if q["chapter"] == chapter), start=1):
@@ -285,36 +281,9 @@ def write_pages(path: str | Path | None = None, out_dir: str | Path | None = Non
     return written
 
 
-def _read_answers(file: Path) -> dict:
-    import yaml
-
+def read_answers(file: Path) -> dict:
     text = file.read_text(encoding="utf-8")
     data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a mapping of question id to answer")
     return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m courselib.quiz", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("render", help="regenerate the MyST pages from questions.yml")
-    r.add_argument("--bank", default=None)
-    g = sub.add_parser("grade", help="grade a YAML/JSON file of {question id: answer}")
-    g.add_argument("answers")
-    g.add_argument("--chapter", default=None)
-    g.add_argument("--bank", default=None)
-    args = parser.parse_args(argv)
-    if args.cmd == "render":
-        for p in write_pages(args.bank):
-            print(p)
-        return 0
-    res = grade(_read_answers(Path(args.answers)), chapter=args.chapter, path=args.bank)
-    for qid, ok in res["results"].items():
-        print(f"{'ok   ' if ok else 'WRONG'} {qid}")
-    print(f"score: {res['score']}/{res['total']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

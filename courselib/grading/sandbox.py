@@ -3,7 +3,7 @@
 A sandboxed process is started as::
 
     unshare --mount --net --pid --fork --kill-child --mount-proc \\
-        python -m courselib.sandbox enter CONFIG.json -- CMD ...
+        python -m courselib.grading.sandbox enter CONFIG.json -- CMD ...
 
 and ``enter`` (still root, but already in its own mount, network and pid namespaces) then
 
@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -100,12 +101,21 @@ def _unshare_prefix() -> list[str]:
 
 def command(config_path: str | os.PathLike, cmd: list[str]) -> list[str]:
     """The argv that runs ``cmd`` inside the sandbox described by ``config_path``."""
-    return [*_unshare_prefix(), sys.executable, "-m", "courselib.sandbox", "enter", str(config_path), "--", *cmd]
+    return [
+        *_unshare_prefix(),
+        sys.executable,
+        "-m",
+        "courselib.grading.sandbox",
+        "enter",
+        str(config_path),
+        "--",
+        *cmd,
+    ]
 
 
 def kernel_argv(config_path: str | os.PathLike) -> list[str]:
     """A kernelspec ``argv`` that starts an IPython kernel inside the sandbox."""
-    return [sys.executable, "-m", "courselib.sandbox", "kernel", str(config_path), "{connection_file}"]
+    return [sys.executable, "-m", "courselib.grading.sandbox", "kernel", str(config_path), "{connection_file}"]
 
 
 def write_kernelspec(jupyter_dir: str | os.PathLike, name: str, config_path: str | os.PathLike) -> Path:
@@ -249,8 +259,6 @@ def _enter(config_path: str, cmd: list[str]) -> None:  # pragma: no cover - runs
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     # We are pid 1 of the new pid namespace: stay as a tiny init that reaps zombies, so that the
     # command is an ordinary process (pid 1 would ignore a SIGKILL sent from inside).
-    import signal
-
     child = os.fork()
     if child == 0:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -274,8 +282,6 @@ def _kernel(
     config_path: str, connection_file: str, extra: list[str] | None = None
 ) -> None:  # pragma: no cover - exec chain
     """Kernelspec entry point: die with the client, then enter the namespaces and start ipykernel."""
-    import signal
-
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     cfg = json.loads(Path(config_path).read_text())
     if connection_file not in cfg.get("copy_in", []):
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - exec chai
     elif argv[:1] == ["kernel"] and len(argv) >= 3:
         _kernel(argv[1], argv[2], argv[3:])
     else:
-        sys.exit("usage: python -m courselib.sandbox enter CONFIG -- CMD... | kernel CONFIG CONNECTION_FILE")
+        sys.exit("usage: python -m courselib.grading.sandbox enter CONFIG -- CMD... | kernel CONFIG CONNECTION_FILE")
 
 
 if __name__ == "__main__":  # pragma: no cover

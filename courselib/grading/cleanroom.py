@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import ctypes
+import importlib
 import io
 import json
 import os
@@ -34,6 +36,10 @@ import subprocess
 import sys
 import time
 import traceback
+
+import numpy as np
+from IPython.core.inputtransformer2 import TransformerManager
+from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ["PlainUnpickler", "plain_loads", "solution_names", "StudentProxy", "run_clean_room"]
 
@@ -75,23 +81,15 @@ class PlainUnpickler(pickle.Unpickler):
         if module == "builtins" and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         if (module, name) in _SAFE_NUMPY:
-            import importlib
-
             return getattr(importlib.import_module(module), name)
         if module.startswith("numpy") and name.endswith("DType"):  # numpy >= 2 dtype classes
-            import importlib
-
             obj = getattr(importlib.import_module(module), name)
-            import numpy as np
-
             if isinstance(obj, type) and issubclass(obj, np.dtype):
                 return obj
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
 
 def _check_plain(obj, depth=0):
-    import numpy as np
-
     if depth > 50:
         raise pickle.UnpicklingError("nested too deeply")
     if isinstance(obj, np.ndarray):
@@ -114,8 +112,6 @@ def plain_loads(data: bytes):
 
 def solution_names(sources: list[str]) -> list[str]:
     """Top-level names bound by the given (solution) cell sources, in order of first binding."""
-    from IPython.core.inputtransformer2 import TransformerManager
-
     tm = TransformerManager()
     names: list[str] = []
 
@@ -177,8 +173,6 @@ def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbo
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    from IPython.core.interactiveshell import InteractiveShell
-
     shell = InteractiveShell.instance()
     for src in json.loads(open(cells_path).read()):
         try:
@@ -233,8 +227,6 @@ def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbo
 
 
 def _die_with_parent():  # pragma: no cover - runs in the child
-    import ctypes
-
     os.setsid()
     ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
 
@@ -321,8 +313,6 @@ def run_clean_room(spec_path: str) -> dict:
     ``"test"``, ``"instructor"`` or ``"solution"``), ``student_argv`` (the command that starts
     :func:`serve` in the sandbox), ``startup_timeout`` and ``call_timeout``.
     """
-    from IPython.core.inputtransformer2 import TransformerManager
-
     spec = json.loads(open(spec_path).read())
     names = solution_names([c["source"] for c in spec["cells"] if c["kind"] == "solution"])
     student = StudentProxy(
@@ -385,7 +375,7 @@ def main(argv=None) -> None:  # pragma: no cover - subprocess entry points
         with open(argv[2], "w") as fh:
             json.dump(res, fh)
     else:
-        sys.exit("usage: python -m courselib.cleanroom serve CELLS.json | check SPEC.json OUT.json")
+        sys.exit("usage: python -m courselib.grading.cleanroom serve CELLS.json | check SPEC.json OUT.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,183 @@
+"""Class-scale grading (``courselib grade LAB SUBMISSIONS``): parallel, isolated, limited, resumable.
+
+Every submission is graded by :meth:`courselib.grading.grader.Grader.grade_one` in its own scratch course
+with its kernel in a sandbox (:mod:`courselib.grading.sandbox`), under time, memory and output limits,
+re-checked in a clean room (:mod:`courselib.grading.cleanroom`), then merged into the course gradebook
+by one writer (:func:`courselib.grading.gradebook.merge_results`). Labs may declare a hook run after
+grading (``labs/course.toml``; the compression challenge writes its leaderboard that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import sandbox
+from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook
+from .gradebook import ensure_assignment, export_grades, lab_state_dir, load_states, merge_results
+from .grader import GRADER_VERSION, STATUSES, Grader, Job, Limits, hidden_paths, sha256
+from .intake import collect_submissions
+
+
+def _remove_stale_scratch() -> None:
+    """Scratch folders ``cg-<pid>-*`` left behind by grading runs that were killed."""
+    for d in Path(tempfile.gettempdir()).glob("cg-*-*"):
+        try:
+            pid = int(d.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            pass
+
+
+def grade(
+    lab: str,
+    submissions: str | os.PathLike,
+    course_dir: str | os.PathLike | None = None,
+    *,
+    workers: int = 1,
+    limits: Limits | None = None,
+    feedback: bool = True,
+    regrade: bool = False,
+    sandboxed: bool | None = None,
+    progress: bool = True,
+    log=None,
+) -> dict:
+    """Autograde every submission of ``lab`` in parallel, isolated, limited and resumable.
+
+    Each submission is graded by ``nbgrader autograde`` in its own scratch course, with its kernel
+    inside :mod:`courselib.grading.sandbox` (no view of the course, the submissions or the network; limits
+    of ``limits``), then every graded test cell is re-run in a clean room (:mod:`courselib.grading.cleanroom`):
+    a part scores only if it passes there too (on parts the solution passes there). One writer merges
+    the results into the course's gradebook and ``grades/.state/<lab>/<student>.json``; a submission
+    whose notebook and settings are unchanged since its last grading is not graded again (so an
+    interrupted run resumes), unless ``regrade``.
+
+    Returns a summary dict: ``{"csv": Path, "results": {student: result}, "graded_now": [...],
+    "reused": [...], "counts": {status: n}, "seconds": float, "workers": int}``.
+    """
+    course = find_course_dir(course_dir)
+    check_lab(lab, course)
+    limits = limits or Limits()
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if sandboxed is None:
+        sandboxed = sandbox.available()
+    elif sandboxed and not sandbox.available():
+        raise GradingError("the sandbox needs root and util-linux unshare (user, mount, net, pid namespaces)")
+    say = log or (lambda msg: print(msg, flush=True))
+    if not sandboxed:
+        say("courselib grade: WARNING: no sandbox on this machine; student code runs unisolated")
+    t_start = time.monotonic()
+    ensure_assignment(lab, course)
+    source_sha = sha256((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_bytes())
+    settings = json.dumps(
+        {"v": GRADER_VERSION, "limits": asdict(limits), "source": source_sha, "sandboxed": sandboxed}, sort_keys=True
+    )
+    state_dir = lab_state_dir(course, lab)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch()
+    base = Path(tempfile.mkdtemp(prefix=f"cg-{os.getpid()}-"))
+    try:
+        os.chmod(base, 0o755)
+        subs = collect_submissions(lab, submissions, base / "unzipped")
+        states = load_states(course, lab)
+        jobs, reused = [], []
+        for idx, (student, nb) in enumerate(sorted(subs.items())):
+            key = sha256(settings.encode() + b"\0" + (nb.read_bytes() if nb is not None else b"<missing>"))
+            if not regrade and states.get(student, {}).get("key") == key:
+                reused.append(student)
+            else:
+                jobs.append(Job(idx, student, nb, key))
+        sub_path = Path(submissions).resolve()
+        extra_hide = [sub_path if sub_path.is_dir() else sub_path.parent, base]
+        grader = Grader(lab, course, limits, base, hidden_paths(course, extra_hide), feedback, sandboxed)
+        results = {s: states[s] for s in reused}
+        if reused:  # the gradebook may lag behind the state files if a run was killed: re-merge (idempotent)
+            merge_results(course, lab, grader.parts, [states[s] for s in reused], state_dir)
+        if jobs:
+            grader.make_template()
+            grader.calibrate()
+            bar = None
+            if progress:
+                bar = tqdm(total=len(jobs), desc=f"grading {lab}", unit="nb", file=sys.stdout, ascii=True)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(grader.grade_one, job): job for job in jobs}
+                try:
+                    for fut in as_completed(futures):
+                        job = futures[fut]
+                        try:
+                            res = fut.result()
+                        except Exception as exc:
+                            res = grader._finish(
+                                {
+                                    "student_id": job.student,
+                                    "lab": lab,
+                                    "key": job.key,
+                                    "status": "crashed",
+                                    "notes": [f"grader error: {exc!r}"[:300]],
+                                    "parts": {g: 0.0 for g, _ in grader.parts},
+                                },
+                                time.monotonic(),
+                            )
+                        merge_results(course, lab, grader.parts, [res], state_dir)
+                        if res.get("scratch"):
+                            shutil.rmtree(Path(res["scratch"]).parent, ignore_errors=True)
+                        res.pop("scratch", None)
+                        results[job.student] = res
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix_str(f"{job.student}: {res['status']} {res['score']:g}")
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+                finally:
+                    if bar is not None:
+                        bar.close()
+        out = export_grades(lab, course)
+        hook = lab_hook(lab, course, "after_grading")
+        leaderboard = hook(lab=lab, course=course, submissions=subs, scratch=base) if hook else None
+        counts = {s: sum(1 for r in results.values() if r["status"] == s) for s in STATUSES}
+        return {
+            "csv": out,
+            "results": results,
+            "graded_now": sorted(j.student for j in jobs),
+            "reused": sorted(reused),
+            "counts": counts,
+            "seconds": time.monotonic() - t_start,
+            "workers": workers,
+            "verifiable": sorted(grader.verifiable),
+            "leaderboard": leaderboard,
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def summary_table(summary: dict) -> str:
+    """A Markdown table of a :func:`grade` summary: counts per status, mean score, time."""
+    results = summary["results"]
+    lines = ["| status | students | mean score |", "|---|---:|---:|"]
+    for status in STATUSES:
+        rs = [r for r in results.values() if r["status"] == status]
+        if rs:
+            lines.append(f"| {status} | {len(rs)} | {sum(r['score'] for r in rs) / len(rs):.2f} |")
+    lines.append(
+        f"| **all** | {len(results)} | {(sum(r['score'] for r in results.values()) / max(len(results), 1)):.2f} |"
+    )
+    lines.append("")
+    lines.append(
+        f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
+        f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}"
+    )
+    return "\n".join(lines)

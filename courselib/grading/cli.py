@@ -1,0 +1,163 @@
+"""The ``courselib`` command: the instructor's one entry point (run it from ``labs/`` or the repository root).
+
+::
+
+    courselib labs                          # list the labs and their points
+    courselib release [LAB ...]             # student versions into labs/release/
+    courselib grade LAB SUBMISSIONS [--workers N]
+                                            # class scale: parallel, sandboxed, limited, tamper-proof,
+                                            # resumable autograding + feedback + grades/LAB.csv (+ lab hooks)
+    courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde + feedback (trusted notebooks only)
+    courselib export LAB                    # labs/grades/LAB.csv
+    courselib leaderboard SUBMISSIONS OUT   # score the compression challenge, write the leaderboard
+    courselib mutants LAB [--only ID ...]   # mutation-test a lab: every wrong answer must lose points
+    courselib quiz render|grade ...         # the concept-check question bank
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import batch, course, gradebook, leaderboard, mutants, quiz
+from .grader import Limits
+
+
+def _cmd_labs(args) -> int:
+    for lab in course.list_labs(args.course_dir):
+        parts = course.lab_parts(lab, args.course_dir)
+        print(f"{lab}: {len(parts)} graded parts, {sum(p for _, p in parts):g} points")
+    return 0
+
+
+def _cmd_release(args) -> int:
+    for lab in args.labs or course.list_labs(args.course_dir):
+        print(f"released {lab} -> {course.release(lab, args.course_dir)}")
+    return 0
+
+
+def _cmd_autograde(args) -> int:
+    graded = course.autograde(args.lab, args.submissions, args.course_dir)
+    print(f"autograded {len(graded)} submission(s) of {args.lab}")
+    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir)}")
+    return 0
+
+
+def _cmd_grade(args) -> int:
+    limits = Limits(
+        cell_timeout=args.cell_timeout,
+        notebook_timeout=args.notebook_timeout,
+        memory_mb=args.memory_mb,
+        output_kb=args.output_kb,
+    )
+    summary = batch.grade(
+        args.lab,
+        args.submissions,
+        args.course_dir,
+        workers=args.workers,
+        limits=limits,
+        feedback=not args.no_feedback,
+        regrade=args.regrade,
+        progress=not args.quiet,
+    )
+    print(batch.summary_table(summary))
+    if summary.get("leaderboard"):
+        print(f"leaderboard: {summary['leaderboard']} (and .csv)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir)}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    rows = leaderboard.grade_challenge(args.submissions, args.out_dir, lab=args.lab)
+    for r in rows:
+        print(f"{r['student_id']}: {r['status']} score={leaderboard.format_cell('score', r['score']) or '-'}")
+    return 0
+
+
+def _cmd_mutants(args) -> int:
+    rows = mutants.run_bank(args.lab, args.course_dir, only=args.only)
+    print(mutants.verdict_table(rows))
+    bad = [r for r in rows if r["verdict"] not in ("killed", "full-marks")]
+    print(f"{args.lab}: {len(rows) - 1} mutants, {len(rows) - 1 - len(bad)} killed, {len(bad)} not")
+    return 1 if bad else 0
+
+
+def _cmd_quiz(args) -> int:
+    if args.quiz_command == "render":
+        for p in quiz.write_pages(args.bank):
+            print(p)
+        return 0
+    res = quiz.grade(quiz.read_answers(Path(args.answers)), chapter=args.chapter, path=args.bank)
+    for qid, ok in res["results"].items():
+        print(f"{'ok   ' if ok else 'WRONG'} {qid}")
+    print(f"score: {res['score']}/{res['total']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="courselib", description="On-device ML course tools (instructors).")
+    parser.add_argument("--course-dir", default=None, help="the nbgrader course folder (default: ./ or ./labs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("labs", help="list the labs and their points").set_defaults(func=_cmd_labs)
+    p = sub.add_parser("release", help="generate student versions (all labs by default)")
+    p.add_argument("labs", nargs="*")
+    p.set_defaults(func=_cmd_release)
+    p = sub.add_parser("autograde", help="autograde a folder <student>/<lab>/<lab>.ipynb and export grades")
+    p.add_argument("lab")
+    p.add_argument("submissions")
+    p.set_defaults(func=_cmd_autograde)
+    p = sub.add_parser("grade", help="grade a folder (or LMS zip) of submissions: parallel, sandboxed, resumable")
+    p.add_argument("lab")
+    p.add_argument("submissions", help="<student>/<lab>/<lab>.ipynb folders, or a zip of them")
+    p.add_argument("--workers", type=int, default=2, help="parallel submissions (default 2)")
+    d = Limits()
+    p.add_argument("--cell-timeout", type=int, default=d.cell_timeout, help=f"seconds per cell ({d.cell_timeout})")
+    p.add_argument(
+        "--notebook-timeout", type=int, default=d.notebook_timeout, help=f"seconds per notebook ({d.notebook_timeout})"
+    )
+    p.add_argument("--memory-mb", type=int, default=d.memory_mb, help=f"kernel memory, MiB ({d.memory_mb})")
+    p.add_argument("--output-kb", type=int, default=d.output_kb, help=f"output per cell, KiB ({d.output_kb})")
+    p.add_argument("--no-feedback", action="store_true", help="skip the HTML feedback")
+    p.add_argument("--regrade", action="store_true", help="grade again even unchanged submissions")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_grade)
+    p = sub.add_parser("export", help="export grades of a lab to grades/LAB.csv")
+    p.add_argument("lab")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("leaderboard", help="score compression-challenge submissions and write the leaderboard")
+    p.add_argument("submissions", help="a folder <student>/<lab>/submission/")
+    p.add_argument("out_dir")
+    p.add_argument("--lab", default="lab06_challenge")
+    p.set_defaults(func=_cmd_leaderboard)
+    p = sub.add_parser("mutants", help="mutation-test a lab with its bank labs/mutants/LAB.yml")
+    p.add_argument("lab")
+    p.add_argument("--only", nargs="*", default=None, help="mutant ids (default: all)")
+    p.set_defaults(func=_cmd_mutants)
+    p = sub.add_parser("quiz", help="the concept-check question bank")
+    qsub = p.add_subparsers(dest="quiz_command", required=True)
+    q = qsub.add_parser("render", help="regenerate the MyST pages from questions.yml")
+    q.add_argument("--bank", default=None)
+    q = qsub.add_parser("grade", help="grade a YAML/JSON file of {question id: answer}")
+    q.add_argument("answers")
+    q.add_argument("--chapter", default=None)
+    q.add_argument("--bank", default=None)
+    p.set_defaults(func=_cmd_quiz)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (course.GradingError, ValueError) as exc:
+        print(f"courselib: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

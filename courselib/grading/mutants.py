@@ -1,0 +1,186 @@
+"""Mutation testing of the labs: every plausible wrong answer must lose the points of the part it breaks.
+
+A lab's *mutant bank* ``labs/mutants/<lab>.yml`` (outside ``source/``: nbgrader releases everything under
+``source/<lab>/``, and a mutant is a near-solution) lists mistakes real students make, each a literal edit
+of one solution cell of the source notebook::
+
+    lab: lab01_binary_codes
+    mutants:
+      - id: pack-big-endian
+        description: packs bits most-significant first (np.packbits' default order)
+        concept: packing bits into bytes        # optional: the syllabus concept it stands for
+        cell: q2_code                           # grade_id of the solution cell it changes
+        replace:                                # each `old` must occur exactly once in that cell
+          - {old: 'bitorder="little"', new: 'bitorder="big"'}
+        # or `source: |` with the whole new cell
+        breaks: [q2_test]                       # exactly the graded parts that must lose points
+
+:func:`run_bank` grades the solution and every mutant with nbgrader's autograder in a scratch copy of the
+course (the real pipeline: release, autograde, gradebook) and gives each mutant a verdict: ``killed``
+(every part in ``breaks`` lost points and no other part did), ``survived`` (a part in ``breaks`` kept its
+points) or ``collateral`` (another part lost points too: the parts are not graded independently).
+``courselib mutants LAB`` prints the table; ``tests/test_lab_mutants.py`` requires every mutant killed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from nbgrader.api import Gradebook, MissingEntry
+
+from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_parts, nbgrader
+
+__all__ = ["MutantError", "bank_path", "load_bank", "apply_mutant", "run_bank", "verdict_table"]
+
+BANK_DIR = "mutants"
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}$")
+VERDICTS = ("killed", "survived", "collateral")
+"""Verdicts of a mutant; the solution's own row is ``full-marks`` (or ``solution-loses-points``)."""
+
+
+class MutantError(GradingError):
+    """A mutant bank that does not fit its lab (unknown cell or part, an edit that does not apply)."""
+
+
+def bank_path(lab: str, course_dir=None) -> Path:
+    """``<course>/mutants/<lab>.yml``."""
+    return find_course_dir(course_dir) / BANK_DIR / f"{lab}.yml"
+
+
+def _source_notebook(lab: str, course: Path) -> dict:
+    return json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+
+
+def _cells_by_id(nb: dict) -> dict[str, dict]:
+    return {c["metadata"]["nbgrader"]["grade_id"]: c for c in nb["cells"] if "nbgrader" in c.get("metadata", {})}
+
+
+def load_bank(lab: str, course_dir=None) -> list[dict]:
+    """The lab's mutants, checked against its source notebook (ids, cells, parts, edits)."""
+    course = find_course_dir(course_dir)
+    check_lab(lab, course)
+    path = bank_path(lab, course)
+    if not path.exists():
+        raise MutantError(f"{lab} has no mutant bank ({path})")
+    bank = yaml.safe_load(path.read_text())
+    if not isinstance(bank, dict) or bank.get("lab") != lab or not isinstance(bank.get("mutants"), list):
+        raise MutantError(f"{path}: expected a mapping with `lab: {lab}` and a `mutants` list")
+    nb = _source_notebook(lab, course)
+    cells = _cells_by_id(nb)
+    parts = {g for g, _ in lab_parts(lab, course)}
+    seen = set()
+    for m in bank["mutants"]:
+        mid = m.get("id")
+        if not isinstance(mid, str) or not _ID.match(mid) or mid in seen:
+            raise MutantError(f"{path}: bad or repeated mutant id {mid!r} (kebab-case, unique)")
+        seen.add(mid)
+        for key in ("description", "cell", "breaks"):
+            if not m.get(key):
+                raise MutantError(f"{path}: mutant {mid} needs `{key}`")
+        cell = cells.get(m["cell"])
+        if cell is None or not cell["metadata"]["nbgrader"].get("solution"):
+            raise MutantError(f"{path}: mutant {mid}: {m['cell']!r} is not a solution cell of {lab}")
+        unknown = set(m["breaks"]) - parts
+        if unknown:
+            raise MutantError(f"{path}: mutant {mid}: {sorted(unknown)} are not graded parts of {lab}")
+        if ("replace" in m) == ("source" in m):
+            raise MutantError(f"{path}: mutant {mid} needs exactly one of `replace` or `source`")
+        apply_mutant(nb, m)  # the edit must apply
+    return bank["mutants"]
+
+
+def apply_mutant(nb: dict, mutant: dict) -> dict:
+    """A copy of the source notebook ``nb`` with ``mutant``'s edit applied to its cell."""
+    out = copy.deepcopy(nb)
+    cell = _cells_by_id(out)[mutant["cell"]]
+    src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    if "source" in mutant:
+        new = mutant["source"]
+    else:
+        new = src
+        for edit in mutant["replace"]:
+            n = new.count(edit["old"])
+            if n != 1:
+                raise MutantError(f"mutant {mutant['id']}: {edit['old']!r} occurs {n} times in {mutant['cell']}")
+            new = new.replace(edit["old"], edit["new"])
+    if new == src:
+        raise MutantError(f"mutant {mutant['id']} does not change {mutant['cell']}")
+    cell["source"] = new
+    return out
+
+
+def run_bank(lab: str, course_dir=None, *, only=None, workdir=None) -> list[dict]:
+    """Grade the solution and every mutant (or those in ``only``) of ``lab``; one verdict each.
+
+    Returns a list of dicts ``{"id", "breaks", "lost", "verdict", "description"}``; the first row is the
+    solution itself (``id`` ``"solution"``, which must lose nothing).
+    """
+    course = find_course_dir(course_dir)
+    mutants = load_bank(lab, course)
+    if only:
+        missing = set(only) - {m["id"] for m in mutants}
+        if missing:
+            raise MutantError(f"no mutants {sorted(missing)} in {lab}'s bank")
+        mutants = [m for m in mutants if m["id"] in set(only)]
+    nb = _source_notebook(lab, course)
+    parts = lab_parts(lab, course)
+    tmp = Path(tempfile.mkdtemp(prefix=f"mutants-{lab}-", dir=workdir))
+    try:
+        scratch = tmp / "course"
+        (scratch / "source").mkdir(parents=True)
+        shutil.copy(course / "nbgrader_config.py", scratch)
+        shutil.copytree(course / "source" / lab, scratch / "source" / lab)
+        nbgrader(["generate_assignment", lab, "--force"], scratch)
+        students = {"solution": nb, **{f"m-{m['id']}": apply_mutant(nb, m) for m in mutants}}
+        for student, notebook in students.items():
+            dest = scratch / "submitted" / student / lab
+            dest.mkdir(parents=True)
+            (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(notebook, indent=1))
+        nbgrader(["autograde", lab, "--create", "--force"], scratch)
+        scores = {}
+        with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as gb:
+            for student in students:
+                row = {}
+                for g, _ in parts:
+                    try:
+                        row[g] = float(gb.find_grade(g, lab, lab, student).score or 0.0)
+                    except MissingEntry:
+                        row[g] = 0.0
+                scores[student] = row
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    full = dict(parts)
+
+    def lost(student):
+        return sorted(g for g in full if scores[student][g] < full[g])
+
+    rows = [{"id": "solution", "breaks": [], "lost": lost("solution"), "description": "the source's solution"}]
+    rows[0]["verdict"] = "full-marks" if not rows[0]["lost"] else "solution-loses-points"
+    for m in mutants:
+        got = lost(f"m-{m['id']}")
+        breaks = sorted(m["breaks"])
+        if not set(breaks) <= set(got):
+            verdict = "survived"
+        elif set(got) - set(breaks):
+            verdict = "collateral"
+        else:
+            verdict = "killed"
+        rows.append({"id": m["id"], "breaks": breaks, "lost": got, "verdict": verdict, "description": m["description"]})
+    return rows
+
+
+def verdict_table(rows: list[dict]) -> str:
+    """A Markdown table of :func:`run_bank`'s rows."""
+    lines = ["| mutant | must lose | lost | verdict |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['id']} | {', '.join(r['breaks']) or '-'} | {', '.join(r['lost']) or '-'} | "
+            f"{r['verdict'].upper() if r['verdict'] != 'killed' else 'killed'} |"
+        )
+    return "\n".join(lines)
