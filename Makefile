@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: book test install labs bench lock clean clean-labs browser
+.PHONY: book test install labs bench lock clean clean-labs browser sandbox
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,10 @@ install: $(STAMP)
 labs: $(STAMP)
 	cd labs && $(BIN)/courselib release
 
-book: $(STAMP) labs
+book: $(STAMP) sandbox labs
 	$(BIN)/python tools/build_book.py
 
-test: $(STAMP) browser
+test: $(STAMP) browser sandbox
 	@rm -f _build/screenshots/report.txt
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup; status=$$?; \
 	  if [ -f _build/screenshots/report.txt ]; then head -1 _build/screenshots/report.txt; fi; exit $$status
@@ -41,6 +41,17 @@ browser:
 	    >/dev/null) || echo "apt-get could not install chromium: the browser tests will be skipped"; \
 	else echo "chromium/chromedriver missing and not root: the browser tests will be skipped" \
 	  "(install Debian's chromium and chromium-driver)"; fi
+
+# bubblewrap (Debian's `bubblewrap`, the sandbox behind Flatpak) isolates student code in
+# `courselib grade`. Installed when missing and we are root; otherwise grading refuses (unless
+# --no-sandbox) and the grading tests are skipped and say why.
+sandbox:
+	@if command -v bwrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing bubblewrap for the grading sandbox (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	    || echo "apt-get could not install bubblewrap: the grading tests will be skipped"; \
+	else echo "bwrap missing and not root: the grading tests will be skipped (install Debian's bubblewrap)"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
