@@ -181,6 +181,6 @@ def verdict_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['id']} | {', '.join(r['breaks']) or '-'} | {', '.join(r['lost']) or '-'} | "
-            f"{r['verdict'].upper() if r['verdict'] != 'killed' else 'killed'} |"
+            f"{r['verdict'] if r['verdict'] in ('killed', 'full-marks') else r['verdict'].upper()} |"
         )
     return "\n".join(lines)

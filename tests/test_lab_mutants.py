@@ -1,0 +1,68 @@
+"""Mutation testing of every lab: each plausible wrong answer in ``labs/mutants/<lab>.yml`` loses exactly the
+points of the parts it breaks, graded by nbgrader (release, autograde, gradebook) in a scratch course.
+
+How to add a mutant: CONTRIBUTING.md, "Labs: mutants". ``courselib mutants LAB`` prints the same table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from courselib import grading
+from courselib.grading import mutants
+
+REPO = Path(__file__).resolve().parents[1]
+COURSE = REPO / "labs"
+LABS = grading.list_labs(COURSE)
+MIN_MUTANTS = 10
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_lab_has_a_mutant_bank(lab):
+    bank = mutants.load_bank(lab, COURSE)
+    assert len(bank) >= MIN_MUTANTS, f"{lab}: {len(bank)} mutants, at least {MIN_MUTANTS} wanted"
+    parts = {g for g, _ in grading.lab_parts(lab, COURSE)}
+    broken = {g for m in bank for g in m["breaks"]}
+    assert parts <= broken, f"{lab}: no mutant breaks {sorted(parts - broken)} (a part no wrong answer can fail)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", LABS)
+def test_every_mutant_is_killed(lab):
+    rows = mutants.run_bank(lab, COURSE)
+    table = mutants.verdict_table(rows)
+    assert rows[0]["verdict"] == "full-marks", f"the solution itself loses points:\n{table}"
+    bad = [r["id"] for r in rows[1:] if r["verdict"] != "killed"]
+    assert not bad, f"{lab}: mutants not killed (or killing other parts too): {bad}\n{table}"
+
+
+def test_a_bank_that_does_not_apply_is_refused(tmp_path):
+    course = tmp_path / "course"
+    (course / "source").mkdir(parents=True)
+    (course / "nbgrader_config.py").write_text((COURSE / "nbgrader_config.py").read_text())
+    lab = "lab00_memory"
+    src = COURSE / "source" / lab / f"{lab}.ipynb"
+    (course / "source" / lab).mkdir()
+    (course / "source" / lab / f"{lab}.ipynb").write_text(src.read_text())
+    (course / "mutants").mkdir()
+    bank = course / "mutants" / f"{lab}.yml"
+    bank.write_text(
+        f"lab: {lab}\nmutants:\n  - id: nope\n    description: d\n    cell: q1_code\n"
+        "    replace: [{old: 'this text is not in the cell', new: 'x'}]\n    breaks: [q1_test]\n"
+    )
+    with pytest.raises(mutants.MutantError, match="occurs 0 times"):
+        mutants.load_bank(lab, course)
+    bank.write_text(
+        f"lab: {lab}\nmutants:\n  - id: nope\n    description: d\n    cell: q1_test\n"
+        "    source: 'pass'\n    breaks: [q1_test]\n"
+    )
+    with pytest.raises(mutants.MutantError, match="not a solution cell"):
+        mutants.load_bank(lab, course)
+    bank.write_text(
+        f"lab: {lab}\nmutants:\n  - id: nope\n    description: d\n    cell: q1_code\n"
+        "    source: 'pass'\n    breaks: [no_such_part]\n"
+    )
+    with pytest.raises(mutants.MutantError, match="not graded parts"):
+        mutants.load_bank(lab, course)
