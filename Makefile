@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make book   - create/reuse .venv, generate the lab releases, build the HTML book into _build/html
 #   make test   - create/reuse .venv, run the whole test suite (unit, labs, grading pipeline, book build)
+#   make        - the student edition (what may be published) in _build/student, scanned for answers
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
@@ -8,8 +9,9 @@ STAMP  := $(VENV)/.installed
 # nbgrader runs `alembic` by name: the venv's bin must come first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
+.DEFAULT_GOAL := student
 
-.PHONY: book test install labs bench lock clean clean-labs browser sandbox
+.PHONY: book test student dist install labs bench lock clean clean-labs browser sandbox
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +25,16 @@ install: $(STAMP)
 labs: $(STAMP)
 	cd labs && $(BIN)/courselib release
 
-book: $(STAMP) sandbox labs
+book: $(STAMP) sandbox labs dist
 	$(BIN)/python tools/build_book.py
+
+# courselib's sdist and wheel (ondevice-ml-courselib), built offline into _build/dist; the book ships them
+dist: $(STAMP)
+	$(BIN)/python tools/build_dist.py
+
+# The student edition: the book, the lab releases, courselib, no solutions or hidden tests (tools/edition.py)
+student: book
+	$(BIN)/python tools/edition.py
 
 test: $(STAMP) browser sandbox
 	@rm -f _build/screenshots/report.txt

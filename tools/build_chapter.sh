@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the book's index plus the given chapters into a private output folder, with -W,
-# so that one chapter can be checked without touching _toc.yml or the shared _build.
+# so that one chapter can be checked without touching _toc.yml or the shared _build. The API reference
+# pages (book/api/, generated from the docstrings) are always added, for the chapters' courselib links.
 # Usage: tools/build_chapter.sh book/itq.md [book/other.md ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,13 @@ toc="$out/_toc.yml"
   echo "root: book/index"
   echo "chapters:"
   for f in "$@"; do echo "  - file: ${f%.md}"; done
+  # The API reference pages (autodoc, no execution), so that {func}/{class}/{mod} roles resolve (nitpicky).
+  for f in book/api/*.md; do
+    case " $* " in *" $f "*) ;; *) [ "$f" = book/api/index.md ] || echo "  - file: ${f%.md}";; esac
+  done
 } > "$toc"
 sed "s#cache: \"_build/.jupyter_cache\"#cache: \"$out/.jupyter_cache\"#" _config.yml > "$out/_config.yml"
 export PATH="$PWD/.venv/bin:$PATH"
+# the config copy lives in $out, so its local_extensions path (tools/) must come from PYTHONPATH
+export PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}"
 exec jupyter-book build . --toc "$toc" --config "$out/_config.yml" --path-output "$out" -W --keep-going
