@@ -9,11 +9,17 @@ changed chapters.
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The content modules (the book's appendix): courselib's flat top-level modules; the grading layer is the
+# courselib/grading/ subpackage and is not in the API reference.
+CONTENT_MODULES = sorted(p.stem for p in (REPO / "courselib").glob("*.py") if not p.name.startswith("_"))
+CONTENT_NAME = re.compile(rf"~?courselib\.(?:{'|'.join(CONTENT_MODULES)})(?:\.\w+)*\b")
+ROLE = re.compile(r"\{(?:func|class|mod|meth|attr|data|obj|exc)\}`~?courselib\.[\w.]+`")
 
 
 def page(html_root: Path, name: str) -> str:
@@ -53,3 +59,93 @@ def test_every_toc_page_is_built_and_labs_are_downloadable(built_book):
             assert "BEGIN SOLUTION" not in offered and "raise NotImplementedError()" in offered, (
                 "the Labs page must offer the student release, not the solution"
             )
+
+
+class _InlineCode(HTMLParser):
+    """Collects every inline ``<code>`` outside code cells, with the link it sits in (if any)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.links: list[str | None] = []  # href of each open <a>
+        self.pre = 0
+        self.code: list[str] | None = None
+        self.found: list[tuple[str, str | None]] = []  # (code text, href of the link around it)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a":
+            self.links.append(a.get("href"))
+        elif tag == "pre":
+            self.pre += 1
+        elif tag == "code" and not self.pre and self.code is None:
+            self.code = []
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self.links:
+            self.links.pop()
+        elif tag == "pre":
+            self.pre = max(0, self.pre - 1)
+        elif tag == "code" and self.code is not None:
+            href = next((h for h in reversed(self.links) if h), None)
+            self.found.append(("".join(self.code).strip(), href))
+            self.code = None
+
+    def handle_data(self, data):
+        if self.code is not None:
+            self.code.append(data)
+
+
+def unlinked_courselib_names(html: str) -> list[str]:
+    """Inline code naming a courselib content module or one of its objects that is not a link into the
+    API reference (book/api/): a chapter reference a reader cannot follow."""
+    parser = _InlineCode()
+    parser.feed(html)
+    return [
+        text
+        for text, href in parser.found
+        if CONTENT_NAME.match(text) and not (href and re.match(r"(\.\./)*api/\w+\.html(#|$)", href))
+    ]
+
+
+def test_unlinked_names_are_found():
+    plain = '<p>see <code class="docutils literal notranslate"><span class="pre">courselib.itq.ITQ</span></code></p>'
+    linked = (
+        '<p><a class="reference internal" href="api/itq.html#courselib.itq.ITQ" title="courselib.itq.ITQ">'
+        '<code class="xref py py-class docutils literal notranslate"><span class="pre">courselib.itq.ITQ</span>'
+        "</code></a></p>"
+    )
+    unresolved = (
+        '<p><code class="xref py py-func docutils literal notranslate">courselib.memory.packed_bytes</code></p>'
+    )
+    in_cell = '<div class="highlight"><pre><code>courselib.itq.ITQ</code></pre></div>'
+    not_content = "<p><code>courselib.grading.quiz.grade(answers)</code> and <code>courselib grade</code></p>"
+    assert unlinked_courselib_names(plain) == ["courselib.itq.ITQ"]
+    assert unlinked_courselib_names(linked) == []
+    assert unlinked_courselib_names(unresolved) == ["courselib.memory.packed_bytes"]
+    assert unlinked_courselib_names(in_cell + not_content) == []
+    elsewhere = linked.replace("api/itq.html", "https://example.org/itq.html").replace("internal", "external")
+    assert unlinked_courselib_names(elsewhere) == ["courselib.itq.ITQ"]
+
+
+@pytest.mark.xdist_group("book")
+def test_chapter_references_to_courselib_are_api_links(built_book):
+    """Every courselib name in a chapter's prose is a link to its entry in the API reference."""
+    api = built_book / "book" / "api"
+    for mod in CONTENT_MODULES:
+        assert (api / f"{mod}.html").exists(), f"no API reference page for courselib.{mod}"
+        assert f'id="module-courselib.{mod}"' in (api / f"{mod}.html").read_text(), mod
+    problems, n_links = {}, 0
+    for html_file in sorted((built_book / "book").rglob("*.html")):
+        rel = html_file.relative_to(built_book / "book")
+        if rel.parts[0] == "api" or not (REPO / "book" / rel).with_suffix(".md").exists():
+            continue
+        html = html_file.read_text()
+        bad = unlinked_courselib_names(html)
+        if bad:
+            problems[rel.as_posix()] = bad
+        roles = len(ROLE.findall((REPO / "book" / rel).with_suffix(".md").read_text()))
+        links = len(re.findall(r'<a class="reference internal" href="(?:\.\./)*api/\w+\.html#', html))
+        assert links >= roles, f"{rel}: {roles} courselib roles in the source but {links} API links in the page"
+        n_links += links
+    assert problems == {}, f"courselib names that are plain code, not API links: {problems}"
+    assert n_links >= 20, f"only {n_links} links from the chapters into the API reference"
