@@ -73,8 +73,22 @@ def substantive(line: str) -> bool:
     return len(s) >= MIN_LINE and not s.startswith("#") and not re.fullmatch(r"[\W_]+", s)
 
 
-def solution_lines(source_root: Path = REPO / "labs" / "source", release_root: Path = REPO / "labs" / "release"):
-    """{normalized line: lab} for the substantive answer lines that the student release does not contain."""
+def library_lines(root: Path = REPO / "courselib") -> set[str]:
+    """Normalized lines of courselib's own code, which is public by design (the wheel, the API pages)."""
+    return {normalize(ln) for f in root.rglob("*.py") for ln in f.read_text().split("\n")}
+
+
+def solution_lines(
+    source_root: Path = REPO / "labs" / "source",
+    release_root: Path = REPO / "labs" / "release",
+    library: set[str] | None = None,
+) -> dict[str, str]:
+    """{normalized line: lab} for the substantive answer lines that the student release does not contain.
+
+    Lines that are also courselib code are left out (pass `library=set()` to keep them): the library is
+    published anyway, so finding them in the wheel says nothing; `library_overlap()` lists them.
+    """
+    library = library_lines() if library is None else library
     found: dict[str, str] = {}
     for src in sorted(source_root.glob("*/*.ipynb")):
         lab = src.parent.name
@@ -85,9 +99,16 @@ def solution_lines(source_root: Path = REPO / "labs" / "source", release_root: P
             else set()
         )
         for ln in solution_regions(json.loads(src.read_text())):
-            if substantive(ln) and normalize(ln) not in released:
+            if substantive(ln) and normalize(ln) not in released and normalize(ln) not in library:
                 found.setdefault(normalize(ln), lab)
     return found
+
+
+def library_overlap() -> dict[str, str]:
+    """Answer lines that courselib itself contains: a student can read them in the library."""
+    every = solution_lines(library=set())
+    lib = library_lines()
+    return {ln: lab for ln, lab in every.items() if ln in lib}
 
 
 def _html_text(text: str) -> str:
@@ -194,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     problems = scan(roots, answers)
     n_files = sum(1 for r in roots for p in ([r] if r.is_file() else r.rglob("*")) if p.is_file())
     print(f"student edition scan: {n_files} files, {len(answers)} answer lines looked for, {len(problems)} found")
+    overlap = library_overlap()
+    if overlap:
+        labs = sorted(set(overlap.values()))
+        print(f"note: {len(overlap)} answer lines are also courselib code (public by design), in {', '.join(labs)}")
     for p in problems[:50]:
         print("  " + p)
     if not args.scan_only:

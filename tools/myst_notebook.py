@@ -250,7 +250,8 @@ def convert_markdown(text: str, r: Resolver) -> str:
 
 def leftover_markup(text: str) -> list[str]:
     """MyST that a Jupyter Markdown renderer would show raw (roles, directives, targets)."""
-    found = [m.group(0) for m in ROLE.finditer(re.sub(r"```.*?```", "", text, flags=re.S))]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    found = [m.group(0) for m in ROLE_OR_CODE.finditer(prose) if m["role"]]
     found += [ln for ln in text.split("\n") if OPEN.match(ln) or TARGET.match(ln)]
     found += re.findall(r"\$\$\s*\([\w:.-]+\)", text)
     return found
