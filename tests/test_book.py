@@ -30,6 +30,7 @@ def text_of(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("book")
 def test_index_and_intro_chapter(built_book):
     assert (built_book / "index.html").exists()
@@ -46,6 +47,7 @@ def test_index_and_intro_chapter(built_book):
     assert 'id="equation-intro-ratio"' in intro
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("book")
 def test_every_toc_page_is_built_and_labs_are_downloadable(built_book):
     toc = (REPO / "_toc.yml").read_text()
@@ -127,6 +129,7 @@ def test_unlinked_names_are_found():
     assert unlinked_courselib_names(elsewhere) == ["courselib.itq.ITQ"]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("book")
 def test_chapter_references_to_courselib_are_api_links(built_book):
     """Every courselib name in a chapter's prose is a link to its entry in the API reference."""

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 SEARCH_TERM = "quantization"
-pytestmark = pytest.mark.xdist_group("book")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
 
 # --------------------------------------------------------------------------------------------- helpers
 

@@ -31,6 +31,7 @@ NB = f"{LAB}.ipynb"
 LIMITS = grading.Limits(cell_timeout=15, notebook_timeout=150, memory_mb=2048, output_kb=256)
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not sandbox.available(), reason="needs root and unshare namespaces"),
     pytest.mark.xdist_group("grading"),
 ]

@@ -56,6 +56,7 @@ def test_lab_source_is_clean_and_well_formed(lab):
     assert any("### BEGIN HIDDEN TESTS" in "".join(c["source"]) for c in nb["cells"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lab", LABS)
 def test_solution_full_marks_blank_zero(tmp_path, lab):
     course = make_course(tmp_path, lab)
@@ -83,6 +84,7 @@ def test_solution_full_marks_blank_zero(tmp_path, lab):
     assert (course / "feedback" / "solution" / lab / f"{lab}.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lab", LABS)
 def test_solution_passes_nbval(tmp_path, lab):
     # run on a copy: a lab may write files next to its notebook (lab 6 saves a submission), and the
