@@ -6,7 +6,8 @@ Implements the chapter ``book/deploying.md`` and ``benchmarks/bench_deploy.py``.
   ATen operators; :func:`executorch.exir.to_edge_transform_and_lower` *lowers* it, handing every subgraph
   the XNNPACK delegate supports to XNNPACK (the CPU kernel library of phones and embedded boards);
   ``.to_executorch()`` serializes the result to a ``.pte`` program (a flatbuffer), which the small
-  ExecuTorch runtime loads and executes. A ``.pte`` has a fixed input shape: one program per batch size.
+  ExecuTorch runtime loads and executes. A ``.pte`` plans its memory for a maximum input shape: the
+  batch axis is dynamic up to the batch of the example input.
 - **ONNX Runtime** (``"onnxruntime"``): :func:`torch.onnx.export` writes an ONNX graph (batch axis
   dynamic), and ``onnxruntime.InferenceSession`` runs it with its CPU kernels.
 
@@ -51,8 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compare
 from .binaryconnect import BinaryConv2d, BinaryLinear
-from .measure import LATENCY_CLOCKS
+from .distillation import distill
+from .measure import LATENCY_CLOCKS, file_bytes, measure_latency
+from .pruning import prune_filters
+from .quantization import quantize_dynamic_int8, quantize_static_int8
+from .training import evaluate
 
 
 @contextlib.contextmanager
@@ -120,6 +126,9 @@ __all__ = [
     "program_accuracy",
     "max_output_difference",
     "deploy_model",
+    "study_models",
+    "runtime_study",
+    "study_table",
 ]
 
 #: The two runtimes.
@@ -214,9 +223,10 @@ def export_graph(model: nn.Module, example_input, *, dynamic_batch: bool = False
     ----------
     model : nn.Module
     example_input : tensor or ndarray
-        The input the program will take (its shape is fixed unless ``dynamic_batch``).
+        The input the program will take. Its batch is the largest the graph accepts when
+        ``dynamic_batch``; otherwise the shape is fixed.
     dynamic_batch : bool, default False
-        Mark the batch axis dynamic (used before PT2E calibration, which runs other batch sizes).
+        Mark the batch axis dynamic, from 1 to the example's batch (at least 2).
     """
     m = deployable_copy(model)
     x = _as_input(example_input)
@@ -224,7 +234,7 @@ def export_graph(model: nn.Module, example_input, *, dynamic_batch: bool = False
     if dynamic_batch:
         if x.shape[0] < 2:
             x = torch.cat([x, x])
-        dyn = ({0: torch.export.Dim("batch", max=4096)},)
+        dyn = ({0: torch.export.Dim("batch", min=1, max=int(x.shape[0]))},)
     try:
         with _quiet():
             return torch.export.export(m, (x,), dynamic_shapes=dyn)
@@ -314,7 +324,7 @@ def quantize_pt2e(
     X = _as_input(calibration_X, "calibration_X")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    gm = export_graph(model, X[:2], dynamic_batch=True).module()
+    gm = export_graph(model, X[: max(batch_size, 2)], dynamic_batch=True).module()
     quantizer = XNNPACKQuantizer().set_global(int8_config(per_channel=per_channel, dynamic=dynamic))
     with _quiet():
         prepared = prepare_pt2e(gm, quantizer)
@@ -397,7 +407,8 @@ def export_executorch(
     model : nn.Module
         A float model.
     example_input : tensor or ndarray
-        Fixes the program's input shape (batch size included).
+        Fixes the program's input shape; its batch size is the largest the program takes (a batch of
+        ``b >= 2`` gives a program for any batch from 1 to ``b``; a batch of 1, a program for batch 1).
     path : str or Path
         Where the ``.pte`` is written (parent folders are created).
     quantize : {None, "static", "dynamic"}
@@ -419,14 +430,16 @@ def export_executorch(
     if converted is None and quantize is not None:
         cal = calibration_X if calibration_X is not None else x
         converted = quantize_pt2e(model, cal, dynamic=quantize == "dynamic")
+    dynamic = x.shape[0] >= 2
     if converted is not None:
+        dyn = ({0: torch.export.Dim("batch", min=1, max=int(x.shape[0]))},) if dynamic else None
         try:
             with _quiet():
-                ep = torch.export.export(converted, (x,))
+                ep = torch.export.export(converted, (x,), dynamic_shapes=dyn)
         except Exception as err:
             raise DeployError(f"cannot export the quantized graph: {type(err).__name__}: {err}") from None
     else:
-        ep = export_graph(model, x)
+        ep = export_graph(model, x, dynamic_batch=dynamic)
     with _quiet():
         program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     path = Path(path)
@@ -555,8 +568,8 @@ class Program:
     """A loaded runtime program: call it with a batch, get the logits as a NumPy array.
 
     Made by :func:`load_program`. Attributes: ``runtime`` (``"executorch"`` or ``"onnxruntime"``),
-    ``path``, ``batch_size`` (the fixed batch of a ``.pte``; ``None`` for ONNX, whose batch is dynamic),
-    ``num_threads``.
+    ``path``, ``batch_size`` (the largest batch a ``.pte`` takes; ``None`` for ONNX, whose batch axis
+    is unbounded), ``input_shape`` (``.pte``: the shape at the largest batch), ``num_threads``.
     """
 
     def __init__(self, runtime: str, path: Path, num_threads: int):
@@ -580,9 +593,10 @@ class Program:
     def _prepared(self, x) -> torch.Tensor | np.ndarray:
         t = _as_input(x, "x")
         if self.runtime == "executorch":
-            if tuple(t.shape) != self.input_shape:
+            if tuple(t.shape[1:]) != self.input_shape[1:] or t.shape[0] > self.input_shape[0]:
                 raise ValueError(
-                    f"this .pte program takes inputs of shape {self.input_shape} (fixed at export), got {tuple(t.shape)}"
+                    f"this .pte program takes inputs of shape (b, {', '.join(map(str, self.input_shape[1:]))}) "
+                    f"with b <= {self.input_shape[0]} (fixed at export), got {tuple(t.shape)}"
                 )
             return t
         return t.numpy()
@@ -652,23 +666,11 @@ def program_latency(program: Program, x, *, repeats: int = 20, warmup: int = 3, 
     return float(np.median(times))
 
 
-def _batches(program: Program, X: torch.Tensor, batch_size: int):
-    """Yield ``(logits, n_valid)`` for consecutive batches; a fixed-shape program gets a padded last batch."""
-    b = program.batch_size or batch_size
-    for i in range(0, X.shape[0], b):
-        chunk = X[i : i + b]
-        n = chunk.shape[0]
-        if program.batch_size and n < b:
-            chunk = torch.cat([chunk, chunk[-1:].expand(b - n, *chunk.shape[1:])])
-        yield program(chunk)[:n], n
-
-
 def program_outputs(program: Program, X, *, batch_size: int = 256) -> np.ndarray:
-    """Logits of ``program`` for every row of ``X`` (in batches of the program's fixed size, or ``batch_size``)."""
+    """Logits of ``program`` for every row of ``X``, in batches of ``batch_size`` (at most the program's)."""
     Xt = _as_input(X, "X")
-    if program.input_shape is not None and tuple(Xt.shape[1:]) != program.input_shape[1:]:
-        Xt = Xt.reshape(Xt.shape[0], *program.input_shape[1:])
-    return np.concatenate([out for out, _ in _batches(program, Xt, batch_size)])
+    b = min(batch_size, program.batch_size or batch_size)
+    return np.concatenate([program(Xt[i : i + b]) for i in range(0, Xt.shape[0], b)])
 
 
 def program_accuracy(program: Program, X, y, *, batch_size: int = 256) -> float:
@@ -715,7 +717,8 @@ def deploy_model(
     calibration_X : array, optional
         Calibration images for ``quantize="static"``.
     batch_sizes : tuple of int, default (1, 64)
-        Latency is timed on the first ``b`` test images for each ``b`` (ExecuTorch: one program each).
+        Latency is timed on the first ``b`` test images for each ``b``; the ExecuTorch program takes
+        batches up to the largest.
     folder : path, optional
         Where the program files go (default: a temporary folder, removed afterwards).
     name : str
@@ -726,9 +729,8 @@ def deploy_model(
     Returns
     -------
     dict
-        ``runtime``, ``size_bytes`` (the program of the largest batch; ExecuTorch programs of another
-        batch size differ by a few bytes of shape metadata), ``latency_ms`` (``{b: median ms}``),
-        ``accuracy`` (in the runtime), ``path``.
+        ``runtime``, ``size_bytes`` (the program file), ``latency_ms`` (``{b: median ms}``), ``accuracy``
+        (in the runtime), ``path``.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -740,30 +742,208 @@ def deploy_model(
         if folder is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory())
         folder = Path(folder)
-        lat, programs = {}, {}
+        if quantize == "static" and calibration_X is None:
+            raise ValueError("quantize='static' needs calibration_X")
+        bmax = max(int(b) for b in batch_sizes)
         if runtime == "executorch":
             conv = None
             if quantize is not None:
-                cal = calibration_X if quantize == "static" else X[:64]
-                if cal is None:
-                    raise ValueError("quantize='static' needs calibration_X")
+                cal = calibration_X if quantize == "static" else X[:bmax]
                 conv = quantize_pt2e(model, cal, dynamic=quantize == "dynamic")
-            for b in sorted({int(b) for b in batch_sizes}):
-                path = export_executorch(model, X[:b], folder / f"{name}_b{b}.pte", converted=conv)
-                programs[b] = load_program(path)
+            path = export_executorch(model, X[: max(bmax, 2)], folder / f"{name}.pte", converted=conv)
         else:
             path = export_onnx(model, X[:1], folder / f"{name}_float.onnx")
             if quantize is not None:
                 path = quantize_onnx(path, folder / f"{name}_int8.onnx", quantize=quantize, calibration_X=calibration_X)
-            prog = load_program(path)
-            programs = {int(b): prog for b in batch_sizes}
-        for b, prog in programs.items():
-            lat[b] = 1e3 * program_latency(prog, X[:b], repeats=repeats, warmup=warmup)
-        big = programs[max(programs)]
+        prog = load_program(path)
+        lat = {int(b): 1e3 * program_latency(prog, X[: int(b)], repeats=repeats, warmup=warmup) for b in batch_sizes}
         return {
             "runtime": runtime,
-            "size_bytes": program_bytes(big.path),
+            "size_bytes": program_bytes(path),
             "latency_ms": lat,
-            "accuracy": program_accuracy(big, X, y_test),
-            "path": str(big.path),
+            "accuracy": program_accuracy(prog, X, y_test),
+            "path": str(path),
         }
+
+
+# --------------------------------------------------------------------------------------------------
+# the trade-off table of "Putting it together", deployed
+# --------------------------------------------------------------------------------------------------
+def study_models(train, calibration_X, *, settings: dict | None = None, reference=None, seed: int = 0) -> list[dict]:
+    """The models of the trade-off table (``courselib.compare``'s recipes), each in its deployable float form.
+
+    Every entry: ``name``; ``model``, the float model that is exported (int8 rows export the float
+    reference and quantize it in the runtime's own flow); ``quantize`` (``None``, ``"static"``,
+    ``"dynamic"``); ``eager``, the model PyTorch runs in the chapter *Putting it together* (its
+    ``torch.ao`` int8 models for the int8 rows); ``saver``, the file format of its eager size.
+
+    Parameters
+    ----------
+    train : (X, y)
+        Training images (28x28) and labels.
+    calibration_X : array
+        Calibration images for static int8 (training images).
+    settings : dict, optional
+        Overrides of :data:`courselib.compare.STUDY`.
+    reference : nn.Module, optional
+        A trained reference (default :func:`courselib.compare.train_reference`).
+    seed : int
+    """
+    s = {**compare.STUDY, **(settings or {})}
+    unknown = set(s) - set(compare.STUDY)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(compare.STUDY)}")
+    ref = reference if reference is not None else compare.train_reference(seed, s["reference_epochs"], train)
+    calib = np.asarray(calibration_X)
+    rows = [
+        {"name": "float32 reference", "model": ref, "quantize": None, "eager": ref, "saver": compare.save_dense},
+        {
+            "name": "int8 dynamic",
+            "model": ref,
+            "quantize": "dynamic",
+            "eager": quantize_dynamic_int8(ref),
+            "saver": compare.save_dense,
+        },
+        {
+            "name": "int8 static",
+            "model": ref,
+            "quantize": "static",
+            "eager": quantize_static_int8(ref, calib),
+            "saver": compare.save_dense,
+        },
+    ]
+    binary = compare.train_binary(train, epochs=s["binary_epochs"], seed=seed)
+    rows.append(
+        {
+            "name": "BinaryConnect",
+            "model": binary,
+            "quantize": None,
+            "eager": binary,
+            "saver": compare.save_packed_binary,
+        }
+    )
+    obd = compare.obd_prune(ref, train, s["obd_amount"], finetune_epochs=s["finetune_epochs"], seed=seed)
+    rows.append(
+        {
+            "name": f"OBD {int(100 * s['obd_amount'])}% pruned",
+            "model": obd,
+            "quantize": None,
+            "eager": obd,
+            "saver": compare.save_sparse,
+        }
+    )
+    filt = compare.filter_prune(ref, train, s["filter_amount"], finetune_epochs=s["finetune_epochs"], seed=seed)
+    rows.append(
+        {
+            "name": f"filters {int(100 * s['filter_amount'])}% pruned",
+            "model": filt,
+            "quantize": None,
+            "eager": filt,
+            "saver": compare.save_dense,
+        }
+    )
+    student = compare.distill_student(ref, train, channels=s["student_channels"], epochs=s["student_epochs"], seed=seed)
+    rows.append(
+        {"name": "distilled student", "model": student, "quantize": None, "eager": student, "saver": compare.save_dense}
+    )
+    # the pipeline of compare.combined_pipeline, kept in float before its last step (int8 in the runtime)
+    pruned = copy.deepcopy(student)
+    last = [n for n, mod in pruned.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1][-1]
+    prune_filters(pruned, last, s["pipeline_amount"])
+    distill(pruned, ref, train, epochs=max(1, s["finetune_epochs"]), lr=3e-3, batch_size=32, seed=seed, progress=False)
+    pruned.eval()
+    rows.append(
+        {
+            "name": "distill + prune + int8",
+            "model": pruned,
+            "quantize": "static",
+            "eager": quantize_static_int8(pruned, calib),
+            "saver": compare.save_dense,
+        }
+    )
+    return rows
+
+
+def runtime_study(
+    entries: list[dict],
+    X_test,
+    y_test,
+    calibration_X,
+    *,
+    runtimes=RUNTIMES,
+    batch_sizes=(1, 64),
+    repeats: int = 20,
+    warmup: int = 3,
+    folder=None,
+    log=None,
+) -> list[dict]:
+    """Every entry of :func:`study_models` in eager PyTorch and in each runtime: size, latency, accuracy.
+
+    Returns
+    -------
+    list of dict
+        One row per (entry, runtime), eager first: ``name``, ``runtime`` (``"eager"``, ``"executorch"``,
+        ``"onnxruntime"``), ``size_bytes`` (eager: the file of the entry's ``saver``; runtimes: the
+        program file), ``latency_ms`` (``{batch: median ms}``, one thread), ``accuracy``.
+    """
+    X = _as_input(X_test, "X_test")
+    y = np.asarray(y_test)
+    say = log or (lambda msg: None)
+    rows = []
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory())
+        for i, e in enumerate(entries):
+            eager = e["eager"].eval()
+            lat = {int(b): 1e3 * measure_latency(eager, X[:b], repeats=repeats, warmup=warmup) for b in batch_sizes}
+            rows.append(
+                {
+                    "name": e["name"],
+                    "runtime": "eager",
+                    "size_bytes": file_bytes(eager, e["saver"]),
+                    "latency_ms": lat,
+                    "accuracy": float(evaluate(eager, (X, y))["accuracy"]),
+                }
+            )
+            for rt in runtimes:
+                r = deploy_model(
+                    e["model"],
+                    X,
+                    y,
+                    runtime=rt,
+                    quantize=e["quantize"],
+                    calibration_X=calibration_X,
+                    batch_sizes=batch_sizes,
+                    folder=Path(folder) / f"{i}",
+                    name=rt,
+                    repeats=repeats,
+                    warmup=warmup,
+                )
+                rows.append(
+                    {"name": e["name"], **{k: r[k] for k in ("runtime", "size_bytes", "latency_ms", "accuracy")}}
+                )
+            say(f"{e['name']}: done")
+    return rows
+
+
+def study_table(rows: list[dict], batch_sizes=(1, 64)) -> str:
+    """The rows of :func:`runtime_study` as one Markdown table (a column group per runtime)."""
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    by = {(r["name"], r["runtime"]): r for r in rows}
+    head = ["method"]
+    for rt in runtimes:
+        head += [f"{rt} KB"] + [f"{rt} ms (batch {b})" for b in batch_sizes] + [f"{rt} acc."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        cells = [n]
+        for rt in runtimes:
+            r = by.get((n, rt))
+            if r is None:
+                cells += [""] * (len(batch_sizes) + 2)
+                continue
+            cells += [f"{r['size_bytes'] / 1000:.1f}"]
+            cells += [f"{r['latency_ms'][int(b)]:.3f}" for b in batch_sizes]
+            cells += [f"{100 * r['accuracy']:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -48,13 +48,19 @@ def test_fp32_executorch_matches_eager(model, data, tmp_path):
     path = deploy.export_executorch(model, x[:8], tmp_path / "m.pte")
     prog = deploy.load_program(path)
     assert prog.runtime == "executorch" and prog.batch_size == 8
-    out = prog(x[:8])
-    assert out.shape == (8, 10)
-    np.testing.assert_allclose(out, eager(model, x[:8]), atol=FP32_TOL, rtol=0)
-    # every batch of the 40 images (the last one padded) gives the eager logits
+    for b in (8, 1, 5):  # any batch up to the example's
+        out = prog(x[:b])
+        assert out.shape == (b, 10)
+        np.testing.assert_allclose(out, eager(model, x[:b]), atol=FP32_TOL, rtol=0)
+    # every batch of the 40 images (the last one shorter) gives the eager logits
     np.testing.assert_allclose(deploy.program_outputs(prog, x), eager(model, x), atol=FP32_TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"b <= 8 \(fixed at export\)"):
+        prog(x[:9])
     with pytest.raises(ValueError, match=r"fixed at export"):
-        prog(x[:3])
+        prog(x[:2, :, :20])
+    one = deploy.load_program(deploy.export_executorch(model, x[:1], tmp_path / "one.pte"))
+    assert one.batch_size == 1
+    np.testing.assert_allclose(one(x[:1]), eager(model, x[:1]), atol=FP32_TOL, rtol=0)
 
 
 def test_fp32_onnxruntime_matches_eager(model, data, tmp_path):
