@@ -129,6 +129,7 @@ def test_solution_names():
     assert names == ["f", "A", "b", "c", "d", "K"]
 
 
+@pytest.mark.slow  # autogrades a tampered submission with nbgrader: ~20 s
 def test_tampering_detection(tmp_path):
     course = tmp_path / "course"
     (course / "source").mkdir(parents=True)
