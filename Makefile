@@ -11,12 +11,12 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := student
 
-.PHONY: book test student dist install labs bench lock clean clean-labs browser sandbox
+.PHONY: book test student dist install labs bench lock clean clean-labs browser sandbox postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,grade,deploy,labs,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,grade,deploy,labs,cluster,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,7 +36,7 @@ dist: $(STAMP)
 student: book
 	$(BIN)/python tools/edition.py
 
-test: $(STAMP) browser sandbox
+test: $(STAMP) browser sandbox postgres
 	@rm -f _build/screenshots/report.txt
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup; status=$$?; \
 	  if [ -f _build/screenshots/report.txt ]; then head -1 _build/screenshots/report.txt; fi; exit $$status
@@ -51,6 +51,16 @@ browser:
 	    >/dev/null) || echo "apt-get could not install chromium: the browser tests will be skipped"; \
 	else echo "chromium/chromedriver missing and not root: the browser tests will be skipped" \
 	  "(install Debian's chromium and chromium-driver)"; fi
+
+# PostgreSQL for tests/test_postgres.py (Debian's postgresql; the test fixture starts a private server in a
+# temporary data directory on 127.0.0.1). Installed when missing and we are root; otherwise those tests skip.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing postgresql for the gradebook tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || echo "apt-get could not install postgresql: the PostgreSQL tests will be skipped"; \
+	else echo "PostgreSQL missing and not root: the PostgreSQL tests will be skipped (install Debian's postgresql)"; fi
 
 # bubblewrap (Debian's `bubblewrap`, the sandbox behind Flatpak) isolates student code in
 # `courselib grade`. Installed when missing and we are root; otherwise grading refuses (unless

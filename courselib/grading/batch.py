@@ -15,17 +15,19 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import sandbox
+from .cluster import make_context
+from .cluster import schedule as cluster_schedule
 from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook
 from .gradebook import ensure_assignment, export_grades, lab_state_dir, load_states, merge_results
 from .grader import GRADER_VERSION, STATUSES, Grader, Job, Limits, hidden_paths, sha256
 from .intake import collect_submissions
+from .worker import prepare_grader, schedule_local
 
 
 def _remove_stale_scratch() -> None:
@@ -52,6 +54,8 @@ def grade(
     sandboxed: bool | None = None,
     progress: bool = True,
     log=None,
+    cluster: str | None = None,
+    db: str | None = None,
 ) -> dict:
     """Autograde every submission of ``lab`` in parallel, isolated, limited and resumable.
 
@@ -62,6 +66,12 @@ def grade(
     the results into the course's gradebook and ``grades/.state/<lab>/<student>.json``; a submission
     whose notebook and settings are unchanged since its last grading is not graded again (so an
     interrupted run resumes), unless ``regrade``.
+
+    ``cluster`` sends one task per submission to Dask workers instead of local threads
+    (``"local:N"`` starts N worker processes on this machine, ``"tcp://host:8786"`` uses a running
+    scheduler; :mod:`courselib.grading.cluster`): each worker grades exactly as the local path does and
+    the results come back to this process, the one writer. ``db`` is the gradebook's URL (e.g.
+    ``postgresql://...``; default the course config's, :func:`courselib.grading.gradebook.db_url`).
 
     Returns a summary dict: ``{"csv": Path, "results": {student: result}, "graded_now": [...],
     "reused": [...], "counts": {status: n}, "seconds": float, "workers": int}``.
@@ -79,7 +89,7 @@ def grade(
     if not sandboxed:
         say("courselib grade: WARNING: no sandbox on this machine; student code runs unisolated")
     t_start = time.monotonic()
-    ensure_assignment(lab, course)
+    ensure_assignment(lab, course, db=db)
     source_sha = sha256((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_bytes())
     settings = json.dumps(
         {"v": GRADER_VERSION, "limits": asdict(limits), "source": source_sha, "sandboxed": sandboxed}, sort_keys=True
@@ -104,48 +114,34 @@ def grade(
         grader = Grader(lab, course, limits, base, hidden_paths(course, extra_hide), feedback, sandboxed)
         results = {s: states[s] for s in reused}
         if reused:  # the gradebook may lag behind the state files if a run was killed: re-merge (idempotent)
-            merge_results(course, lab, grader.parts, [states[s] for s in reused], state_dir)
+            merge_results(course, lab, grader.parts, [states[s] for s in reused], state_dir, db=db)
         if jobs:
-            grader.make_template()
-            grader.calibrate()
+            if cluster is None:
+                grader = prepare_grader(grader)
+                scheduled = schedule_local(grader, jobs, workers)
+            else:
+                scheduled = cluster_schedule(
+                    make_context(lab, course, limits, feedback, sandboxed), jobs, cluster, log=say
+                )
             bar = None
             if progress:
                 bar = tqdm(total=len(jobs), desc=f"grading {lab}", unit="nb", file=sys.stdout, ascii=True)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(grader.grade_one, job): job for job in jobs}
-                try:
-                    for fut in as_completed(futures):
-                        job = futures[fut]
-                        try:
-                            res = fut.result()
-                        except Exception as exc:
-                            res = grader._finish(
-                                {
-                                    "student_id": job.student,
-                                    "lab": lab,
-                                    "key": job.key,
-                                    "status": "crashed",
-                                    "notes": [f"grader error: {exc!r}"[:300]],
-                                    "parts": {g: 0.0 for g, _ in grader.parts},
-                                },
-                                time.monotonic(),
-                            )
-                        merge_results(course, lab, grader.parts, [res], state_dir)
-                        if res.get("scratch"):
-                            shutil.rmtree(Path(res["scratch"]).parent, ignore_errors=True)
-                        res.pop("scratch", None)
-                        results[job.student] = res
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix_str(f"{job.student}: {res['status']} {res['score']:g}")
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-                finally:
+            try:
+                for job, res in scheduled:
+                    if res.get("parts") is None:  # a task that never returned (it killed its workers)
+                        res["parts"] = {g: 0.0 for g, _ in grader.parts}
+                        res["max_score"] = float(sum(p for _, p in grader.parts))
+                    merge_results(course, lab, grader.parts, [res], state_dir, db=db)
+                    res.pop("files", None)
+                    results[job.student] = res
                     if bar is not None:
-                        bar.close()
-        out = export_grades(lab, course)
+                        bar.update(1)
+                        bar.set_postfix_str(f"{job.student}: {res['status']} {res['score']:g}")
+            finally:
+                scheduled.close()
+                if bar is not None:
+                    bar.close()
+        out = export_grades(lab, course, db=db)
         hook = lab_hook(lab, course, "after_grading")
         leaderboard = hook(lab=lab, course=course, submissions=subs, scratch=base) if hook else None
         counts = {s: sum(1 for r in results.values() if r["status"] == s) for s in STATUSES}
@@ -157,6 +153,7 @@ def grade(
             "counts": counts,
             "seconds": time.monotonic() - t_start,
             "workers": workers,
+            "cluster": cluster,
             "verifiable": sorted(grader.verifiable),
             "leaderboard": leaderboard,
         }

@@ -7,8 +7,9 @@
     courselib grade LAB SUBMISSIONS [--workers N]
                                             # class scale: parallel, sandboxed, limited, tamper-proof,
                                             # resumable autograding + feedback + grades/LAB.csv (+ lab hooks)
+                                            # [--cluster tcp://SCHED:8786 | local:N] [--db postgresql://...]
     courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde + feedback (trusted notebooks only)
-    courselib export LAB                    # labs/grades/LAB.csv
+    courselib export LAB [--db URL]         # labs/grades/LAB.csv
     courselib leaderboard SUBMISSIONS OUT   # score the compression challenge, write the leaderboard
     courselib mutants LAB [--only ID ...]   # mutation-test a lab: every wrong answer must lose points
     courselib quiz render|grade ...         # the concept-check question bank
@@ -60,6 +61,8 @@ def _cmd_grade(args) -> int:
         feedback=not args.no_feedback,
         regrade=args.regrade,
         progress=not args.quiet,
+        cluster=args.cluster,
+        db=args.db,
     )
     print(batch.summary_table(summary))
     if summary.get("leaderboard"):
@@ -68,7 +71,7 @@ def _cmd_grade(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir)}")
+    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir, db=args.db)}")
     return 0
 
 
@@ -125,9 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feedback", action="store_true", help="skip the HTML feedback")
     p.add_argument("--regrade", action="store_true", help="grade again even unchanged submissions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="grade on Dask: tcp://SCHEDULER:8786, or local:N for N worker processes here (default: threads)",
+    )
+    p.add_argument("--db", default=None, help="gradebook URL, e.g. postgresql://user@host/db (default: the course's)")
     p.set_defaults(func=_cmd_grade)
     p = sub.add_parser("export", help="export grades of a lab to grades/LAB.csv")
     p.add_argument("lab")
+    p.add_argument("--db", default=None, help="gradebook URL (default: the course's)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("leaderboard", help="score compression-challenge submissions and write the leaderboard")
     p.add_argument("submissions", help="a folder <student>/<lab>/submission/")

@@ -79,11 +79,14 @@ def check_lab(lab: str, course: Path) -> None:
         raise GradingError(f"unknown lab {lab!r}; the course has {list_labs(course)}")
 
 
-def release(lab: str, course_dir: str | os.PathLike | None = None) -> Path:
-    """Generate the student version of ``lab``; return the folder ``release/<lab>``."""
+def release(lab: str, course_dir: str | os.PathLike | None = None, *, db: str | None = None) -> Path:
+    """Generate the student version of ``lab``; return the folder ``release/<lab>``.
+
+    ``db`` is a gradebook URL other than the course config's (nbgrader's ``--db``).
+    """
     course = find_course_dir(course_dir)
     check_lab(lab, course)
-    nbgrader(["generate_assignment", lab, "--force"], course)
+    nbgrader(["generate_assignment", lab, "--force", *([f"--db={db}"] if db else [])], course)
     out = course / "release" / lab
     if not (out / f"{lab}{NOTEBOOK_SUFFIX}").exists():
         raise GradingError(f"nbgrader did not write {out / (lab + NOTEBOOK_SUFFIX)}")

@@ -4,6 +4,13 @@ Grading workers never write the course's gradebook: each returns a result, and :
 (one writer) copies its files into the course, upserts nbgrader's gradebook and records
 ``grades/.state/<lab>/<student>.json`` atomically, so a killed run resumes where it stopped.
 :func:`export_grades` writes ``grades/<lab>.csv``.
+
+The gradebook is any database nbgrader's SQLAlchemy layer takes (:func:`db_url`): the course's
+``CourseDirectory.db_url`` from ``nbgrader_config.py`` (SQLite ``gradebook.db`` by default), or an
+explicit URL such as ``postgresql://user@host/db`` shared by graders on several machines and by a
+JupyterHub's formgrader. Writes to it are retried when two graders race on the same row (a unique
+constraint), and a database that goes away fails the run with :class:`GradebookUnavailable`: what was
+merged before is in the state files, so re-running the same command grades only what is missing.
 """
 
 from __future__ import annotations
@@ -12,12 +19,53 @@ import csv
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
+from sqlalchemy.exc import IntegrityError, OperationalError
+from traitlets.config.loader import PyFileConfigLoader
 
-from .course import find_course_dir, lab_parts, release
+from .course import GradingError, find_course_dir, lab_parts, release
+
+#: How often a write that lost a race with another grader (a unique-constraint error) is retried.
+WRITE_RETRIES = 8
+
+
+class GradebookUnavailable(GradingError):
+    """The gradebook's database cannot be reached (or went away during a run)."""
+
+
+def db_url(course: Path, override: str | None = None) -> str:
+    """The gradebook's SQLAlchemy URL: ``override``, else the course config's ``CourseDirectory.db_url``,
+    else ``sqlite:///<course>/gradebook.db``."""
+    if override:
+        return str(override)
+    cfg = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    url = cfg.CourseDirectory.get("db_url") if "CourseDirectory" in cfg else None
+    return str(url) if url else f"sqlite:///{course / 'gradebook.db'}"
+
+
+def _is_sqlite_missing(url: str) -> bool:
+    return url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()
+
+
+def open_gradebook(url: str) -> Gradebook:
+    """``nbgrader.api.Gradebook(url)``, with an unreachable database reported as :class:`GradebookUnavailable`."""
+    try:
+        return Gradebook(url)
+    except OperationalError as exc:
+        raise GradebookUnavailable(f"the gradebook database {_redact(url)} is unreachable: {exc.orig}") from None
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password."""
+    head, sep, tail = url.partition("://")
+    if sep and "@" in tail:
+        cred, _, host = tail.rpartition("@")
+        return f"{head}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url
+    return url
 
 
 def lab_state_dir(course: Path, lab: str) -> Path:
@@ -44,13 +92,16 @@ def export_grades(
     course_dir: str | os.PathLike | None = None,
     out_csv: str | os.PathLike | None = None,
     students: list[str] | None = None,
+    *,
+    db: str | None = None,
 ) -> Path:
     """Write ``grades/<lab>.csv``: one row per student.
 
     Columns: ``student_id``, ``status`` (see :data:`STATUSES`), ``score``, ``max_score`` and one
     column per graded part (its ``grade_id``). Rows come from :func:`grade`'s results (statuses and
     scores), then from nbgrader's gradebook for submissions graded otherwise (status ``graded``);
-    ``students`` adds ``missing`` rows for students with no submission at all.
+    ``students`` adds ``missing`` rows for students with no submission at all; ``db`` is the gradebook's
+    URL (default :func:`db_url`).
     """
     course = find_course_dir(course_dir)
     parts = lab_parts(lab, course)
@@ -66,9 +117,9 @@ def export_grades(
             "max_score": max_score,
             **{g: st["parts"].get(g, 0.0) for g, _ in parts},
         }
-    db = course / "gradebook.db"
-    if db.exists():
-        with Gradebook(f"sqlite:///{db}") as gb:
+    url = db_url(course, db)
+    if not _is_sqlite_missing(url):
+        with open_gradebook(url) as gb:
             for student in sorted(s.id for s in gb.students):
                 if student in rows:
                     continue
@@ -101,21 +152,62 @@ def export_grades(
     return out
 
 
-def merge_results(course: Path, lab: str, parts, results: list[dict], state_dir: Path) -> None:
-    """The single writer: copy a result's files into the course, upsert the gradebook, record the state."""
-    with warnings.catch_warnings(), Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        warnings.simplefilter("ignore")  # nbgrader's API triggers SQLAlchemy autoflush warnings
-        for res in results:
-            student = res["student_id"]
-            if res.get("scratch"):
-                scratch = Path(res["scratch"])
-                for kind in ("submitted", "autograded", "feedback"):
-                    src = scratch / kind / student / lab
-                    if src.is_dir():
-                        dest = course / kind / student / lab
-                        shutil.rmtree(dest, ignore_errors=True)
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copytree(src, dest)
+def merge_results(
+    course: Path, lab: str, parts, results: list[dict], state_dir: Path, *, db: str | None = None
+) -> None:
+    """The single writer: write a result's files into the course, upsert the gradebook, record the state.
+
+    A result carries its files as ``files`` (``{"autograded/<student>/<lab>/<lab>.ipynb": bytes, ...}``,
+    from a worker on any machine) or, from an older local run, a ``scratch`` course folder to copy from.
+    The state file is written only after the gradebook committed, so a crash in between re-grades that
+    submission on the next run instead of losing it. Raises :class:`GradebookUnavailable` when the
+    database cannot be reached.
+    """
+    url = db_url(course, db)
+    try:
+        with warnings.catch_warnings(), open_gradebook(url) as gb:
+            warnings.simplefilter("ignore")  # nbgrader's API triggers SQLAlchemy autoflush warnings
+            for res in results:
+                _write_files(course, lab, res)
+                _upsert(gb, lab, parts, res)
+                _write_state(state_dir, res)
+    except OperationalError as exc:
+        raise GradebookUnavailable(
+            f"the gradebook database {_redact(url)} went away while recording grades ({exc.orig}); "
+            "what was recorded before is kept: run the same command again to grade the rest"
+        ) from None
+
+
+def _write_files(course: Path, lab: str, res: dict) -> None:
+    student = res["student_id"]
+    files = res.get("files")
+    if files is not None:
+        for kind in ("submitted", "autograded", "feedback"):
+            shutil.rmtree(course / kind / student / lab, ignore_errors=True)
+        for rel, data in files.items():
+            dest = (course / rel).resolve()
+            kind_ok = Path(rel).parts[0] in ("submitted", "autograded", "feedback")
+            if not kind_ok or Path(rel).parts[1:3] != (student, lab) or not str(dest).startswith(str(course.resolve())):
+                raise GradingError(f"result of {student} names a file outside its folders: {rel!r}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        return
+    if res.get("scratch"):
+        scratch = Path(res["scratch"])
+        for kind in ("submitted", "autograded", "feedback"):
+            src = scratch / kind / student / lab
+            if src.is_dir():
+                dest = course / kind / student / lab
+                shutil.rmtree(dest, ignore_errors=True)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src, dest)
+
+
+def _upsert(gb: Gradebook, lab: str, parts, res: dict) -> None:
+    """Record one result, retrying when a concurrent grader created the same row first."""
+    student = res["student_id"]
+    for attempt in range(WRITE_RETRIES):
+        try:
             if res["status"] in ("missing", "invalid-notebook"):
                 try:
                     gb.remove_submission(lab, student)
@@ -131,20 +223,30 @@ def merge_results(course: Path, lab: str, parts, results: list[dict], state_dir:
                     grade = gb.find_grade(g, lab, lab, student)
                     grade.auto_score = float(res["parts"][g])
                     grade.needs_manual_grade = False
-                gb.db.commit()
-            state = {k: v for k, v in res.items() if k != "scratch"}
-            tmp = state_dir / f".{student}.json.tmp"
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            os.replace(tmp, state_dir / f"{student}.json")
+            gb.db.commit()
+            return
+        except IntegrityError:
+            gb.db.rollback()
+            if attempt == WRITE_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
-def ensure_assignment(lab: str, course: Path) -> None:
-    db = course / "gradebook.db"
-    if db.exists() and (course / "release" / lab).is_dir():
-        with Gradebook(f"sqlite:///{db}") as gb:
+def _write_state(state_dir: Path, res: dict) -> None:
+    state = {k: v for k, v in res.items() if k not in ("scratch", "files")}
+    tmp = state_dir / f".{res['student_id']}.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, state_dir / f"{res['student_id']}.json")
+
+
+def ensure_assignment(lab: str, course: Path, *, db: str | None = None) -> None:
+    """Make sure the gradebook knows ``lab`` (nbgrader ``generate_assignment`` if it does not)."""
+    url = db_url(course, db)
+    if not _is_sqlite_missing(url) and (course / "release" / lab).is_dir():
+        with open_gradebook(url) as gb:
             try:
                 gb.find_assignment(lab)
                 return
             except MissingEntry:
                 pass
-    release(lab, course)
+    release(lab, course, db=db)
