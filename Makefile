@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make book   - create/reuse .venv, generate the lab releases, build the HTML book into _build/html
 #   make test   - create/reuse .venv, run the whole test suite (unit, labs, grading pipeline, book build)
+#   make unit   - the fast loop: every test not marked slow, on 2 workers (a few minutes)
 #   make        - the student edition (what may be published) in _build/student, scanned for answers
 PYTHON ?= python3
 VENV   := .venv
@@ -72,6 +73,12 @@ sandbox:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
 	    || echo "apt-get could not install bubblewrap: the grading tests will be skipped"; \
 	else echo "bwrap missing and not root: the grading tests will be skipped (install Debian's bubblewrap)"; fi
+
+# The fast loop (CONTRIBUTING.md): every test not marked `slow` (no book build, browser, lab pipeline or
+# grading batch); the workflow .github/workflows/tests.yml runs it on every push and pull request.
+.PHONY: unit
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
