@@ -129,6 +129,7 @@ __all__ = [
     "study_models",
     "runtime_study",
     "study_table",
+    "plot_runtimes",
 ]
 
 #: The two runtimes.
@@ -947,3 +948,31 @@ def study_table(rows: list[dict], batch_sizes=(1, 64)) -> str:
             cells += [f"{100 * r['accuracy']:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_runtimes(rows: list[dict], batch: int = 64, *, ax=None):
+    """Grouped bars: latency of a batch of ``batch`` images per method, one bar per runtime (log axis).
+
+    ``rows`` as returned by :func:`runtime_study`. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    by = {(r["name"], r["runtime"]): r for r in rows}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(runtimes)
+    for j, rt in enumerate(runtimes):
+        vals = [by[(n, rt)]["latency_ms"][batch] if (n, rt) in by else np.nan for n in names]
+        ax.bar(np.arange(len(names)) + (j - (len(runtimes) - 1) / 2) * width, vals, width, label=rt)
+    ax.set_xticks(np.arange(len(names)), names, rotation=25, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(f"ms per batch of {batch} (1 thread)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
