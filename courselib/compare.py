@@ -3,7 +3,7 @@
 Implements the chapter ``book/putting_together.md`` and ``benchmarks/bench_compare.py``:
 
 - :func:`evaluate_compressed` -- accuracy, size of the file really written to disk, and median
-  latency (:func:`courselib.pruning.measure_latency`, torch threads fixed) of one model;
+  latency (:func:`courselib.measure.measure_latency`, torch threads fixed) of one model;
 - savers that decide what "size on disk" means for each method: :func:`save_dense`
   (``torch.save`` of the state dict; int8 models store their weights as one byte each),
   :func:`save_sparse` (pruned weights as CSR tensors with int32 indices, book Eq. ``obd-csr-bytes``:
@@ -171,7 +171,7 @@ def evaluate_compressed(
     repeats : int
         Timed repeats (median), after 3 warm-up calls.
     num_threads : int
-        torch intra-op threads while timing (:func:`courselib.pruning.measure_latency`).
+        torch intra-op threads while timing (:func:`courselib.measure.measure_latency`).
 
     Returns
     -------

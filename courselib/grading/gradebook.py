@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.api import Gradebook, InvalidEntry, MissingEntry
 from sqlalchemy.exc import IntegrityError, OperationalError
 from traitlets.config.loader import PyFileConfigLoader
 
@@ -225,7 +225,7 @@ def _upsert(gb: Gradebook, lab: str, parts, res: dict) -> None:
                     grade.needs_manual_grade = False
             gb.db.commit()
             return
-        except IntegrityError:
+        except (IntegrityError, InvalidEntry):  # nbgrader wraps IntegrityError in InvalidEntry
             gb.db.rollback()
             if attempt == WRITE_RETRIES - 1:
                 raise
