@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 
 from courselib import grading
-from courselib.grading import cleanroom, grader, intake, sandbox
+from courselib.grading import cleanroom, grader, intake
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_binary_codes"
@@ -157,48 +155,4 @@ def test_tampering_detection(tmp_path):
     assert g.tampering(edited) == ["q2_test (edited)", "q3_test (deleted)"]
 
 
-@pytest.mark.skipif(not sandbox.available(), reason="needs root and unshare namespaces")
-def test_sandbox_blocks_reads_writes_network_and_proc(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    secret = tmp_path / "secret.txt"
-    secret.write_text("solution")
-    probe = work / "probe.py"
-    probe.write_text(f"""
-import os, socket, resource
-res = {{}}
-def t(name, f):
-    try:
-        f(); res[name] = "ok"
-    except OSError as e:
-        res[name] = type(e).__name__
-t("read_secret", lambda: open({str(secret)!r}).read())
-t("read_repo_git", lambda: os.listdir({str(REPO / ".git")!r}))
-t("write_repo", lambda: open({str(REPO / "courselib" / "pwned.txt")!r}, "w").write("x"))
-t("write_work", lambda: open("mine.txt", "w").write("x"))
-t("net", lambda: socket.create_connection(("127.0.0.1", 9), timeout=2))
-t("parent_cwd", lambda: os.readlink("/proc/%d/cwd" % os.getppid()))
-res["uid"] = os.getuid()
-res["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-res["as_limit"] = resource.getrlimit(resource.RLIMIT_AS)[0]
-import courselib.memory
-print(__import__("json").dumps(res))
-""")
-    import os
-
-    os.chown(work, 65534, 65534)
-    cfg = sandbox.SandboxConfig(
-        work_dir=str(work),
-        hide=[str(tmp_path), str(REPO), "/tmp", "/root"],
-        keep=grader.kept_paths(),
-        memory_bytes=1 << 30,
-    )
-    argv = sandbox.command(cfg.save(tmp_path / "cfg.json"), [sys.executable, str(probe)])
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["read_secret"] == "FileNotFoundError" and res["read_repo_git"] == "FileNotFoundError"
-    assert res["write_repo"] == "OSError" and res["write_work"] == "ok"
-    assert res["net"] == "OSError" and res["parent_cwd"] in ("FileNotFoundError", "PermissionError")
-    assert res["uid"] == 65534 and res["as_limit"] == 1 << 30
-    assert max(res["pids"]) < 10  # its own pid namespace
-    assert (work / "mine.txt").exists() and not (REPO / "courselib" / "pwned.txt").exists()
+# The sandbox itself (allow-list root, namespaces, limits) is tested in tests/test_sandbox.py.

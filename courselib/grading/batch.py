@@ -42,6 +42,12 @@ def _remove_stale_scratch() -> None:
             pass
 
 
+UNSANDBOXED_WARNING = (
+    "courselib grade: WARNING: --no-sandbox: student code runs UNISOLATED, as the grader's user, "
+    "with the course, the solutions and the network in reach"
+)
+
+
 def grade(
     lab: str,
     submissions: str | os.PathLike,
@@ -51,7 +57,7 @@ def grade(
     limits: Limits | None = None,
     feedback: bool = True,
     regrade: bool = False,
-    sandboxed: bool | None = None,
+    sandboxed: bool = True,
     progress: bool = True,
     log=None,
     cluster: str | None = None,
@@ -73,6 +79,11 @@ def grade(
     the results come back to this process, the one writer. ``db`` is the gradebook's URL (e.g.
     ``postgresql://...``; default the course config's, :func:`courselib.grading.gradebook.db_url`).
 
+    ``sandboxed=False`` (``courselib grade --no-sandbox``) runs student code unisolated: an explicit
+    choice, printed at the start and in :func:`summary_table`, recorded in every student's state file
+    (``"sandbox": "none (--no-sandbox)"``) and part of the settings hash (so a sandboxed run regrades).
+    Without bubblewrap, grading refuses and says which package to install.
+
     Returns a summary dict: ``{"csv": Path, "results": {student: result}, "graded_now": [...],
     "reused": [...], "counts": {status: n}, "seconds": float, "workers": int}``.
     """
@@ -81,13 +92,18 @@ def grade(
     limits = limits or Limits()
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    if sandboxed is None:
-        sandboxed = sandbox.available()
-    elif sandboxed and not sandbox.available():
-        raise GradingError("the sandbox needs root and util-linux unshare (user, mount, net, pid namespaces)")
+    if sandboxed is None:  # older callers: None meant "whatever the machine offers"; now it means the sandbox
+        sandboxed = True
+    if sandboxed and not sandbox.available():
+        raise GradingError(
+            f"cannot grade: {sandbox.unavailable_reason()}. Student code runs only inside the sandbox; "
+            "`courselib grade --no-sandbox` (grade(..., sandboxed=False)) runs it unisolated, as an explicit choice"
+        )
     say = log or (lambda msg: print(msg, flush=True))
-    if not sandboxed:
-        say("courselib grade: WARNING: no sandbox on this machine; student code runs unisolated")
+    if sandboxed:
+        say(f"courselib grade: sandbox bubblewrap; memory limit by {sandbox.memory_mechanism()}")
+    else:
+        say(UNSANDBOXED_WARNING)
     t_start = time.monotonic()
     ensure_assignment(lab, course, db=db)
     source_sha = sha256((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_bytes())
@@ -131,6 +147,7 @@ def grade(
                     if res.get("parts") is None:  # a task that never returned (it killed its workers)
                         res["parts"] = {g: 0.0 for g, _ in grader.parts}
                         res["max_score"] = float(sum(p for _, p in grader.parts))
+                    res["sandbox"] = "bubblewrap" if sandboxed else "none (--no-sandbox)"
                     merge_results(course, lab, grader.parts, [res], state_dir, db=db)
                     res.pop("files", None)
                     results[job.student] = res
@@ -156,6 +173,7 @@ def grade(
             "cluster": cluster,
             "verifiable": sorted(grader.verifiable),
             "leaderboard": leaderboard,
+            "sandboxed": sandboxed,
         }
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -177,4 +195,6 @@ def summary_table(summary: dict) -> str:
         f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
         f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}"
     )
+    if not summary.get("sandboxed", True):
+        lines.append(UNSANDBOXED_WARNING)
     return "\n".join(lines)

@@ -63,6 +63,7 @@ def _cmd_grade(args) -> int:
         progress=not args.quiet,
         cluster=args.cluster,
         db=args.db,
+        sandboxed=not args.no_sandbox,
     )
     print(batch.summary_table(summary))
     if summary.get("leaderboard"):
@@ -134,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="grade on Dask: tcp://SCHEDULER:8786, or local:N for N worker processes here (default: threads)",
     )
     p.add_argument("--db", default=None, help="gradebook URL, e.g. postgresql://user@host/db (default: the course's)")
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run student code UNISOLATED (no bubblewrap); reported loudly and recorded in the state files",
+    )
     p.set_defaults(func=_cmd_grade)
     p = sub.add_parser("export", help="export grades of a lab to grades/LAB.csv")
     p.add_argument("lab")
