@@ -52,9 +52,9 @@ def normalize(line: str) -> str:
     return re.sub(r"\s+", " ", line).strip()
 
 
-def solution_regions(nb: dict) -> list[str]:
-    """The lines inside BEGIN/END SOLUTION and BEGIN/END HIDDEN TESTS of a source notebook."""
-    lines = []
+def split_regions(nb: dict) -> tuple[list[str], list[str]]:
+    """(lines inside BEGIN/END SOLUTION and BEGIN/END HIDDEN TESTS, every other line) of a source notebook."""
+    inside_lines, outside_lines = [], []
     for cell in nb.get("cells", []):
         inside = False
         for ln in _source_text(cell).split("\n"):
@@ -62,10 +62,14 @@ def solution_regions(nb: dict) -> list[str]:
                 inside = True
             elif re.search(r"END (SOLUTION|HIDDEN TESTS)", ln):
                 inside = False
-            elif inside:
-                lines.append(ln)
-    # a Markdown answer cell (nbgrader task/solution in Markdown) has no markers but is wholly an answer
-    return lines
+            else:
+                (inside_lines if inside else outside_lines).append(ln)
+    return inside_lines, outside_lines
+
+
+def solution_regions(nb: dict) -> list[str]:
+    """The lines inside BEGIN/END SOLUTION and BEGIN/END HIDDEN TESTS of a source notebook."""
+    return split_regions(nb)[0]
 
 
 def substantive(line: str) -> bool:
@@ -73,41 +77,37 @@ def substantive(line: str) -> bool:
     return len(s) >= MIN_LINE and not s.startswith("#") and not re.fullmatch(r"[\W_]+", s)
 
 
-def library_lines(root: Path = REPO / "courselib") -> set[str]:
-    """Normalized lines of courselib's own code, which is public by design (the wheel, the API pages)."""
-    return {normalize(ln) for f in root.rglob("*.py") for ln in f.read_text().split("\n")}
+def library_text(root: Path = REPO / "courselib") -> str:
+    """courselib's own code, line by line normalized: public by design (the wheel, the API pages)."""
+    return "\n".join(normalize(ln) for f in sorted(root.rglob("*.py")) for ln in f.read_text().split("\n"))
 
 
-def solution_lines(
-    source_root: Path = REPO / "labs" / "source",
-    release_root: Path = REPO / "labs" / "release",
-    library: set[str] | None = None,
-) -> dict[str, str]:
-    """{normalized line: lab} for the substantive answer lines that the student release does not contain.
+def solution_lines(source_root: Path = REPO / "labs" / "source", library: str | None = None) -> dict[str, str]:
+    """{normalized line: lab} for the substantive answer lines of every lab source.
 
-    Lines that are also courselib code are left out (pass `library=set()` to keep them): the library is
-    published anyway, so finding them in the wheel says nothing; `library_overlap()` lists them.
+    An answer line that the handed-out part of any lab also contains (a hint quoting a formula, an import,
+    a visible test that repeats a hidden one) is left out: the student release is meant to carry it. So are
+    lines that are also courselib code (pass `library=""` to keep them): the library is published anyway;
+    `library_overlap()` lists them.
     """
-    library = library_lines() if library is None else library
+    library = library_text() if library is None else library
+    sources = {
+        src.parent.name: split_regions(json.loads(src.read_text())) for src in sorted(source_root.glob("*/*.ipynb"))
+    }
+    public = "\n".join(normalize(ln) for _, outside in sources.values() for ln in outside)
     found: dict[str, str] = {}
-    for src in sorted(source_root.glob("*/*.ipynb")):
-        lab = src.parent.name
-        rel = release_root / lab / src.name
-        released = (
-            {normalize(ln) for c in json.loads(rel.read_text())["cells"] for ln in _source_text(c).split("\n")}
-            if rel.exists()
-            else set()
-        )
-        for ln in solution_regions(json.loads(src.read_text())):
-            if substantive(ln) and normalize(ln) not in released and normalize(ln) not in library:
-                found.setdefault(normalize(ln), lab)
+    for lab, (inside, _) in sources.items():
+        for ln in inside:
+            line = normalize(ln)
+            if substantive(ln) and line not in public and not (library and line in library):
+                found.setdefault(line, lab)
     return found
 
 
 def library_overlap() -> dict[str, str]:
     """Answer lines that courselib itself contains: a student can read them in the library."""
-    every = solution_lines(library=set())
-    lib = library_lines()
+    every = solution_lines(library="")
+    lib = library_text()
     return {ln: lab for ln, lab in every.items() if ln in lib}
 
 
@@ -183,9 +183,8 @@ def scan(roots: list[Path], answers: dict[str, str] | None = None) -> list[str]:
     return problems
 
 
-def assemble(out: Path = STUDENT) -> Path:
-    """Copy what may be published from the build into `out` (the student edition)."""
-    site = BUILD / "html"
+def assemble(out: Path = STUDENT, site: Path = BUILD / "html") -> Path:
+    """Copy what may be published from the build (`site`: the built book) into `out` (the student edition)."""
     if not (site / "index.html").exists():
         raise SystemExit("no built book in _build/html: run `make book` first")
     if out.exists():
@@ -209,8 +208,10 @@ def assemble(out: Path = STUDENT) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scan-only", nargs="*", type=Path, help="scan these paths instead of assembling")
+    ap.add_argument("--site", type=Path, default=BUILD / "html", help="the built book (default _build/html)")
+    ap.add_argument("--out", type=Path, default=STUDENT, help="where to assemble (default _build/student)")
     args = ap.parse_args(argv)
-    roots = args.scan_only if args.scan_only else [assemble()]
+    roots = args.scan_only if args.scan_only else [assemble(args.out, args.site)]
     answers = solution_lines()
     problems = scan(roots, answers)
     n_files = sum(1 for r in roots for p in ([r] if r.is_file() else r.rglob("*")) if p.is_file())
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems[:50]:
         print("  " + p)
     if not args.scan_only:
-        print(f"student edition in {roots[0].relative_to(REPO)}/ (html/, notebooks/, labs/, dist/)")
+        print(f"student edition in {roots[0]}/ (html/, notebooks/, labs/, dist/)")
     return 1 if problems else 0
 
 
