@@ -426,3 +426,58 @@ def test_student_edition_has_no_answers(html_root, tmp_path):
     assert (out / "labs").exists() and (out / "notebooks").exists() and list((out / "dist").glob("*.whl"))
     problems = edition.scan([out])
     assert problems == [], "\n".join(problems[:40])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("book")
+def test_lab_archive_downloads_from_a_book_read_from_disk(html_root, tmp_path):
+    """Clicking a lab's archive on the Labs page, opened from file://, saves the file (it does not navigate)."""
+    chromium = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    chromedriver = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    if not chromium.exists() or not chromedriver.exists():
+        pytest.skip(f"headless Chromium not installed ({chromium}, {chromedriver}): `make test` as root installs it")
+    labs_page = html_root / "book" / "labs.html"
+    if not labs_page.exists():
+        pytest.skip("partial build without the Labs page")
+    import time
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    os.environ.setdefault("SE_OFFLINE", "true")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(chromium)
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'p'}",
+    ):
+        opts.add_argument(arg)
+    opts.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(options=opts, service=Service(str(chromedriver)))
+    try:
+        driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        lab = LABS[0]
+        driver.get(labs_page.as_uri())
+        link = next(
+            a
+            for a in driver.find_elements(By.CSS_SELECTOR, "a[download]")
+            if a.get_attribute("href").endswith(f"/{lab}.zip")
+        )
+        link.click()
+        deadline = time.time() + 30
+        while time.time() < deadline and not (downloads / f"{lab}.zip").exists():
+            time.sleep(0.2)
+        assert (downloads / f"{lab}.zip").exists(), f"clicking {lab}.zip saved nothing: {list(downloads.iterdir())}"
+        assert driver.current_url == labs_page.as_uri(), f"the click navigated to {driver.current_url}"
+        nb = json.loads(zipfile.ZipFile(downloads / f"{lab}.zip").read(f"{lab}/{lab}.ipynb"))
+        assert any("raise NotImplementedError()" in "".join(c["source"]) for c in nb["cells"])
+    finally:
+        driver.quit()
