@@ -69,6 +69,8 @@ def sha256(data: bytes) -> str:
 
 
 def hidden_paths(course: Path, extra: list[Path]) -> list[str]:
+    """Paths the sandbox must never bind (it refuses an allow-list entry that contains one). The
+    sandbox starts from an empty root, so these are a check on :func:`kept_paths`, not the isolation."""
     pkg = Path(courselib.__file__).resolve().parent
     hide = [
         course,
@@ -87,13 +89,12 @@ def hidden_paths(course: Path, extra: list[Path]) -> list[str]:
 
 
 def kept_paths() -> list[str]:
-    return sorted(
-        {
-            str(Path(sys.prefix).resolve()),
-            str(Path(sys.base_prefix).resolve()),
-            str(Path(courselib.__file__).resolve().parent),
-        }
-    )
+    """The sandbox's allow-list (bound read-only): the Python installation, the virtual environment,
+    the ``courselib`` package directory (not the repository around it) and ``$COURSELIB_DATA``."""
+    keep = [Path(sys.prefix), Path(sys.base_prefix), Path(courselib.__file__).parent]
+    if os.environ.get("COURSELIB_DATA"):
+        keep.append(Path(os.environ["COURSELIB_DATA"]))
+    return sorted({str(p.resolve()) for p in keep if p.is_dir()})
 
 
 def _course_config(root: Path, limits: Limits, work: Path | None) -> str:
@@ -223,8 +224,9 @@ class Grader:
             work_dir=str(work),
             hide=self.hide,
             keep=self.keep,
-            memory_bytes=self.limits.memory_mb << 20,
+            memory_bytes=self.limits.memory_mb << 20,  # resident (cgroup), RLIMIT_AS without one
             file_bytes=self.limits.file_mb << 20,
+            disk_bytes=max(8 * self.limits.file_mb, 256) << 20,  # the scratch tmpfs
             cpu_seconds=self.limits.notebook_timeout + 30,
         )
         cfg.save(path)
