@@ -8,8 +8,9 @@ Set-up (module fixture, a few minutes):
    wheel; torch's CPU wheel is a file already, in /opt/wheels or TORCH_WHEELS). It is cached in
    _build/wheelhouse;
 3. `python -m venv` makes a fresh venv (no system site-packages, its own pip from ensurepip) and pip
-   installs `<wheel>[labs]` there with `--no-index --find-links`: pip resolves courselib's declared
-   dependencies against the wheelhouse and nothing else. When `unshare` can make a network namespace
+   installs the requirement of the students' command, `ondevice-ml-courselib[labs]==<version>`, there
+   with `--no-index --find-links` (the built wheel's folder, the wheelhouse, the torch wheel): pip resolves
+   courselib's declared dependencies against the wheelhouse and nothing else. When `unshare` can make a network namespace
    (root), the install and the labs run with no network at all (only loopback, for the kernels).
 
 Then each lab's source notebook (the solution) runs in that venv with nbclient, from a temporary copy of
@@ -50,6 +51,13 @@ NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"
 import courselib
 print(f"ran {sys.argv[1]} in {time.perf_counter() - t0:.1f} s with courselib {courselib.__version__} from {courselib.__file__}")
 """
+
+
+def student_requirement() -> str:
+    """The requirement of the one documented install command, `pip install "<this>"`."""
+    cmd = lab_setup.install_command()
+    assert cmd.startswith("pip install ")
+    return cmd.removeprefix("pip install ").strip('"')
 
 
 def offline_prefix() -> list[str]:
@@ -98,9 +106,11 @@ def fresh_venv(tmp_path_factory):
         str(WHEELHOUSE),
         "--find-links",
         str(TORCH_WHEELS),
+        "--find-links",
+        str(wheel.parent),
         "-c",
         str(REPO / "constraints.txt"),
-        f"{wheel}[labs]",
+        student_requirement(),  # exactly what the labs' first cell tells a student to install
         *EXTRA_TOOLS,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
