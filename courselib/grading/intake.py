@@ -56,9 +56,9 @@ def _safe_extract(zpath: Path, dest: Path) -> Path:
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
+            target.parent.mkdir(parents=True, exist_ok=True)
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # symbolic links, devices, fifos: never created
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             if info.file_size > MAX_NOTEBOOK_BYTES:
                 if target.name.endswith(NOTEBOOK_SUFFIX):
                     target.write_bytes(_refusal(f"{info.file_size} bytes, more than {MAX_NOTEBOOK_BYTES}"))
