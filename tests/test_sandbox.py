@@ -319,3 +319,14 @@ def test_no_bubblewrap_refuses_and_names_the_package(tmp_path, monkeypatch):
     with pytest.raises(batch.GradingError, match="bubblewrap.*--no-sandbox"):
         batch.grade("lab01_binary_codes", tmp_path, REPO / "labs", progress=False)
     monkeypatch.setattr(sandbox, "_AVAILABLE", None)
+
+
+def test_no_sandbox_is_an_explicit_loud_choice():
+    from courselib.grading.cli import build_parser
+
+    args = build_parser().parse_args(["grade", "lab01_binary_codes", "subs", "--no-sandbox"])
+    assert args.no_sandbox is True
+    assert build_parser().parse_args(["grade", "lab01_binary_codes", "subs"]).no_sandbox is False
+    summary = {"results": {}, "graded_now": [], "reused": [], "workers": 1, "seconds": 0.0, "csv": "x.csv"}
+    assert "UNISOLATED" not in batch.summary_table(summary)
+    assert "UNISOLATED" in batch.summary_table({**summary, "sandboxed": False})

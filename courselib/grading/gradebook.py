@@ -97,8 +97,9 @@ def export_grades(
 ) -> Path:
     """Write ``grades/<lab>.csv``: one row per student.
 
-    Columns: ``student_id``, ``status`` (see :data:`STATUSES`), ``score``, ``max_score`` and one
-    column per graded part (its ``grade_id``). Rows come from :func:`grade`'s results (statuses and
+    Columns: ``student_id``, ``status`` (see :data:`STATUSES`), ``score``, ``max_score``, one
+    column per graded part (its ``grade_id``) and ``sandbox`` (``bubblewrap``, or ``none
+    (--no-sandbox)`` when student code ran unisolated; empty for rows not graded by :func:`grade`). Rows come from :func:`grade`'s results (statuses and
     scores), then from nbgrader's gradebook for submissions graded otherwise (status ``graded``);
     ``students`` adds ``missing`` rows for students with no submission at all; ``db`` is the gradebook's
     URL (default :func:`db_url`).
@@ -116,6 +117,7 @@ def export_grades(
             "score": st["score"],
             "max_score": max_score,
             **{g: st["parts"].get(g, 0.0) for g, _ in parts},
+            "sandbox": st.get("sandbox", ""),
         }
     url = db_url(course, db)
     if not _is_sqlite_missing(url):
@@ -145,7 +147,8 @@ def export_grades(
             }
     tmp = out.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["student_id", "status", "score", "max_score", *[g for g, _ in parts]])
+        fields = ["student_id", "status", "score", "max_score", *[g for g, _ in parts], "sandbox"]
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows[k] for k in sorted(rows))
     os.replace(tmp, out)
