@@ -40,6 +40,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import logging
 import os
 import tempfile
@@ -76,10 +77,13 @@ def _quiet():
             os.dup2(devnull, 2)
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        logging.disable(logging.CRITICAL)  # torch's handlers hold the original stderr: mute them at the source
+        # pybind11 may route the C++ std::cerr of the runtimes to Python's sys.stderr instead of fd 2
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
+        logging.disable(logging.NOTSET)
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
         if fd is not None:
@@ -198,9 +202,9 @@ def _as_input(x, name: str = "example_input") -> torch.Tensor:
 
 def _user_frame(err: BaseException, model: nn.Module) -> str:
     """``file:line: code`` of the deepest traceback frame inside the model's own source, if any."""
-    try:
-        src = os.path.realpath(inspect.getsourcefile(type(model)) or "")
-    except TypeError:
+    try:  # the file of the forward method (a notebook cell has a file of its own too)
+        src = os.path.realpath(inspect.unwrap(type(model).forward).__code__.co_filename)
+    except AttributeError:
         src = ""
     found = ""
     e: BaseException | None = err
