@@ -65,7 +65,8 @@ __all__ = [
     "ARCHS",
 ]
 
-#: Training modes used by the model builders: real-valued baseline, BC-deterministic, BC-stochastic.
+#: The training modes the model builders accept, in order the real-valued baseline, BC-deterministic and
+#: BC-stochastic.
 MODES = ("float", "det", "stoch")
 _EVAL_WEIGHTS = ("sign", "real")
 
@@ -832,8 +833,8 @@ def fit_binaryconnect(
     return history
 
 
-#: The book's training recipe per mode (digits and MNIST): epochs and the learning rate's exponential
-#: decay ``lr -> lr_final``. Stochastic BinaryConnect gets more epochs and a higher final rate: its
+#: The book's training recipe per mode, for digits and MNIST, gives the epochs and the learning rate's
+#: exponential decay ``lr -> lr_final``. Stochastic BinaryConnect gets more epochs and a higher final rate: its
 #: noisy binary weights need more steps to average out (paper Section 3: stochastic runs train longer).
 RECIPE = {
     "float": {"epochs": 20, "lr": 3e-3, "lr_final": 3e-4},

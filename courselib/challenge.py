@@ -138,7 +138,9 @@ def _binary_cnn(**kw):
     return make_binary_cnn(**kw)
 
 
-#: name -> (constructor, {kwarg: kind}); kinds: "int", "widths", "bool", or a tuple of allowed strings.
+#: The architectures a submission may declare, each name mapped to its constructor and the kinds of its
+#: keyword arguments ("int", "widths", "bool", or a tuple of allowed strings), as
+#: ``name -> (constructor, {kwarg: kind})``.
 #: Inputs are 28x28 single-channel images and 10 classes, so those kwargs are fixed.
 ARCHS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "CourseCNN": (_course_cnn, {"channels": "widths2", "in_channels": 1, "n_classes": 10, "image_size": 28}),

@@ -43,6 +43,9 @@ from .quantization import quantize_dynamic_int8, quantize_static_int8
 from .training import evaluate, fit
 
 __all__ = [
+    "study_data",
+    "reference_arch",
+    "train_reference",
     "save_dense",
     "save_sparse",
     "save_packed_binary",

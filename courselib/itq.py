@@ -49,6 +49,7 @@ __all__ = [
     "plot_itq_2d",
     "itq_explorer",
     "compare_hashers",
+    "hamming_map",
 ]
 
 

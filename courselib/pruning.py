@@ -897,7 +897,7 @@ def dense_vs_csr(weight: torch.Tensor, x: torch.Tensor, *, repeats: int = 20, nu
 
 
 def plot_saliency_vs_magnitude(weights: torch.Tensor, saliency: torch.Tensor, amount: float = 0.5):
-    """Scatter |w| against OBD saliency, marking what each criterion removes at ``amount``.
+    """Scatter ``|w|`` against OBD saliency, marking what each criterion removes at ``amount``.
 
     Explorer callback of the OBD chapter; returns the matplotlib figure.
     """
