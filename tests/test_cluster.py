@@ -114,13 +114,15 @@ def test_a_worker_killed_mid_batch_has_its_submissions_rerun_elsewhere(tmp_path,
     victim = dask_cluster.workers[0]
 
     def kill_when_busy():
-        deadline = time.monotonic() + 600
+        """Kill worker w0's whole process group a few seconds into its first submission."""
         from distributed import Client
 
+        deadline = time.monotonic() + 600
         with Client(dask_cluster.address, timeout=30) as c:
             while time.monotonic() < deadline:
-                busy = [w for w, info in c.scheduler_info()["workers"].items() if info["metrics"]["executing"]]
-                if len(busy) == 2:  # both grading: kill one "machine" mid-task
+                addr = [a for a, w in c.scheduler_info()["workers"].items() if w.get("name") == "w0"]
+                if addr and c.processing(workers=addr).get(addr[0]):
+                    time.sleep(3)  # grading one notebook takes far longer: this is mid-task
                     break
                 time.sleep(0.2)
         DaskCluster.kill(victim)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 from distributed import as_completed as dask_as_completed
+from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
@@ -172,7 +173,7 @@ def schedule(ctx: GradingContext, jobs: list[Job], cluster: str, *, log=None):
                 except KilledWorker:
                     res = _crashed(ctx, job, "the submission killed every grading worker it ran on")
                 yield job, res
-        except (CommClosedError, OSError, TimeoutError) as exc:
+        except (CommClosedError, FutureCancelledError, OSError, TimeoutError) as exc:  # the scheduler is gone
             raise GradingError(
                 f"lost the Dask scheduler {cluster} ({exc!r}); what was graded is kept: "
                 "run the same command again once the scheduler is back"
