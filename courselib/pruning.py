@@ -51,6 +51,8 @@ __all__ = [
     "smallest_filters",
     "remove_filters",
     "prune_filters",
+    "prune_layers",
+    "STRATEGIES",
     "storage_bytes",
     "dense_vs_csr",
     "plot_saliency_vs_magnitude",
@@ -834,6 +836,63 @@ def prune_filters(model: nn.Module, layer_name: str, amount: float) -> list[int]
     idx = smallest_filters(conv, amount)
     remove_filters(model, layer_name, idx)
     return idx
+
+
+#: The two multi-layer strategies of Li et al. (2017), Sec. 3.3, accepted by :func:`prune_layers`.
+STRATEGIES = ("independent", "greedy")
+
+
+def prune_layers(model: nn.Module, amounts: dict[str, float], strategy: str = "greedy") -> dict[str, list[int]]:
+    """Prune the filters of several convolutions in one pass (Li et al. 2017, Sec. 3.3 and Fig. 3).
+
+    Layers are pruned in the order of ``amounts``, each losing its ``round(amount * out_channels)``
+    filters of smallest L1 norm (book Eq. ``filters-l1``); the two strategies of the paper differ only
+    in which weights that norm sums over (book section ``filters-multi-layer``):
+
+    - ``"independent"``: every layer's filters are ranked on the **original** weights, as if no other
+      layer were pruned; the kernels of layer ``l + 1`` that read feature maps removed from layer ``l``
+      still count in its filters' sums.
+    - ``"greedy"``: layer ``l + 1`` is ranked **after** layer ``l``'s filters are removed, so the kernels
+      of the already removed feature maps no longer count.
+
+    No retraining is done here: this is the "prune once" step of the paper's Sec. 3.5; retrain the
+    result with :func:`courselib.training.fit`, or call this once per layer with retraining in
+    between for the iterative schedule.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place (as :func:`remove_filters`).
+    amounts : dict of str to float
+        Layer name -> fraction of its filters to remove, in the order to prune them.
+    strategy : {"independent", "greedy"}
+
+    Returns
+    -------
+    dict of str to list of int
+        Layer name -> removed filter indices, in that layer's original numbering, ascending norm.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    modules = dict(model.named_modules())
+    for name in amounts:
+        if not isinstance(modules.get(name), nn.Conv2d):
+            raise ValueError(f"layer {name!r} is not a Conv2d of the model")
+    if strategy == "independent":
+        # rank everything first, on the untouched weights; removing a layer's filters renumbers only
+        # the next layer's *input* channels, so each layer's output indices stay valid
+        chosen = {name: smallest_filters(modules[name], f) for name, f in amounts.items()}
+        for name, idx in chosen.items():
+            if idx:
+                remove_filters(model, name, idx)
+        return chosen
+    chosen = {}
+    for name, f in amounts.items():
+        conv = dict(model.named_modules())[name]  # the current module, after earlier surgery
+        chosen[name] = smallest_filters(conv, f)
+        if chosen[name]:
+            remove_filters(model, name, chosen[name])
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------------

@@ -457,3 +457,76 @@ def test_explorer_callbacks_draw():
         assert len(fig.axes[0].patches) == 6
         plt.close(fig)
     assert model.conv1.out_channels == 6  # the callback works on a copy
+
+
+def _two_conv_net():
+    """conv1 (1->2, 1x1), ReLU, conv2 (2->2, 1x1), flatten, fc (2*2*2 -> 3), hand-set weights.
+
+    conv1's filter 0 has the smaller L1 norm (0.5 < 2). conv2's filter 0 = (10, 0.1) outweighs filter
+    1 = (1, 1) on the original weights (10.1 > 2), but without the kernel reading conv1's channel 0
+    it is the smaller one (0.1 < 1): the two strategies of Li et al. remove different filters.
+    """
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([0.5, 2.0]).reshape(2, 1, 1, 1))
+        net[0].bias.copy_(torch.tensor([0.1, 0.2]))
+        net[2].weight.copy_(torch.tensor([[10.0, 0.1], [1.0, 1.0]]).reshape(2, 2, 1, 1))
+        net[2].bias.copy_(torch.tensor([0.3, 0.4]))
+        net[4].weight.copy_(torch.arange(24, dtype=torch.float32).reshape(3, 8))
+        net[4].bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize(
+    "strategy, removed2, conv2_weight, fc_cols",
+    [
+        # ranked on the original weights: (10, 0.1) -> 10.1 stays, (1, 1) -> 2 goes
+        ("independent", [1], [[0.1]], [0, 1, 2, 3]),
+        # ranked after conv1's channel 0 is gone: 0.1 < 1, so filter 0 goes
+        ("greedy", [0], [[1.0]], [4, 5, 6, 7]),
+    ],
+)
+def test_prune_layers_independent_vs_greedy_hand_built(strategy, removed2, conv2_weight, fc_cols):
+    net = _two_conv_net()
+    original = copy.deepcopy(net)
+    removed = P.prune_layers(net, {"0": 0.5, "2": 0.5}, strategy=strategy)
+    assert removed == {"0": [0], "2": removed2}
+    torch.testing.assert_close(net[0].weight, torch.tensor([2.0]).reshape(1, 1, 1, 1))
+    torch.testing.assert_close(net[0].bias, torch.tensor([0.2]))
+    torch.testing.assert_close(net[2].weight, torch.tensor(conv2_weight).reshape(1, 1, 1, 1))
+    torch.testing.assert_close(net[2].bias, original[2].bias[[1 - removed2[0]]])
+    torch.testing.assert_close(net[4].weight, original[4].weight[:, fc_cols])
+    # the forward pass equals the original network with the removed channels' readers zeroed
+    ref = copy.deepcopy(original)
+    with torch.no_grad():
+        ref[2].weight[:, 0] = 0
+        ref[4].weight[:, [c for c in range(8) if c not in fc_cols]] = 0
+        ref[2].bias[removed2[0]] = 0
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(net(x), ref(x))
+
+
+def test_prune_layers_strategies_on_coursecnn_match_their_definitions():
+    torch.manual_seed(0)
+    base = CourseCNN(channels=(8, 16), image_size=28)
+    plan = {"conv1": 0.5, "conv2": 0.25}
+    # independent = every layer ranked on the original weights
+    ind = copy.deepcopy(base)
+    expected = {n: P.smallest_filters(getattr(base, n), f) for n, f in plan.items()}
+    assert P.prune_layers(ind, plan, strategy="independent") == expected
+    # greedy = prune_filters one layer after the other
+    greedy, manual = copy.deepcopy(base), copy.deepcopy(base)
+    got = P.prune_layers(greedy, plan, strategy="greedy")
+    assert got == {n: P.prune_filters(manual, n, f) for n, f in plan.items()}
+    for a, b in zip(greedy.parameters(), manual.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert greedy.conv1.out_channels == ind.conv1.out_channels == 4
+    assert greedy.conv2.out_channels == ind.conv2.out_channels == 12
+
+
+def test_prune_layers_bad_arguments():
+    net = _two_conv_net()
+    with pytest.raises(ValueError, match="strategy"):
+        P.prune_layers(net, {"0": 0.5}, strategy="global")
+    with pytest.raises(ValueError, match="not a Conv2d"):
+        P.prune_layers(net, {"4": 0.5})
