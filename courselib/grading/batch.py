@@ -148,7 +148,9 @@ def grade(
                         res["parts"] = {g: 0.0 for g, _ in grader.parts}
                         res["max_score"] = float(sum(p for _, p in grader.parts))
                     res["sandbox"] = "bubblewrap" if sandboxed else "none (--no-sandbox)"
+                    t_merge = time.monotonic()
                     merge_results(course, lab, grader.parts, [res], state_dir, db=db)
+                    res.setdefault("timing", {})["merge"] = round(time.monotonic() - t_merge, 3)  # after the state
                     res.pop("files", None)
                     results[job.student] = res
                     if bar is not None:

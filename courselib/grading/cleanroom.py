@@ -1,47 +1,84 @@
-"""Clean-room re-check of autograded test cells: the tests run where no student code ever ran.
+"""The clean room: one trusted process that executes a submission once and grades it with the hidden tests.
 
-Under plain nbgrader the hidden tests run in the student's own kernel, after the student's code, so
-the student can fake a pass: return an object whose ``__eq__`` is always true, monkeypatch
-``np.allclose`` or ``courselib``, register an IPython input transformer that rewrites the test
-cells, silence ``showtraceback`` ... This module re-runs every graded test cell of the *source*
-notebook in a fresh Python process (the *clean room*) that executes only instructor code. Each name
-the lab's solution cells define (``fit_means``, ``POPCOUNT8`` ...) is bound in the clean room to
+The student's code runs in exactly one process, a Jupyter kernel inside the sandbox
+(:mod:`courselib.grading.sandbox`). It executes the student's notebook with the *release* version of
+every test cell (the visible tests only): the hidden tests, their code and their expected values never
+enter that process, so nothing the student's code can read (its working directory, its own kernel's
+history, ``globals()``, ``/proc``) holds them. This module is the other side, the trusted driver
+(``python -m courselib.grading.cleanroom grade SPEC.json``), which
 
-- a proxy function when the student's object is callable: calling it pickles the arguments, sends
-  them to the student's process (a sandboxed server that ran the student's cells and never sees a
-  test), runs the student's function there and sends the result back;
-- the student's value otherwise.
+1. starts the sandboxed kernel and, while it boots, runs the lab's instructor set-up cells in its own
+   namespace (the *clean room*, where no student code ever runs);
+2. executes the student's notebook in the kernel cell by cell (:class:`~courselib.grading.execute.LimitedExecute`:
+   nbgrader's executor with its cell timeout, plus an output limit), keeping the outputs (the visible
+   tests' results) for the feedback;
+3. runs every graded test cell of the *source* notebook (visible and hidden tests) in the clean room.
+   Each name the lab's solution cells define (``fit_means``, ``POPCOUNT8`` ...) is bound there to
+
+   - a proxy function when the student's object is callable: calling it pickles the arguments, sends
+     them to the kernel (a ``user_expressions`` request that calls a small helper the driver defines
+     there after the student's cells ran), runs the student's function and sends the pickled result back;
+   - the student's value otherwise;
+
+   so the student's process sees the *inputs* hidden tests pass to its functions, and nothing else;
+4. scores every part by the clean room's verdict, writes the executed notebook (nbgrader's
+   "autograded" notebook: visible tests only) and the HTML feedback (:func:`feedback_notebook`: per
+   test cell pass or fail, points and the author's message, no hidden test code).
 
 Everything that comes back from the student's process goes through :class:`PlainUnpickler`, which
 rebuilds only plain data: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
-``tuple``, ``list``, ``dict``, ``set``, ``frozenset``, ``range``, ``slice`` and numpy arrays/scalars
-of those. An always-equal object, a subclass of ``int`` or an array subclass cannot cross; a student
-exception comes back as the nearest builtin exception class (``ValueError`` ...). So a test cell that
-passes in the clean room passed on genuine values with genuine numpy and courselib.
+``tuple``, ``list``, ``dict``, ``set``, ``frozenset``, ``range``, ``slice``, numpy arrays/scalars
+of those, and torch tensors (sent as a tagged numpy array and rebuilt here). An always-equal object, a
+subclass of ``int`` or an array subclass cannot cross; a student exception comes back as the nearest
+builtin exception class (``ValueError`` ...). So a test cell that passes in the clean room passed on
+genuine values with genuine numpy and courselib.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
-import ctypes
+import html
 import importlib
 import io
 import json
+import linecache
 import os
 import pickle
-import select
-import struct
-import subprocess
 import sys
+import threading
 import time
 import traceback
+from pathlib import Path
 
+import nbformat
 import numpy as np
 from IPython.core.inputtransformer2 import TransformerManager
-from IPython.core.interactiveshell import InteractiveShell
+from nbclient.exceptions import DeadKernelError
+from nbconvert.exporters import HTMLExporter
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbformat.notebooknode import NotebookNode
+from traitlets.config import Config
 
-__all__ = ["PlainUnpickler", "plain_loads", "solution_names", "StudentProxy", "run_clean_room"]
+from .execute import LimitedExecute
+
+__all__ = [
+    "PlainUnpickler",
+    "plain_loads",
+    "solution_names",
+    "KernelProxy",
+    "grade_notebook",
+    "failure_message",
+    "driver_argv",
+    "FEEDBACK_MODES",
+]
+
+#: Feedback modes a lab may choose in ``labs/course.toml`` (``[labs.<lab>] feedback = "full"``).
+FEEDBACK_MODES = ("redacted", "full")
+
+#: Tag of a torch tensor on the wire: ``(TENSOR_TAG, numpy array, dtype name)``.
+TENSOR_TAG = "__courselib_tensor__"
 
 _SAFE_BUILTINS = {
     "set",
@@ -137,245 +174,502 @@ def solution_names(sources: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# wire format: 4-byte big-endian length + pickle
-def _send(fh, obj) -> None:
-    data = pickle.dumps(obj, protocol=4)
-    fh.write(struct.pack(">I", len(data)) + data)
-    fh.flush()
+# the helper the driver defines in the student's kernel once the student's cells have run
+KERNEL_HELPER = """
+def __courselib_rpc__(_req_b64):
+    import base64 as _b64, io as _io, pickle as _pk, sys as _sys
+    _torch = _sys.modules.get("torch")
+
+    class _Pickler(_pk.Pickler):
+        def reducer_override(self, obj):
+            if _torch is not None and isinstance(obj, _torch.Tensor):
+                _t = obj.detach().cpu()
+                return tuple, ((TAG, _t.numpy().copy(), str(_t.dtype)),)
+            return NotImplemented
+
+    def _dumps(obj):
+        _buf = _io.BytesIO()
+        _Pickler(_buf, protocol=4).dump(obj)
+        return _buf.getvalue()
+
+    _ns = get_ipython().user_ns
+    _req = _pk.loads(_b64.b64decode(_req_b64))
+    try:
+        if _req[0] == "kinds":
+            _out = {_n: ("missing" if _n not in _ns else "callable" if callable(_ns[_n]) else "value")
+                    for _n in _req[1]}
+        elif _req[0] == "get":
+            _out = _ns[_req[1]]
+        elif _req[0] == "call":
+            _out = _ns[_req[1]](*_req[2], **_req[3])
+        elif _req[0] == "source":
+            import inspect as _inspect
+            _out = str(_inspect.getsource(_ns[_req[1]]))
+        else:
+            raise RuntimeError("bad request")
+        _rep = ("ok", _dumps(_out))
+    except BaseException as _e:
+        try:
+            _mro = [_c.__name__ for _c in type(_e).__mro__ if _c.__module__ == "builtins"]
+            _msg = str(_e)[:2000]
+        except BaseException:
+            _mro, _msg = ["RuntimeError"], "unprintable exception"
+        _rep = ("raise", _mro, _msg)
+    return _b64.b64encode(_pk.dumps(_rep, protocol=4)).decode("ascii")
+""".replace("TAG", repr(TENSOR_TAG))
 
 
-def _recv_raw(fd: int, deadline: float, limit: int = 256 << 20) -> bytes:
-    def read_exact(n):
-        buf = b""
-        while len(buf) < n:
+def _from_wire(obj, depth=0):
+    """Rebuild the torch tensors of a plain reply (tagged numpy arrays); everything else as it is."""
+    if depth > 50:
+        return obj
+    if isinstance(obj, tuple):
+        if len(obj) == 3 and obj[0] == TENSOR_TAG and isinstance(obj[1], np.ndarray) and isinstance(obj[2], str):
+            torch = importlib.import_module("torch")
+            t = torch.from_numpy(np.array(obj[1]))
+            want = getattr(torch, obj[2].removeprefix("torch."), None)
+            return t.to(want) if isinstance(want, torch.dtype) else t
+        return tuple(_from_wire(v, depth + 1) for v in obj)
+    if isinstance(obj, list):
+        return [_from_wire(v, depth + 1) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _from_wire(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _student_exception(mro: list, msg: str, name: str) -> BaseException:
+    for cls_name in mro:
+        cls = getattr(builtins, str(cls_name), None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls is not Exception:
+            exc = cls(msg)
+            break
+    else:
+        exc = RuntimeError(msg)
+    exc.courselib_student = name  # the message is the student's own
+    return exc
+
+
+class KernelProxy:
+    """Calls into the student's kernel: ``kinds`` / ``get`` / ``call`` requests as ``user_expressions``.
+
+    One blocking client on the kernel's channels; a request that gets no reply within
+    ``call_timeout`` seconds marks the kernel dead (every later request fails at once).
+    """
+
+    def __init__(self, km, call_timeout: float):
+        self.km, self.call_timeout, self.dead = km, call_timeout, None
+        self.kc = km.blocking_client()
+        self.kc.start_channels()
+        self.calls = 0
+
+    def _execute(self, code: str, expressions: dict | None = None) -> dict:
+        msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions=expressions or {})
+        deadline = time.monotonic() + self.call_timeout
+        while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the student's code did not answer in time")
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                continue
-            chunk = os.read(fd, n - len(buf))
-            if not chunk:
-                raise EOFError("the student's process ended")
-            buf += chunk
-        return buf
-
-    (n,) = struct.unpack(">I", read_exact(4))
-    if n > limit:
-        raise ValueError(f"reply of {n} bytes exceeds the {limit}-byte limit")
-    return read_exact(n)
-
-
-def serve(cells_path: str) -> None:  # pragma: no cover - runs inside the sandbox
-    """Student side: run the student's cells in an IPython shell, then answer proxy requests."""
-    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
-    proto_out = os.fdopen(os.dup(1), "wb")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    shell = InteractiveShell.instance()
-    for src in json.loads(open(cells_path).read()):
-        try:
-            shell.run_cell(src, silent=True)
-        except BaseException:
-            pass
-    ns = shell.user_ns
-    _send(proto_out, ("ready",))
-
-    def read_exact(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = proto_in.read(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
-
-    while True:
-        try:
-            (n,) = struct.unpack(">I", read_exact(4))
-            req = pickle.loads(read_exact(n))
-        except Exception:
-            return
-        try:
-            if req[0] == "kinds":
-                out = {}
-                for name in req[1]:
-                    if name not in ns:
-                        out[name] = "missing"
-                    else:
-                        out[name] = "callable" if callable(ns[name]) else "value"
-                reply = ("ok", pickle.dumps(out))
-            elif req[0] == "get":
-                reply = ("ok", pickle.dumps(ns[req[1]], protocol=4))
-            elif req[0] == "call":
-                _, name, args, kwargs = req
-                reply = ("ok", pickle.dumps(ns[name](*args, **kwargs), protocol=4))
-            else:
-                reply = ("raise", ["RuntimeError"], f"bad request {req[0]!r}")
-        except BaseException as exc:
             try:
-                mro = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
-                msg = str(exc)[:2000]
-            except BaseException:
-                mro, msg = ["RuntimeError"], "unprintable exception"
-            reply = ("raise", mro, msg)
+                msg = self.kc.get_shell_msg(timeout=min(left, 1.0))
+            except Exception:  # queue.Empty
+                if not self.km.is_alive():
+                    raise EOFError("the student's kernel died") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"]
+
+    def define_helper(self) -> bool:
         try:
-            _send(proto_out, reply)
-        except BaseException:
-            return
+            return self._execute(KERNEL_HELPER).get("status") == "ok"
+        except (TimeoutError, EOFError) as exc:
+            self.dead = str(exc)
+            return False
 
-
-def _die_with_parent():  # pragma: no cover - runs in the child
-    os.setsid()
-    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-
-
-class StudentProxy:
-    """Client of :func:`serve`: a student process in the sandbox, reached over pipes."""
-
-    def __init__(self, argv: list[str], *, startup_timeout: float, call_timeout: float, env=None, cwd=None):
-        self.call_timeout, self.startup_timeout = call_timeout, startup_timeout
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            preexec_fn=_die_with_parent,
-        )
-        self.dead = None  # None: not ready yet
-
-    def wait_ready(self):
-        if self.dead is not None:
-            return
-        self.dead = False
-        startup_timeout = self.startup_timeout
-        try:
-            msg = self._reply(startup_timeout)
-            if msg != ("ready",):
-                raise EOFError("bad handshake")
-        except (EOFError, TimeoutError, ValueError, pickle.UnpicklingError, struct.error) as exc:
-            self.close()
-            self.dead = str(exc) or type(exc).__name__
-
-    def _reply(self, timeout):
-        raw = _recv_raw(self.proc.stdout.fileno(), time.monotonic() + timeout)
-        return PlainUnpickler(io.BytesIO(raw)).load()
-
-    def request(self, *req):
-        self.wait_ready()
+    def request(self, *req, name: str = ""):
         if self.dead:
             raise RuntimeError(f"the student's process is not running ({self.dead})")
+        self.calls += 1
+        payload = base64.b64encode(pickle.dumps(req, protocol=4)).decode("ascii")
         try:
-            _send(self.proc.stdin, req)
-            msg = self._reply(self.call_timeout)
-        except (OSError, EOFError, TimeoutError, ValueError, pickle.UnpicklingError, struct.error) as exc:
-            self.close()
+            content = self._execute("", {"r": f"__courselib_rpc__({payload!r})"})
+            res = content.get("user_expressions", {}).get("r", {})
+            if res.get("status") != "ok":
+                raise ValueError("the student's kernel could not run the request")
+            text = ast.literal_eval(res["data"]["text/plain"])
+            msg = PlainUnpickler(io.BytesIO(base64.b64decode(text))).load()
+        except (TimeoutError, EOFError) as exc:
             self.dead = str(exc) or type(exc).__name__
             raise RuntimeError(f"the student's process failed: {self.dead}") from None
+        except (ValueError, KeyError, SyntaxError, TypeError, pickle.UnpicklingError) as exc:
+            raise RuntimeError(f"bad reply from the student's process: {type(exc).__name__}") from None
         if msg[0] == "ok":
-            return plain_loads(msg[1])
+            return _from_wire(plain_loads(msg[1]))
         if msg[0] == "raise":
-            for name in msg[1]:
-                cls = getattr(builtins, str(name), None)
-                if isinstance(cls, type) and issubclass(cls, Exception) and cls is not Exception:
-                    raise cls(msg[2])
-            raise RuntimeError(msg[2])
+            raise _student_exception(msg[1], msg[2], name)
         raise RuntimeError("bad reply")
 
-    def function(self, name):
-        def proxy(*args, **kwargs):
-            return self.request("call", name, args, kwargs)
+    def function(self, name, source: str | None = None):
+        """A proxy for the student's callable ``name``. With ``source`` (the student's own source text,
+        as ``inspect.getsource`` gives it in the kernel), ``inspect.getsource(proxy)`` returns it, so
+        tests that read the student's code (forbidden calls) read the student's code here too; the text
+        is only registered in :mod:`linecache`, never compiled or run."""
 
-        proxy.__name__ = name
+        def proxy(*args, **kwargs):
+            return self.request("call", name, args, kwargs, name=name)
+
+        proxy.__name__ = proxy.__qualname__ = name
+        if source:
+            fake = f"<student's {name}>"
+            lines = source.splitlines(keepends=True)
+            linecache.cache[fake] = (len(source), None, lines, fake)
+            proxy.__code__ = proxy.__code__.replace(co_filename=fake, co_firstlineno=1)
         return proxy
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except OSError:
-                pass
-        self.proc.wait()
-
-
-def _debug():
-    if os.environ.get("COURSELIB_CLEANROOM_DEBUG"):
-        traceback.print_exc()
-
-
-def run_clean_room(spec_path: str) -> dict:
-    """Clean side: run the source notebook's instructor cells, return ``{grade_id: passed}``.
-
-    ``spec_path`` is a JSON file with ``cells`` (``[{"source", "grade_id", "kind"}]`` where kind is
-    ``"test"``, ``"instructor"`` or ``"solution"``), ``student_argv`` (the command that starts
-    :func:`serve` in the sandbox), ``startup_timeout`` and ``call_timeout``.
-    """
-    spec = json.loads(open(spec_path).read())
-    names = solution_names([c["source"] for c in spec["cells"] if c["kind"] == "solution"])
-    student = StudentProxy(
-        spec["student_argv"],
-        startup_timeout=spec["startup_timeout"],
-        call_timeout=spec["call_timeout"],
-        cwd=spec.get("cwd"),
-    )
-    tm = TransformerManager()
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    results = {}
-    cells = spec["cells"]
-    first_test = min((i for i, c in enumerate(cells) if c["kind"] == "test"), default=len(cells))
-    last_test = max((i for i, c in enumerate(cells) if c["kind"] == "test"), default=-1)
-
-    def run(cell):
         try:
-            exec(compile(tm.transform_cell(cell["source"]), f"<cell {cell.get('grade_id')}>", "exec"), ns)
-            return True
-        except BaseException:
-            _debug()
-            return False
+            self.kc.stop_channels()
+        except Exception:
+            pass
 
-    for cell in cells[:first_test]:  # instructor set-up runs while the student's process starts
-        if cell["kind"] == "instructor":
-            run(cell)
-    student.wait_ready()
+
+# --------------------------------------------------------------------------------------------
+# what a failing test cell may show
+def failure_message(exc: BaseException, names=()) -> str:
+    """What a student may read about a failing test: the author's assertion message, or the student's
+    own exception; never a traceback, and never the message of an exception raised by test code
+    (it could hold an expected value). ``names`` are the lab's answer names (a missing one is said)."""
+    student = getattr(exc, "courselib_student", None)
+    if student:
+        text = str(exc).strip()
+        return f"your {student} raised {type(exc).__name__}" + (f": {text[:500]}" if text else "")
+    if isinstance(exc, AssertionError):
+        text = str(exc).strip()
+        return text[:500] if text else "an assertion failed"
+    if isinstance(exc, NameError) and getattr(exc, "name", None) in names:  # a missing answer of the student's
+        return f"NameError: {exc.name!r} is not defined (its cell failed or was not run)"
+    return f"the test raised {type(exc).__name__}"
+
+
+def _cell_source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _error_names(cell) -> list[str]:
+    return [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+# --------------------------------------------------------------------------------------------
+def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str], tm) -> dict:
+    """Run the source test cells in the clean room against the student's names; per part the verdict."""
+    cells = spec["cells"]
+    tests = [i for i, c in enumerate(cells) if c["kind"] == "test"]
+    results = {}
     bound = {}
-    try:
-        kinds = student.request("kinds", names) if not student.dead else {}
+    if proxy is not None and not proxy.dead:
+        try:
+            kinds = proxy.request("kinds", names)
+        except Exception:
+            kinds = {}
         for name, kind in kinds.items():
             try:
                 if kind == "callable":
-                    bound[name] = student.function(name)
+                    try:
+                        src = proxy.request("source", name, name=name)
+                    except Exception:
+                        src = None
+                    bound[name] = proxy.function(name, src if isinstance(src, str) else None)
                 elif kind == "value":
-                    bound[name] = student.request("get", name)
+                    bound[name] = proxy.request("get", name, name=name)
             except Exception:
-                _debug()
-    except Exception:
-        _debug()
-    for cell in cells[first_test : last_test + 1]:
+                pass
+
+    def run(src: str, label: str):
+        try:
+            exec(compile(tm.transform_cell(src), f"<{label}>", "exec"), ns)
+            return None
+        except BaseException as exc:  # every failure is a failed test
+            return exc
+
+    if not tests:
+        return results
+    for cell in cells[tests[0] : tests[-1] + 1]:
         if cell["kind"] == "solution":
             continue
         for name in names:
             ns.pop(name, None)
         ns.update(bound)
-        ok = run(cell)
-        if cell["kind"] == "test":
-            results[cell["grade_id"]] = ok
-    student.close()
+        if cell["kind"] != "test":
+            run(cell["source"], f"cell {cell.get('grade_id')}")
+            continue
+        gid = cell["grade_id"]
+        vis_exc = run(cell["release_source"], f"visible tests {gid}")
+        for name in names:
+            ns.pop(name, None)
+        ns.update(bound)
+        full_exc = vis_exc if cell["release_source"] == cell["source"] else run(cell["source"], f"tests {gid}")
+        exc = vis_exc or full_exc
+        res = {"visible": vis_exc is None, "passed": vis_exc is None and full_exc is None}
+        if exc is not None:
+            res["where"] = "visible" if vis_exc is not None else "hidden"
+            res["message"] = failure_message(exc, names)
+            res["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+        results[gid] = res
     return results
 
 
-def main(argv=None) -> None:  # pragma: no cover - subprocess entry points
+def grade_notebook(spec: dict) -> dict:
+    """Execute the submission in the sandboxed kernel once, grade it in the clean room, write the outputs.
+
+    ``spec`` (JSON from :class:`courselib.grading.grader.Grader`): ``notebook`` (the submission with its
+    locked cells restored from the release), ``cells`` (the source notebook's code cells classified as
+    ``test`` / ``solution`` / ``instructor``, each test with its ``release_source``), ``kernel_name``,
+    ``work`` (the kernel's working directory), ``ipc`` (prefix of its ZeroMQ ``ipc://`` sockets, or
+    ``None`` for TCP), ``cell_timeout``, ``startup_timeout``, ``output_bytes``, ``out`` (folder for
+    ``executed.ipynb``). Returns ``{"kernel": {grade_id: visible test passed in the kernel}, "clean":
+    {grade_id: verdict}, "flags": [...], "times": {...}}``.
+    """
+    times = {"start": time.monotonic()}
+    nb = nbformat.read(spec["notebook"], as_version=4)
+    cfg = Config()
+    if spec.get("ipc"):
+        cfg.KernelManager.transport = "ipc"
+        cfg.KernelManager.ip = spec["ipc"]
+    ep = LimitedExecute(
+        config=cfg,
+        kernel_name=spec["kernel_name"],
+        timeout=spec["cell_timeout"],
+        startup_timeout=spec["startup_timeout"],
+        interrupt_on_timeout=True,
+        allow_errors=True,
+        raise_on_iopub_timeout=False,
+        shutdown_kernel="immediate",
+        max_output_bytes=spec["output_bytes"],
+        extra_arguments=[] if spec.get("ipc") else ["--HistoryManager.enabled=False"],
+    )
+    ep.nb = nb
+    ep.reset_execution_trackers()
+    ep.resources = {"metadata": {"path": spec["work"]}}
+    ep.km = ep.create_kernel_manager()
+    flags: list[str] = []
+    tm = TransformerManager()
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    cells = spec["cells"]
+    names = solution_names([c["source"] for c in cells if c["kind"] == "solution"])
+    first_test = min((i for i, c in enumerate(cells) if c["kind"] == "test"), default=len(cells))
+    proxy = None
+    try:
+        ep.start_new_kernel(cwd=spec["work"])
+        times["kernel_launched"] = time.monotonic()
+
+        def set_up():  # the instructor set-up runs in the clean room while the kernel boots and executes
+            for cell in cells[:first_test]:
+                if cell["kind"] == "instructor":
+                    try:
+                        exec(compile(tm.transform_cell(cell["source"]), f"<cell {cell.get('grade_id')}>", "exec"), ns)
+                    except BaseException:  # a failing set-up fails the tests that need it
+                        pass
+            if spec.get("feedback_html"):  # load and compile the feedback template meanwhile too
+                render_feedback(nbformat.v4.new_notebook(), spec["lab"], 0.0, 0.0)
+            times["setup_cells"] = time.monotonic()
+
+        setup = threading.Thread(target=set_up, daemon=True)
+        setup.start()
+        ep.start_new_kernel_client()
+        times["kernel_ready"] = time.monotonic()
+        try:
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type == "code":
+                    ep.execute_cell(cell, index, store_history=True)
+        except DeadKernelError:
+            flags.append("crashed")
+        times["executed"] = time.monotonic()
+        setup.join()
+        times["setup_joined"] = time.monotonic()
+        if "crashed" not in flags:
+            proxy = KernelProxy(ep.km, spec["cell_timeout"])
+            if not proxy.define_helper():
+                proxy.dead = proxy.dead or "the helper could not be defined"
+        clean = _run_tests(spec, ns, proxy, names, tm) if "crashed" not in flags else {}
+        times["clean_room"] = time.monotonic()
+    finally:
+        if proxy is not None:
+            proxy.close()
+        try:
+            ep._cleanup_kernel()
+        except Exception:
+            pass
+    times["kernel_stopped"] = time.monotonic()
+    kernel = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        enames = _error_names(cell)
+        for ename, flag in (
+            ("CellTimeoutError", "timeout"),
+            ("MemoryError", "memory"),
+            ("OutputLimitExceeded", "output-limit"),
+            ("DeadKernelError", "crashed"),
+        ):
+            if ename in enames:
+                flags.append(flag)
+        if meta.get("grade") and cell.cell_type == "code":
+            kernel[meta["grade_id"]] = cell.get("execution_count") is not None and not enames
+    scores, notes, faked = score_parts(spec["parts"], spec.get("verifiable"), kernel, clean, "crashed" in flags)
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and meta.get("grade_id") in scores:
+            meta["score"], meta["points"] = scores[meta["grade_id"]], float(dict(spec["parts"])[meta["grade_id"]])
+    for key in ("autograded", "feedback_html"):
+        if spec.get(key):
+            Path(spec[key]).parent.mkdir(parents=True, exist_ok=True)
+    if spec.get("autograded"):
+        nbformat.write(nb, spec["autograded"])
+    if spec.get("feedback_html"):
+        fb = feedback_notebook(nb, spec["parts"], scores, clean, kernel, spec.get("feedback", "redacted"), spec, notes)
+        total, top = sum(scores.values()), sum(p for _, p in spec["parts"])
+        Path(spec["feedback_html"]).write_text(render_feedback(fb, spec["lab"], total, top))
+    times["feedback"] = time.monotonic()
+    return {
+        "kernel": kernel,
+        "clean": {g: {k: v for k, v in r.items() if k != "traceback"} for g, r in clean.items()},
+        "scores": scores,
+        "notes": notes,
+        "faked": faked,
+        "flags": sorted(set(flags)),
+        "times": times,
+        "calls": proxy.calls if proxy else 0,
+    }
+
+
+def score_parts(parts, verifiable, kernel: dict, clean: dict, crashed: bool):
+    """Part scores from the verdicts: on every part the clean room can check (``verifiable``; ``None``:
+    all, for the calibration), its verdict (visible and hidden tests) and the visible tests' result in
+    the kernel must both pass; on the others, the visible tests' result in the kernel. Returns
+    ``(scores, notes, faked)``, ``faked`` the parts whose visible tests passed in the kernel but failed
+    in the clean room (the student's code faked a pass)."""
+    scores, notes, faked = {}, {}, []
+    for gid, pts in parts:
+        verdict = clean.get(gid, {})
+        if crashed:
+            scores[gid] = 0.0
+        elif verifiable is None or gid in verifiable:
+            # the clean room's verdict on every test, and the visible tests in the kernel too (they see
+            # the student's real objects; failing there only ever costs the student)
+            scores[gid] = float(pts) if verdict.get("passed") and (verifiable is None or kernel.get(gid)) else 0.0
+            if kernel.get(gid) and not verdict.get("visible"):
+                faked.append(gid)
+        else:
+            scores[gid] = float(pts) if kernel.get(gid) else 0.0
+            notes[gid] = "scored by its visible tests only: the clean room cannot check this part"
+    return scores, notes, faked
+
+
+# --------------------------------------------------------------------------------------------
+# feedback
+def feedback_notebook(
+    executed, parts: list, scores: dict, clean: dict, kernel: dict, mode: str, spec: dict, notes: dict
+) -> NotebookNode:
+    """The notebook the feedback is rendered from: the executed notebook (visible tests and their
+    outputs as the kernel produced them) with, under every test cell, its verdict, points and message.
+
+    ``mode="redacted"`` (default): a failing part shows which tests failed (visible or hidden) and the
+    message of :func:`failure_message`, never hidden test code, expected values or a traceback of
+    hidden code. ``mode="full"``: the test cell shows its source version (hidden tests included) and
+    the clean room's traceback.
+    """
+    nb = nbformat.from_dict(json.loads(json.dumps(executed)))
+    points = dict(parts)
+    source_tests = {c["grade_id"]: c["source"] for c in spec["cells"] if c["kind"] == "test"}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if not (meta.get("grade") and meta.get("grade_id") in points):
+            continue
+        gid = meta["grade_id"]
+        meta["score"], meta["points"] = float(scores.get(gid, 0.0)), float(points[gid])
+        verdict = clean.get(gid, {})
+        score = float(scores.get(gid, 0.0))
+        passed = score >= points[gid] and bool(verdict.get("passed") or kernel.get(gid))
+        text = f"{'passed' if passed else 'failed'}: {score:g} / {points[gid]:g} points"
+        if not passed:
+            where = verdict.get("where")
+            if where == "visible" or (gid in kernel and not kernel[gid]):
+                text += " (the visible tests above failed)"
+            elif where == "hidden":
+                text += " (the visible tests passed; the hidden tests failed)"
+            if verdict.get("message"):
+                text += f"\nmessage: {verdict['message']}"
+        if notes.get(gid):
+            text += f"\nnote: {notes[gid]}"
+        if mode == "full":
+            cell.source = source_tests.get(gid, cell.source)
+            if verdict.get("traceback") and not passed:
+                text += "\n\n" + verdict["traceback"]
+        colour = "#2e7d32" if passed else "#c62828"
+        cell.outputs.append(
+            nbformat.v4.new_output(
+                "display_data",
+                data={
+                    "text/plain": text,
+                    "text/html": f'<pre style="color:{colour};font-weight:bold">{html.escape(text)}</pre>',
+                },
+            )
+        )
+    return nb
+
+
+_EXPORTER = None
+
+
+def render_feedback(nb: NotebookNode, lab: str, score: float, max_score: float) -> str:
+    """HTML with nbgrader's own feedback template (what ``nbgrader generate_feedback`` writes)."""
+    global _EXPORTER
+    if _EXPORTER is None:
+        root = Path(importlib.import_module("nbgrader").__file__).parent
+        c = Config()
+        c.HTMLExporter.template_name = "feedback"
+        c.HTMLExporter.extra_template_basedirs = [str(root / "server_extensions" / "formgrader" / "templates")]
+        c.HTMLExporter.extra_template_paths = [
+            str(root / "server_extensions" / "formgrader" / "static" / "node_modules" / "bootstrap" / "dist" / "css")
+        ]
+        _EXPORTER = HTMLExporter(config=c)
+        _EXPORTER.register_preprocessor(CSSHTMLHeaderPreprocessor(), enabled=True)
+    resources = {"nbgrader": {"notebook": lab, "score": score, "max_score": max_score, "late_penalty": 0}}
+    body, _ = _EXPORTER.from_notebook_node(nb, resources=resources)
+    return body
+
+
+#: The driver process's bootstrap: import ``courselib.grading.cleanroom`` without running
+#: ``courselib/grading/__init__.py`` (the schedulers, the gradebook, Dask: nothing the driver uses), and
+#: without ``rfc3987_syntax``, an optional IRI checker of ``jsonschema`` that builds a grammar at import
+#: (several seconds; nbformat never validates IRIs). Together they are most of the driver's start-up.
+_BOOT = """
+import importlib.util, sys, types
+_spec = importlib.util.find_spec("courselib.grading")
+_pkg = types.ModuleType("courselib.grading")
+_pkg.__path__ = list(_spec.submodule_search_locations)
+sys.modules["courselib.grading"] = _pkg
+sys.modules.setdefault("rfc3987_syntax", None)
+from courselib.grading.cleanroom import main
+main(sys.argv[1:])
+"""
+
+
+def driver_argv(spec_path, result_path) -> list[str]:
+    """The command that runs :func:`grade_notebook` on ``spec_path`` and writes ``result_path``."""
+    return [sys.executable, "-c", _BOOT, "grade", str(spec_path), str(result_path)]
+
+
+def main(argv=None) -> None:  # pragma: no cover - subprocess entry point
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
-        serve(argv[1])
-    elif argv[:1] == ["check"]:
-        res = run_clean_room(argv[1])
-        with open(argv[2], "w") as fh:
-            json.dump(res, fh)
+    if argv[:1] == ["grade"] and len(argv) == 3:
+        spec = json.loads(Path(argv[1]).read_text())
+        res = grade_notebook(spec)
+        res["times"]["written"] = time.monotonic()
+        Path(argv[2]).write_text(json.dumps(res))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # everything is written and the kernel is stopped: skip the interpreter's slow teardown
     else:
-        sys.exit("usage: python -m courselib.grading.cleanroom serve CELLS.json | check SPEC.json OUT.json")
+        sys.exit("usage: python -m courselib.grading.cleanroom grade SPEC.json RESULT.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

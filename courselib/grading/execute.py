@@ -1,10 +1,11 @@
-"""nbgrader's ``Execute`` preprocessor with an output-size limit per cell (used by :mod:`courselib.grading.grader`).
+"""nbgrader's ``Execute`` preprocessor with an output-size limit per cell (the clean room's executor).
 
 nbclient keeps every output message of a cell in memory; a student's ``while True: print(...)``
 would fill the grader's memory before the cell timeout. :class:`LimitedExecute` counts the bytes of
 each cell's outputs; past ``max_output_bytes`` it drops further stream/display outputs of that cell
 (error outputs are always kept), appends an ``OutputLimitExceeded`` error (the cell fails) and
-interrupts the kernel.
+interrupts the kernel. :mod:`courselib.grading.cleanroom` drives it cell by cell (``execute_cell``), so
+the kernel stays alive for the hidden tests' calls afterwards.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Grading one submission: a scratch course, a sandboxed kernel, a tamper check, the clean room, feedback.
+"""Grading one submission: tamper check, one sandboxed execution, the clean room's verdict, feedback.
 
 :class:`Grader` holds the read-only context of one run (the lab's source and release, the limits, the
-sandbox settings); :meth:`Grader.grade_one` grades one :class:`Job` and returns a result dict. It is the
-one code path for grading a submission, whichever scheduler calls it (:mod:`courselib.grading.batch`).
+sandbox settings, the feedback mode); :meth:`Grader.grade_one` grades one :class:`Job` and returns a
+result dict. It is the one code path for grading a submission, whichever scheduler calls it
+(:mod:`courselib.grading.worker`). The student's notebook runs once, in a sandboxed kernel, with the
+*release* version of its test cells (visible tests only); the hidden tests run only in the trusted
+clean room (:mod:`courselib.grading.cleanroom`), which calls the student's functions in that kernel.
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nbgrader.api import Gradebook
-
 import courselib
 
 from . import sandbox
-from .course import NOTEBOOK_SUFFIX, lab_parts, nbgrader, nbgrader_env
+from .cleanroom import FEEDBACK_MODES, driver_argv
+from .course import NOTEBOOK_SUFFIX, GradingError, lab_parts, lab_settings, nbgrader_env
+from .gradebook import lab_state_dir
 from .intake import check_notebook
 
 STATUSES = ("graded", "timeout", "memory", "output-limit", "crashed", "invalid-notebook", "tampered", "missing")
 """Submission statuses, in the order of precedence used when several apply."""
 
-GRADER_VERSION = "courselib-grade-1"
+GRADER_VERSION = "courselib-grade-2"
 
 
 @dataclass(frozen=True)
@@ -97,37 +100,6 @@ def kept_paths() -> list[str]:
     return sorted({str(p.resolve()) for p in keep if p.is_dir()})
 
 
-def _course_config(root: Path, limits: Limits, work: Path | None) -> str:
-    lines = [
-        "c = get_config()  # noqa: F821",
-        "c.CourseDirectory.course_id = 'ondevice-ml'",
-        f"c.CourseDirectory.root = {str(root)!r}",
-        f"c.CourseDirectory.db_url = {('sqlite:///' + str(root / 'gradebook.db'))!r}",
-        "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}",
-        f"c.Execute.timeout = {limits.cell_timeout}",
-        "c.Execute.interrupt_on_timeout = True",
-        "c.OverwriteCells.add_missing_cells = True",
-        "c.OverwriteCells.missing_cell_notification = "
-        "'This cell (id:{cell_id}) was missing from the submission; nbgrader restored it.\\n'",
-        "c.Execute.startup_timeout = 120",
-        "c.Execute.raise_on_iopub_timeout = False",
-        f"c.LimitedExecute.max_output_bytes = {limits.output_kb * 1024}",
-        "from courselib.grading.execute import LimitedExecute",
-        "from nbgrader.preprocessors import IgnorePattern, LimitOutput, SaveAutoGrades, AssignLatePenalties, "
-        "CheckCellMetadata",
-        "from nbconvert.preprocessors import ClearMetadataPreprocessor",
-        "c.Autograde.autograde_preprocessors = [LimitedExecute, IgnorePattern, ClearMetadataPreprocessor, "
-        "LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]",
-    ]
-    if work is not None:
-        lines += [
-            "c.Execute.kernel_name = 'courselib-sandbox'",
-            "c.KernelManager.transport = 'ipc'",
-            f"c.KernelManager.ip = {str(work / 'k')!r}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def _run(cmd: list[str], *, cwd, env, timeout: float) -> tuple[int | None, str]:
     """Run ``cmd`` in its own session; kill the whole session on timeout. Return (exit code or None, output)."""
 
@@ -157,16 +129,27 @@ def _run(cmd: list[str], *, cwd, env, timeout: float) -> tuple[int | None, str]:
         return None, out
 
 
-def _notebook_cells(nb: dict) -> list[dict]:
-    """Source cells classified for the clean room: test / solution / instructor."""
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _notebook_cells(nb: dict, release_nb: dict | None = None) -> list[dict]:
+    """Source cells classified for the clean room: test / solution / instructor; each test cell with
+    its release version (the visible tests) as ``release_source``."""
+    released = {}
+    for cell in (release_nb or {}).get("cells", []):
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid:
+            released[gid] = _source(cell)
     out = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        src = _source(cell)
         if meta.get("grade"):
-            out.append({"kind": "test", "grade_id": meta["grade_id"], "source": src})
+            gid = meta["grade_id"]
+            out.append({"kind": "test", "grade_id": gid, "source": src, "release_source": released.get(gid, src)})
         elif meta.get("solution"):
             out.append({"kind": "solution", "grade_id": meta.get("grade_id"), "source": src})
         elif meta.get("locked"):
@@ -174,8 +157,48 @@ def _notebook_cells(nb: dict) -> list[dict]:
     return out
 
 
-def _error_names(cell: dict) -> list[str]:
-    return [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+def restore_locked_cells(nb: dict, release_nb: dict) -> dict:
+    """The notebook the student's kernel executes: the submission with every locked and test cell
+    replaced by its *release* version (visible tests only), deleted ones put back after the cell that
+    precedes them in the release, outputs cleared. The source version (hidden tests) is never used."""
+    locked = {}
+    order = []
+    solutions = set()
+    for cell in release_nb["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        gid = meta.get("grade_id")
+        if not gid:
+            continue
+        order.append(gid)
+        if meta.get("locked") or meta.get("grade"):
+            locked[gid] = cell
+        elif meta.get("solution"):
+            solutions.add(gid)
+    cells = []
+    for cell in nb.get("cells", []):
+        cell = json.loads(json.dumps(cell))
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        gid = meta.get("grade_id")
+        if gid in locked:
+            cell = json.loads(json.dumps(locked[gid]))
+        elif gid not in solutions and "nbgrader" in cell.get("metadata", {}):
+            del cell["metadata"]["nbgrader"]  # a grade_id the lab does not have: an ordinary cell
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cells.append(cell)
+    for i, gid in enumerate(order):
+        if gid not in locked or any(c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == gid for c in cells):
+            continue
+        at = 0
+        for prev in reversed(order[:i]):
+            idx = [j for j, c in enumerate(cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == prev]
+            if idx:
+                at = idx[-1] + 1
+                break
+        cells.insert(at, json.loads(json.dumps(locked[gid])))
+    out = json.loads(json.dumps(release_nb))
+    out["cells"] = cells
+    return out
 
 
 class Job:
@@ -191,8 +214,13 @@ class Grader:
         self.hide, self.keep, self.feedback, self.sandboxed = hide, kept_paths(), feedback, sandboxed
         self.source_nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
         self.release_nb = json.loads((course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
-        self.cells = _notebook_cells(self.source_nb)
+        self.cells = _notebook_cells(self.source_nb, self.release_nb)
         self.parts = lab_parts(lab, course)
+        self.feedback_mode = str(lab_settings(lab, course).get("feedback", "redacted"))
+        if self.feedback_mode not in FEEDBACK_MODES:
+            raise GradingError(
+                f"course.toml: labs.{lab}.feedback = {self.feedback_mode!r}; choose one of {list(FEEDBACK_MODES)}"
+            )
         self.release_extras = [
             p
             for p in (course / "release" / lab).iterdir()
@@ -213,11 +241,11 @@ class Grader:
 
     # ------------------------------------------------------------------ scratch set-up
     def make_template(self) -> None:
-        t = self.template
-        (t / "source").mkdir(parents=True)
-        shutil.copytree(self.course / "source" / self.lab, t / "source" / self.lab)
-        (t / "nbgrader_config.py").write_text(_course_config(t, self.limits, None))
-        nbgrader(["generate_assignment", self.lab, "--force"], t)
+        """The per-run template: the lab's release files (data the notebook reads) for every work folder."""
+        t = self.template / "files"
+        t.mkdir(parents=True, exist_ok=True)
+        for extra in self.release_extras:
+            (shutil.copytree if extra.is_dir() else shutil.copy)(extra, t / extra.name)
 
     def sandbox_config(self, work: Path, path: Path):
         cfg = sandbox.SandboxConfig(
@@ -275,46 +303,101 @@ class Grader:
                     os.chown(n, 65534, 65534)
         return work
 
-    # ------------------------------------------------------------------ clean room
-    def clean_room(self, root: Path, work: Path, student_cells: list[str]) -> dict[str, bool]:
-        (work / "cells.json").write_text(json.dumps(student_cells))
+    # ------------------------------------------------------------------ one execution + the clean room
+    def run_notebook(self, root: Path, nb: dict, *, verifiable, feedback_html: Path | None, autograded: Path | None):
+        """Execute ``nb`` (locked cells already restored from the release) once in a sandboxed kernel and
+        grade it in the clean room (:func:`courselib.grading.cleanroom.grade_notebook`, in its own process).
+
+        Returns ``(exit code or None on timeout, result dict or None, log, seconds the process took)``.
+        """
+        data = json.dumps(nb).encode()
+        work = self.make_work(root, data)
+        (root / "restored.ipynb").write_bytes(data)  # the trusted copy the driver reads
+        jupyter = root / "jupyter"
+        kernel_name = "python3"
         if self.sandboxed:
-            os.chown(work / "cells.json", 65534, 65534)
-        serve = [sys.executable, "-m", "courselib.grading.cleanroom", "serve", str(work / "cells.json")]
-        if self.sandboxed:
-            serve = sandbox.command(self.sandbox_config(work, root / "sandbox-serve.json"), serve)
+            kernel_name = "courselib-sandbox"
+            sandbox.write_kernelspec(jupyter, kernel_name, self.sandbox_config(work, root / "sandbox.json"))
         clean = root / "clean"
         clean.mkdir(exist_ok=True)
         for extra in self.release_extras:
             (shutil.copytree if extra.is_dir() else shutil.copy)(extra, clean / extra.name)
         spec = {
+            "lab": self.lab,
+            "notebook": str(root / "restored.ipynb"),
             "cells": self.cells,
-            "student_argv": serve,
-            "cwd": str(work),
-            "startup_timeout": self.limits.notebook_timeout,
-            "call_timeout": self.limits.cell_timeout,
+            "parts": self.parts,
+            "verifiable": None if verifiable is None else sorted(verifiable),
+            "kernel_name": kernel_name,
+            "work": str(work),
+            "ipc": str(work / "k") if self.sandboxed else None,
+            "cell_timeout": self.limits.cell_timeout,
+            "startup_timeout": min(120, self.limits.notebook_timeout),
+            "output_bytes": self.limits.output_kb * 1024,
+            "feedback": self.feedback_mode,
+            "feedback_html": str(feedback_html) if feedback_html else None,
+            "autograded": str(autograded) if autograded else None,
         }
-        (root / "clean-spec.json").write_text(json.dumps(spec))
-        out = root / "clean-result.json"
+        (root / "spec.json").write_text(json.dumps(spec))
+        out = root / "result.json"
+        t = time.monotonic()
         code, log = _run(
-            [sys.executable, "-m", "courselib.grading.cleanroom", "check", str(root / "clean-spec.json"), str(out)],
+            driver_argv(root / "spec.json", out),
             cwd=clean,
-            env=self.env(),
-            timeout=2 * self.limits.notebook_timeout + 60,
+            env=self.env(jupyter if self.sandboxed else None, work),
+            timeout=self.limits.notebook_timeout + 30,
         )
-        if code != 0 or not out.exists():
-            return {}
-        return json.loads(out.read_text())
+        res = json.loads(out.read_text()) if code == 0 and out.exists() else None
+        return code, res, log, time.monotonic() - t
+
+    def _calibration_key(self) -> str:
+        return sha256(
+            json.dumps(
+                [
+                    GRADER_VERSION,
+                    courselib.__version__,
+                    self.cells,
+                    asdict(self.limits),
+                    self.sandboxed,
+                ],
+                sort_keys=True,
+            ).encode()
+        )
 
     def calibrate(self) -> None:
-        """Which parts the clean room can check: those the solution passes there."""
+        """Which parts the clean room can check: those the lab's solution passes there (cached per
+        source notebook, limits and courselib version in ``grades/.state/<lab>/_calibration.json``)."""
+        cache = lab_state_dir(self.course, self.lab) / "_calibration.json"
+        key = self._calibration_key()
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                self.verifiable = set(cached["verifiable"])
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        solutions = {c["grade_id"]: c["source"] for c in self.cells if c["kind"] == "solution"}
+        nb = json.loads(json.dumps(self.release_nb))
+        for cell in nb["cells"]:
+            gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+            if gid in solutions:
+                cell["source"] = solutions[gid]
         root = self.base / "calibration"
-        root.mkdir()
-        work = self.make_work(root, None)
-        last = max((i for i, c in enumerate(self.cells) if c["kind"] == "test"), default=len(self.cells))
-        cells = [c["source"] for c in self.cells[:last] if c["kind"] != "test"]
-        res = self.clean_room(root, work, cells)
-        self.verifiable = {g for g, ok in res.items() if ok}
+        root.mkdir(parents=True, exist_ok=True)
+        _code, res, _log, _ = self.run_notebook(
+            root, restore_locked_cells(nb, self.release_nb), verifiable=None, feedback_html=None, autograded=None
+        )
+        clean = (res or {}).get("clean", {})
+        self.verifiable = {g for g, _ in self.parts if clean.get(g, {}).get("passed")}
+        shutil.rmtree(root, ignore_errors=True)
+        if res is not None:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f".{os.getpid()}.calibration.tmp")
+                tmp.write_text(json.dumps({"key": key, "verifiable": sorted(self.verifiable)}))
+                os.replace(tmp, cache)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ one submission
     def grade_one(self, job: Job) -> dict:
@@ -335,129 +418,60 @@ class Grader:
             result.update(status="invalid-notebook", notes=[why])
             return self._finish(result, t0)
         root = self.base / f"s{job.idx}"
-        course = root / "course"
-        (course / "source").mkdir(parents=True)
-        shutil.copytree(self.template / "source" / self.lab, course / "source" / self.lab)
-        shutil.copy(self.template / "gradebook.db", course / "gradebook.db")
-        work = self.make_work(root, data)
-        jupyter = root / "jupyter"
-        if self.sandboxed:
-            sandbox.write_kernelspec(jupyter, "courselib-sandbox", self.sandbox_config(work, root / "sandbox.json"))
-        (course / "nbgrader_config.py").write_text(
-            _course_config(course, self.limits, work if self.sandboxed else None)
-        )
+        course = root / "course"  # the layout the writer copies: submitted/, autograded/, feedback/
+        nbname = f"{self.lab}{NOTEBOOK_SUFFIX}"
         sub = course / "submitted" / job.student / self.lab
         sub.mkdir(parents=True)
-        (sub / f"{self.lab}{NOTEBOOK_SUFFIX}").write_bytes(data)
-        t1 = time.monotonic()
-        code, log = _run(
-            [
-                sys.executable,
-                "-m",
-                "nbgrader",
-                "autograde",
-                self.lab,
-                "--create",
-                "--force",
-                f"--student={job.student}",
-            ],
-            cwd=course,
-            env=self.env(jupyter, work),
-            timeout=self.limits.notebook_timeout,
-        )
-        auto_nb = course / "autograded" / job.student / self.lab / f"{self.lab}{NOTEBOOK_SUFFIX}"
+        (sub / nbname).write_bytes(data)
+        nb = json.loads(data)
         flags = []
-        result["timing"] = {"autograde": round(time.monotonic() - t1, 2)}
-        result["log"] = [
-            ln
-            for ln in log.splitlines()
-            if ("[AutogradeApp | WARNING]" in ln or "ERROR" in ln) and "Attribute 'checksum'" not in ln
-        ][-20:]
-        if code is None:
-            result.update(status="timeout", notes=[f"notebook exceeded {self.limits.notebook_timeout} s"])
-            return self._finish(result, t0, root)
-        if code != 0 or not auto_nb.exists():
-            dead = "Kernel died" in log or "DeadKernelError" in log
-            result.update(
-                status="crashed",
-                notes=[
-                    "the kernel died" if dead else "nbgrader autograde failed",
-                    log.strip().splitlines()[-1][:300] if log.strip() else "",
-                ],
-            )
-            return self._finish(result, t0, root)
-        changed = self.tampering(json.loads(data))
+        changed = self.tampering(nb)
         if changed:
             flags.append("tampered")
-            result["notes"].append("restored from the source: " + ", ".join(changed))
-        auto = json.loads(auto_nb.read_text())
-        student_cells, skipped = [], 0
-        grade_idx = [i for i, c in enumerate(auto["cells"]) if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
-        last_grade = max(grade_idx, default=len(auto["cells"]))
-        for i, cell in enumerate(auto["cells"]):
-            if cell["cell_type"] != "code":
-                continue
-            meta = cell.get("metadata", {}).get("nbgrader", {})
-            late_instructor = i > last_grade and meta.get("locked") and not meta.get("solution")
-            enames = _error_names(cell)
-            if "CellTimeoutError" in enames:
-                flags.append("timeout")
-            if "MemoryError" in enames:
-                flags.append("memory")
-            if "OutputLimitExceeded" in enames:
-                flags.append("output-limit")
-            if "DeadKernelError" in enames:
-                flags.append("crashed")
-            if meta.get("grade") or late_instructor:  # tests never reach the student's process
-                continue
-            if {"CellTimeoutError", "OutputLimitExceeded"} & set(enames):
-                skipped += 1
-                continue
-            student_cells.append("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
-        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-            nb_scores = {
-                g: float(gb.find_grade(g, self.lab, self.lab, job.student).score or 0.0) for g, _ in self.parts
-            }
-        # nothing passed in the kernel: nothing to confirm (the final score is the smaller of the two)
-        t1 = time.monotonic()
-        clean = self.clean_room(root, work, student_cells) if any(nb_scores.values()) else {}
-        result["timing"]["clean_room"] = round(time.monotonic() - t1, 2)
-        for g, _pts in self.parts:
-            score = nb_scores[g]
-            if g in self.verifiable and not clean.get(g, False):
-                if score > 0:
-                    flags.append("tampered")
-                    result["notes"].append(f"{g}: passed in the student's kernel, failed in the clean room")
-                score = 0.0
-            result["parts"][g] = score
-        status = next((s for s in STATUSES if s in flags), "graded")
-        result["status"] = status
-        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-            for g, _ in self.parts:
-                gr = gb.find_grade(g, self.lab, self.lab, job.student)
-                gr.auto_score = result["parts"][g]
-            gb.db.commit()
-        t1 = time.monotonic()
-        if self.feedback:
-            fcode, flog = _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "nbgrader",
-                    "generate_feedback",
-                    self.lab,
-                    "--force",
-                    f"--student={job.student}",
-                ],
-                cwd=course,
-                env=self.env(),
-                timeout=300,
-            )
-            if fcode != 0:
-                result["notes"].append("feedback failed")
-            result["timing"]["feedback"] = round(time.monotonic() - t1, 2)
+            result["notes"].append("restored from the release: " + ", ".join(changed))
+        feedback = course / "feedback" / job.student / self.lab / f"{self.lab}.html" if self.feedback else None
+        code, res, log, took = self.run_notebook(
+            root,
+            restore_locked_cells(nb, self.release_nb),
+            verifiable=self.verifiable,
+            feedback_html=feedback,
+            autograded=course / "autograded" / job.student / self.lab / nbname,
+        )
         result["scratch"] = str(course)
-        return self._finish(result, t0, root)
+        if code is None:
+            result.update(status="timeout", notes=[f"notebook exceeded {self.limits.notebook_timeout} s"])
+            return self._finish(result, t0)
+        if res is None:
+            last = log.strip().splitlines()[-1][:300] if log.strip() else ""
+            result.update(status="crashed", notes=["the grader's clean room failed", last])
+            return self._finish(result, t0)
+        flags += res["flags"]
+        if self.sandboxed and sandbox.oom_kills(root / "sandbox.json"):  # the cgroup's memory limit killed it
+            flags.append("memory")
+            result["notes"].append(f"the kernel exceeded {self.limits.memory_mb} MiB of resident memory")
+            res["scores"] = {}
+        if "crashed" in res["flags"]:
+            result["notes"].append("the kernel died")
+        for gid in res["faked"]:
+            flags.append("tampered")
+            result["notes"].append(f"{gid}: passed in the student's kernel, failed in the clean room")
+        unverified = sorted(res["notes"])
+        if unverified:
+            result["notes"].append("scored by their visible tests only: " + ", ".join(unverified))
+        result["parts"] = {g: float(res["scores"].get(g, 0.0)) for g, _ in self.parts}
+        result["status"] = next((s for s in STATUSES if s in flags), "graded")
+        tm = res["times"]
+        t_end = time.monotonic()
+        result["timing"] = {
+            "setup": round(tm["start"] - t0, 3),
+            "kernel_start": round(tm["kernel_ready"] - tm["start"], 3),
+            "execution": round(tm.get("executed", tm["kernel_ready"]) - tm["kernel_ready"], 3),
+            "clean_room": round(tm.get("clean_room", tm["kernel_stopped"]) - tm.get("executed", tm["kernel_ready"]), 3),
+            "feedback": round(tm["feedback"] - tm.get("clean_room", tm["kernel_stopped"]), 3),
+            "teardown": round(t_end - tm["feedback"], 3),  # result written, the driver's exit
+        }
+        result["proxy_calls"] = res.get("calls", 0)
+        return self._finish(result, t0)
 
     def _finish(self, result: dict, t0: float, root: Path | None = None) -> dict:
         result["score"] = float(sum(result["parts"].values()))

@@ -1,0 +1,331 @@
+"""Hidden tests stay secret: in feedback, autograded notebooks, state files, CSVs, and the student's process.
+
+``courselib grade`` executes a submission once, in the sandboxed kernel, with the *release* version of
+its test cells; the hidden tests run only in the clean room. These tests grade real submissions through
+:func:`courselib.grading.grade` and look for the secrets of the lab's source notebook (every non-trivial
+line between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``, the markers, and the constants that
+appear only there) in everything the grader writes, and let a submission hunt for them while it runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from courselib import grading
+from courselib.grading import cleanroom, grader, sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+LABS = grading.list_labs(REPO / "labs")
+LAB1 = "lab01_binary_codes"
+MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+LIMITS = grading.Limits(cell_timeout=120, notebook_timeout=900, memory_mb=3072, output_kb=512)
+
+pytestmark = [pytest.mark.xdist_group("grading")]
+
+
+def _source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def hidden_blocks(lab: str, course: Path) -> list[str]:
+    src = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
+    blocks = []
+    for cell in src["cells"]:
+        text = _source(cell)
+        for m in re.finditer(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", text, re.S):
+            blocks.append(m.group(1))
+    return blocks
+
+
+def secrets(lab: str, course: Path) -> dict[str, list[str]]:
+    """What must never reach a student: hidden lines (those not also in the release) and the constants
+    that appear only in hidden tests (assertion messages excepted: they are the author's feedback)."""
+    release = (course / "release" / lab / f"{lab}.ipynb").read_text()
+    release_text = "\n".join(_source(c) for c in json.loads(release)["cells"])
+    lines, values = set(), set()
+    for block in hidden_blocks(lab, course):
+        for ln in block.splitlines():
+            s = ln.strip()
+            if len(s) >= 12 and not s.startswith("#") and s not in release_text:
+                lines.add(s)
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            continue
+        messages = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert) and node.msg is not None:
+                messages |= {id(n) for n in ast.walk(node.msg)}
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                messages |= {id(n) for n in ast.walk(node.exc)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Constant) or id(node) in messages:
+                continue
+            v = node.value
+            if isinstance(v, str) and len(v) >= 8 and v not in release_text:
+                values.add(v)
+            elif isinstance(v, float) and repr(v) not in release_text and len(repr(v)) >= 4:
+                values.add(repr(v))
+            elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 1000 and str(v) not in release_text:
+                values.add(str(v))
+    return {"lines": sorted(lines), "values": sorted(values)}
+
+
+def visible_text(path: Path) -> str:
+    """A file as a reader sees it: HTML without styles, scripts and tags, entities decoded."""
+    text = path.read_text(errors="replace")
+    if path.suffix == ".html":
+        text = re.sub(r"<(style|script)\b.*?</\1>", "", text, flags=re.S)
+        text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return text
+
+
+def leaks(text: str, found: dict[str, list[str]]) -> list[str]:
+    out = [m for m in MARKERS if m in text]
+    out += [ln for ln in found["lines"] if ln in text]
+    for v in found["values"]:
+        if re.search(r"(?<![\w.,])" + re.escape(v) + r"(?![\w.])", text):
+            out.append(v)
+    return out
+
+
+def course_copy(tmp: Path, lab: str, settings: str = "") -> Path:
+    course = tmp / "course"
+    (course / "source").mkdir(parents=True)
+    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
+    shutil.copytree(REPO / "labs" / "source" / lab, course / "source" / lab)
+    if settings:
+        (course / "course.toml").write_text(settings)
+    grading.release(lab, course)
+    return course
+
+
+def notebook(course: Path, lab: str, answers: dict | None = None, solved: bool = True) -> dict:
+    """The release with every solution cell filled from the source (``solved``), then ``answers``."""
+    release = json.loads((course / "release" / lab / f"{lab}.ipynb").read_text())
+    src = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
+    sols = {
+        c["metadata"]["nbgrader"]["grade_id"]: _source(c)
+        for c in src["cells"]
+        if c["metadata"].get("nbgrader", {}).get("solution")
+    }
+    for cell in release["cells"]:
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        if gid in sols and solved:
+            cell["source"] = sols[gid]
+        if gid in (answers or {}):
+            cell["source"] = answers[gid]
+    return release
+
+
+def submit(subs: Path, student: str, lab: str, nb: dict) -> None:
+    d = subs / student / lab
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{lab}.ipynb").write_text(json.dumps(nb))
+
+
+def written_files(course: Path, lab: str) -> list[Path]:
+    files = [course / "grades" / f"{lab}.csv"]
+    for kind in ("autograded", "feedback"):
+        files += [p for p in (course / kind).rglob("*") if p.is_file()]
+    files += [p for p in (course / "grades" / ".state" / lab).glob("*.json")]
+    return files
+
+
+def feedback_of(course: Path, student: str, lab: str) -> str:
+    return visible_text(course / "feedback" / student / lab / f"{lab}.html")
+
+
+# ------------------------------------------------------------------ fast: the pieces
+def test_restore_uses_the_release_never_the_source(tmp_path):
+    course = course_copy(tmp_path, LAB1)
+    g = grader.Grader(LAB1, course, grading.Limits(), tmp_path, [], False, False)
+    sub = notebook(course, LAB1)
+    # a student who deleted one test cell and edited another
+    sub["cells"] = [c for c in sub["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") != "q3_test"]
+    for c in sub["cells"]:
+        if c["metadata"].get("nbgrader", {}).get("grade_id") == "q2_test":
+            c["source"] = "pass"
+    out = grader.restore_locked_cells(sub, g.release_nb)
+    text = json.dumps(out)
+    assert not leaks(text, secrets(LAB1, course))
+    ids = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in out["cells"]]
+    release_ids = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in g.release_nb["cells"]]
+    assert [i for i in ids if i] == [i for i in release_ids if i]  # q3_test back in its place
+    by_id = {c["metadata"]["nbgrader"]["grade_id"]: _source(c) for c in out["cells"] if "nbgrader" in c["metadata"]}
+    rel = {
+        c["metadata"]["nbgrader"]["grade_id"]: _source(c) for c in g.release_nb["cells"] if "nbgrader" in c["metadata"]
+    }
+    assert by_id["q2_test"] == rel["q2_test"] and by_id["q3_test"] == rel["q3_test"]
+    # the clean room gets both versions of every test cell
+    tests = [c for c in g.cells if c["kind"] == "test"]
+    assert tests and all("BEGIN HIDDEN TESTS" in c["source"] for c in tests)
+    assert not any("HIDDEN" in c["release_source"] for c in tests)
+
+
+def test_failure_message_keeps_test_code_messages_out():
+    assert cleanroom.failure_message(AssertionError("codes differ")) == "codes differ"
+    assert cleanroom.failure_message(AssertionError()) == "an assertion failed"
+    # an exception raised by test code may carry an expected value: only its type is said
+    assert cleanroom.failure_message(KeyError("secret-42")) == "the test raised KeyError"
+    exc = cleanroom._student_exception(["ValueError", "Exception"], "bad k", "knn")
+    assert isinstance(exc, ValueError) and cleanroom.failure_message(exc) == "your knn raised ValueError: bad k"
+    missing = NameError("name 'pack_bits' is not defined", name="pack_bits")
+    assert "pack_bits" in cleanroom.failure_message(missing, ["pack_bits"])
+    assert cleanroom.failure_message(NameError("x", name="_ref"), ["pack_bits"]) == "the test raised NameError"
+
+
+def test_feedback_mode_is_validated(tmp_path):
+    course = course_copy(tmp_path, LAB1, f'[labs.{LAB1}]\nfeedback = "everything"\n')
+    with pytest.raises(grading.GradingError, match="feedback"):
+        grader.Grader(LAB1, course, grading.Limits(), tmp_path, [], False, False)
+
+
+# ------------------------------------------------------------------ slow: real grading runs
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", LABS)
+def test_no_hidden_test_in_anything_written(tmp_path, lab):
+    """The solution and the blank release of every lab, graded: no hidden line, marker or hidden-only
+    constant in the feedback, the autograded notebook, the state file or the CSV."""
+    course = course_copy(tmp_path, lab)
+    subs = tmp_path / "subs"
+    submit(subs, "solution", lab, notebook(course, lab))
+    submit(subs, "blank", lab, json.loads((course / "release" / lab / f"{lab}.ipynb").read_text()))
+    summary = grading.grade(lab, subs, course, workers=2, limits=LIMITS, progress=False)
+    res = summary["results"]
+    top = sum(p for _, p in grading.lab_parts(lab, course))
+    assert res["solution"]["status"] == "graded" and res["solution"]["score"] == top, res["solution"]
+    assert res["blank"]["score"] == 0, res["blank"]
+    found = secrets(lab, course)
+    assert found["lines"], "the lab has hidden tests to keep secret"
+    files = written_files(course, lab)
+    assert any(p.suffix == ".html" for p in files) and any(p.suffix == ".ipynb" for p in files)
+    for path in files:
+        assert not leaks(visible_text(path), found), (path, leaks(visible_text(path), found)[:5])
+    fb = feedback_of(course, "solution", lab)
+    assert fb.count("passed:") == len(grading.lab_parts(lab, course))
+
+
+@pytest.mark.slow
+def test_feedback_teaches_without_leaking_and_full_mode(tmp_path):
+    """A failing visible test shows its message; a failing hidden test shows only pass/fail, points and
+    the author's message; ``feedback = "full"`` in course.toml shows the hidden tests."""
+    course = course_copy(tmp_path / "redacted", LAB1)
+    src = {
+        c["grade_id"]: c["source"]
+        for c in grader._notebook_cells(json.loads((course / "source" / LAB1 / f"{LAB1}.ipynb").read_text()))
+        if c["kind"] == "solution"
+    }
+    subs = tmp_path / "subs"
+    # visible failure: a value equal to the mean gives 1
+    submit(subs, "ge", LAB1, notebook(course, LAB1, {"q1_code": src["q1_code"].replace("X > means", "X >= means")}))
+    # hidden failure only: no check that the bits are 0/1
+    no_check = src["q2_code"].replace(
+        'if not np.all((bits == 0) | (bits == 1)):\n        raise ValueError("bits must contain only 0 and 1")\n', ""
+    )
+    assert no_check != src["q2_code"]
+    submit(subs, "lax", LAB1, notebook(course, LAB1, {"q2_code": no_check}))
+    summary = grading.grade(LAB1, subs, course, workers=2, limits=LIMITS, progress=False)
+    res = summary["results"]
+    assert res["ge"]["parts"]["q1_test"] == 0 and res["lax"]["parts"]["q2_test"] == 0
+    assert res["ge"]["score"] == res["lax"]["score"] == res["ge"]["max_score"] - 2
+    ge, lax = feedback_of(course, "ge", LAB1), feedback_of(course, "lax", LAB1)
+    assert "bit = x > mean (strictly" in ge and "failed: 0 / 2 points (the visible tests above failed)" in ge
+    assert "failed: 0 / 2 points (the visible tests passed; the hidden tests failed)" in lax
+    assert "message: pack_bits should raise ValueError on non-binary input [[0, 2, 1]]" in lax
+    found = secrets(LAB1, course)
+    for path in written_files(course, LAB1):
+        assert not leaks(visible_text(path), found), path
+    # the instructor's opt-in: full feedback for this lab
+    full_course = course_copy(tmp_path / "full", LAB1, f'[labs.{LAB1}]\nfeedback = "full"\n')
+    grading.grade(LAB1, subs, full_course, workers=2, limits=LIMITS, progress=False)
+    full = feedback_of(full_course, "lax", LAB1)
+    assert "BEGIN HIDDEN TESTS" in full and any(ln in full for ln in found["lines"])
+    assert "AssertionError: pack_bits should raise ValueError" in full  # the clean room's traceback
+
+
+SNOOP = '''
+import hashlib as _hl, os as _os, sys as _sys
+
+_SECRET_HASHES = set({hashes!r})
+
+
+def _snoop():
+    """Every text this process can reach: its working directory, /tmp, its kernel's history and
+    namespace, the callers' frames."""
+    texts = []
+    for top in (_os.getcwd(), "/tmp", _os.path.expanduser("~")):
+        for dirpath, _dirs, files in _os.walk(top):
+            for f in files:
+                try:
+                    with open(_os.path.join(dirpath, f), "rb") as fh:
+                        texts.append(fh.read(2_000_000).decode("utf-8", "replace"))
+                except OSError:
+                    pass
+    ip = get_ipython()
+    texts += [str(x) for x in ip.user_ns.get("In", [])] + [str(x) for x in ip.user_ns.get("_ih", [])]
+    try:
+        texts += [str(x) for x in ip.history_manager.input_hist_raw]
+        texts += [s for _, _, s in ip.history_manager.get_tail(10_000, raw=True)]
+    except Exception:
+        pass
+    texts += [repr(v)[:100_000] for v in list(globals().values())]
+    f = _sys._getframe()
+    while f is not None:
+        texts += [repr(v)[:100_000] for v in list(f.f_locals.values())]
+        f = f.f_back
+    hits = set()
+    for t in texts:
+        for ln in t.replace("\\\\n", "\\n").splitlines():
+            h = _hl.sha256(ln.strip().encode()).hexdigest()
+            if h in _SECRET_HASHES:
+                hits.add("hidden test line")
+    return sorted(hits)
+
+
+_FOUND = _snoop()
+print("snoop while executing:", _FOUND)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sandbox.available(), reason="the snooping submission must run in the sandbox")
+def test_a_snooping_submission_finds_no_hidden_test(tmp_path):
+    """A submission that walks its working directory, reads its kernel's history, ``In``/``Out``,
+    ``globals()`` and its callers' frames, at execution time and inside every call the clean room
+    makes, finds no hidden test (it would answer wrongly if it did)."""
+    course = course_copy(tmp_path, LAB1)
+    found = secrets(LAB1, course)
+    wanted = [*found["lines"], *(f"### {m}" for m in MARKERS)]  # the markers by hash: never as text here
+    snoop = SNOOP.format(hashes=sorted(hashlib.sha256(ln.encode()).hexdigest() for ln in wanted))
+    src = {
+        c["grade_id"]: c["source"]
+        for c in grader._notebook_cells(json.loads((course / "source" / LAB1 / f"{LAB1}.ipynb").read_text()))
+        if c["kind"] == "solution"
+    }
+    # fit_means snoops at every call (hidden tests call it on their own inputs) and lies if it found anything
+    spy = src["q1_code"].replace(
+        "    return np.asarray(X, dtype=np.float64).mean(axis=0)",
+        "    _hits = _snoop()\n    _CALL_HITS.extend(_hits)\n"
+        "    return np.asarray(X, dtype=np.float64).mean(axis=0) + (1.0 if _hits else 0.0)",
+    )
+    assert spy != src["q1_code"]
+    subs = tmp_path / "subs"
+    submit(subs, "snoop", LAB1, notebook(course, LAB1, {"q1_code": snoop + "\n_CALL_HITS = []\n" + spy}))
+    summary = grading.grade(LAB1, subs, course, workers=1, limits=LIMITS, progress=False)
+    r = summary["results"]["snoop"]
+    assert r["status"] == "graded" and r["score"] == r["max_score"], r
+    auto = json.loads((course / "autograded" / "snoop" / LAB1 / f"{LAB1}.ipynb").read_text())
+    outs = "".join(o.get("text", "") for c in auto["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    assert "snoop while executing: []" in outs
+    rows = list(csv.DictReader(open(course / "grades" / f"{LAB1}.csv")))
+    assert rows[0]["status"] == "graded"
