@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
 from courselib import compare
-from courselib.challenge import challenge_data
 from courselib.data import load_dataset, train_test_split_arrays
 
 
@@ -37,7 +36,7 @@ def _data(quick: bool):
                 (Xb[:1000], yb[:1000]),
             )
         return "MNIST (7,000 train / 3,000 test of the shared test set)", (Xa, ya), (Xb, yb)
-    d = challenge_data()
+    d = compare.study_data()
     return "digits 28x28 (1,000 train / 540 test)", d["train"], d["test"]
 
 

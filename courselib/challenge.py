@@ -236,12 +236,16 @@ def _weight_keys(model: nn.Module) -> list[str]:
 # reference, calibration data, encodings, score
 # --------------------------------------------------------------------------------------------------
 def challenge_data() -> dict:
-    """The challenge's data: :func:`courselib.compare.study_data` (digits upsampled to 28x28, offline).
+    """The students' data of the challenge: the digits training split at 28x28, offline.
 
-    Returns ``{"train": (X, y), "val": (X, y), "test": (X, y)}``: 1000 training and 257 validation
-    images -- the students' -- and the 540 test images.
+    Returns ``{"train": (X, y), "val": (X, y)}``: 1000 training and 257 validation images (the
+    training and validation splits of :func:`courselib.compare.study_data`). There is no test split
+    here: the leaderboard scores on a private test set that only the instructor's grading
+    configuration provides (``courselib.grading.private_set``), so no notebook can train or tune
+    on it.
     """
-    return study_data()
+    d = study_data()
+    return {"train": d["train"], "val": d["val"]}
 
 
 def calibration_data(n: int = 256) -> np.ndarray:

@@ -18,10 +18,11 @@ from courselib import challenge as C
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
 from courselib.distillation import SeparableCNN
-from courselib.grading import leaderboard
+from courselib.grading import leaderboard, private_set
+from courselib.grading.course import GradingError
 from courselib.models import CourseCNN
 from courselib.pruning import prune_filters
-from courselib.training import predict
+from courselib.training import evaluate, predict
 
 REF_KW = {"channels": [16, 32]}
 
@@ -55,11 +56,91 @@ def _random_cnn(channels=(16, 32), seed=0):
 
 def test_challenge_data_split():
     d = C.challenge_data()
-    assert [len(d[k][0]) for k in ("train", "val", "test")] == [1000, 257, 540]
+    assert sorted(d) == ["train", "val"], "the students' data has no test split (the graded set is private)"
+    assert [len(d[k][0]) for k in ("train", "val")] == [1000, 257]
     assert d["train"][0].shape[1:] == (28, 28)
     assert np.array_equal(
         np.bincount(d["train"][1]) + np.bincount(d["val"][1]), np.bincount(load_dataset("digits", "train")[1])
     )
+
+
+# ------------------------------------------------------------------ the private test set (instructor side)
+def _course(tmp_path, settings: str = ""):
+    course = tmp_path / "course"
+    (course / "source").mkdir(parents=True, exist_ok=True)
+    (course / "nbgrader_config.py").write_text("c = get_config()\n")
+    (course / "course.toml").write_text(settings)
+    return course
+
+
+def test_private_set_is_disjoint_from_everything_students_can_load(tmp_path):
+    course = _course(tmp_path, "[labs.lab06_challenge]\ntest_seed = 20261201\n")
+    X, y = private_set.private_test_set("lab06_challenge", course)
+    assert X.shape == (540, 28, 28) and X.dtype == np.float32 and y.dtype == np.int64
+    assert 0.0 <= X.min() and X.max() <= 1.0
+    np.testing.assert_array_equal(np.bincount(y), np.bincount(load_dataset("digits", "test")[1]))
+    d = C.challenge_data()
+    student = np.concatenate([d["train"][0], d["val"][0]]).reshape(1257, -1)
+    public_test = load_dataset("digits", "test", image_size=28)[0].reshape(540, -1)
+    flat = X.reshape(len(X), -1)
+    # the base images are the digits test split: not one of them is an image of the students' splits
+    base8 = load_dataset("digits", "test")[0].reshape(540, -1)
+    train8 = load_dataset("digits", "train")[0].reshape(1257, -1)
+    assert not {r.tobytes() for r in base8} & {r.tobytes() for r in train8}
+    # and no graded image is any image a notebook can load: neither a student image nor a public test image
+    for other, what in ((student, "a training/validation image"), (public_test, "a public digits test image")):
+        d2 = (flat**2).sum(1)[:, None] - 2 * flat @ other.T + (other**2).sum(1)[None, :]
+        nearest = np.sqrt(np.maximum(d2, 0)).min(axis=1)
+        assert nearest.min() > 0.5, f"a private image is (almost) {what}: distance {nearest.min():.3f}"
+
+
+def test_private_set_needs_the_secret(tmp_path):
+    X1, y1 = private_set.perturbed_digits(20261201)
+    X2, y2 = private_set.perturbed_digits(20261201)
+    X3, y3 = private_set.perturbed_digits(20261202)
+    assert np.array_equal(X1, X2) and np.array_equal(y1, y2)  # the instructor regenerates it exactly
+    assert not np.array_equal(y1, y3) and np.abs(X1 - X3).max() > 0.5  # another seed: other images, other order
+
+
+def test_reference_scores_on_the_private_set_as_on_public_digits():
+    """The perturbations keep the set a fair test: the reference loses a few points, no more."""
+    ref = C.train_reference(seed=0)
+    X, y = private_set.perturbed_digits(7)
+    public = evaluate(ref, load_dataset("digits", "test", image_size=28))["accuracy"]
+    private = evaluate(ref, (X, y))["accuracy"]
+    assert public - 0.06 <= private <= public, (public, private)
+
+
+def test_grading_refuses_without_the_instructors_setting(tmp_path, ref_stats):
+    course = _course(tmp_path, '[labs.lab06_challenge]\nafter_grading = "courselib.grading.leaderboard:lab_hook"\n')
+    with pytest.raises(GradingError, match="no private test set for lab06_challenge.*test_seed"):
+        leaderboard.grade_challenge(tmp_path / "subs", tmp_path / "grades", reference=ref_stats, course_dir=course)
+    with pytest.raises(GradingError, match="no private test set"):
+        leaderboard.lab_hook(lab="lab06_challenge", course=course, submissions={}, scratch=tmp_path / "s")
+    course = _course(tmp_path, '[labs.lab06_challenge]\ntest_seed = "abc"\n')
+    with pytest.raises(GradingError, match="integer"):
+        private_set.private_test_set("lab06_challenge", course)
+
+
+def test_private_set_from_an_instructor_file(tmp_path):
+    X, y = private_set.perturbed_digits(3)
+    course = _course(tmp_path, '[labs.lab06_challenge]\ntest_set = "private/test.npz"\n')
+    (course / "private").mkdir()
+    np.savez(course / "private" / "test.npz", X=X[:50], y=y[:50])
+    Xg, yg = private_set.private_test_set("lab06_challenge", course)
+    assert np.array_equal(Xg, X[:50]) and np.array_equal(yg, y[:50])
+    (course / "source" / "lab06_challenge").mkdir()
+    np.savez(course / "source" / "lab06_challenge" / "test.npz", X=X[:50], y=y[:50])
+    (course / "course.toml").write_text('[labs.lab06_challenge]\ntest_set = "source/lab06_challenge/test.npz"\n')
+    with pytest.raises(GradingError, match="gives to students"):
+        private_set.private_test_set("lab06_challenge", course)
+    np.savez(course / "private" / "bad.npz", X=X[:5, :8, :8], y=y[:5])
+    (course / "course.toml").write_text('[labs.lab06_challenge]\ntest_set = "private/bad.npz"\n')
+    with pytest.raises(GradingError, match="shape"):
+        private_set.private_test_set("lab06_challenge", course)
+    (course / "course.toml").write_text('[labs.lab06_challenge]\ntest_set = "private/none.npz"\n')
+    with pytest.raises(GradingError, match="does not exist"):
+        private_set.private_test_set("lab06_challenge", course)
 
 
 # ------------------------------------------------------------------ encodings and score
@@ -411,7 +492,7 @@ def test_grading_writes_the_challenge_leaderboard(tmp_path):
     challenge.save_submission(
         ref, root / "alice" / "lab06_challenge" / "submission", "CourseCNN", {"channels": [16, 32]}
     )  # bob hands in a notebook but no model
-    course = tmp_path / "course"
+    course = _course(tmp_path, "[labs.lab06_challenge]\ntest_seed = 5\n")  # the instructor's secret
     (course / "grades").mkdir(parents=True)
     html_path = leaderboard.lab_hook(
         lab="lab06_challenge", course=course, submissions=subs, scratch=tmp_path / "scratch"

@@ -17,11 +17,11 @@ from pathlib import Path
 from ..challenge import (
     LATENCY_BATCH,
     MARGIN,
-    challenge_data,
     reference_stats,
     score_submission,
     train_reference,
 )
+from .private_set import private_test_set
 
 __all__ = ["grade_challenge", "write_leaderboard", "lab_hook"]
 
@@ -39,6 +39,7 @@ def grade_challenge(
     latency_batch: int = LATENCY_BATCH,
     repeats: int = 20,
     students=None,
+    course_dir=None,
 ) -> list[dict]:
     """Score every ``<submissions>/<student>/<lab>/<folder_name>/`` and write the leaderboard.
 
@@ -52,11 +53,14 @@ def grade_challenge(
         nbgrader's layout ``<student>/<lab>/...``.
     out_dir : path
     X_test, y_test : arrays, optional
-        The hidden test set; default ``challenge_data()["test"]``.
+        The private test set; default :func:`courselib.grading.private_set.private_test_set` of ``lab``
+        (the course settings' ``test_seed`` or ``test_set``; without one, grading refuses).
     reference : nn.Module, optional
         Default :func:`train_reference` ``()``.
     students : iterable of str, optional
         Score these ids (a missing folder is ``missing``); default every student folder.
+    course_dir : path, optional
+        The course whose ``course.toml`` declares the private test set (default: found as usual).
 
     Returns
     -------
@@ -64,7 +68,7 @@ def grade_challenge(
         One row per student (``student_id`` plus the :func:`score_submission` fields), best first.
     """
     if X_test is None or y_test is None:
-        X_test, y_test = challenge_data()["test"]
+        X_test, y_test = private_test_set(lab, course_dir)
     if reference is None:
         reference = train_reference()
     ref = reference_stats(reference, X_test, y_test, latency_batch, repeats)
@@ -206,5 +210,5 @@ def lab_hook(*, lab: str, course: Path, submissions: dict[str, Path | None], scr
     # nbgrader's layout shares one root; flat zip files carry no model folder (every row is then missing)
     root = roots.pop() if len(roots) == 1 else scratch / "no-model-folders"
     root.mkdir(parents=True, exist_ok=True)
-    grade_challenge(root, course / "grades", lab=lab, students=sorted(submissions))
+    grade_challenge(root, course / "grades", lab=lab, students=sorted(submissions), course_dir=course)
     return course / "grades" / f"{lab}_leaderboard.html"
