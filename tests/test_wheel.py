@@ -13,8 +13,9 @@ Set-up (module fixture, a few minutes):
    courselib's declared dependencies against the wheelhouse and nothing else. When `unshare` can make a network namespace
    (root), the install and the labs run with no network at all (only loopback, for the kernels).
 
-Then each lab's source notebook (the solution) runs in that venv with nbclient, from a temporary copy of
-its folder, so `import courselib` can only find the installed wheel. A lab that needs a dependency the
+Then each lab's source notebook (the solution, without its hidden tests: those run only where the
+instructor grades) runs in that venv with nbclient, from a temporary copy of its folder, so
+`import courselib` can only find the installed wheel. A lab that needs a dependency the
 wheel does not declare fails here with ModuleNotFoundError.
 """
 
@@ -51,6 +52,25 @@ NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"
 import courselib
 print(f"ran {sys.argv[1]} in {time.perf_counter() - t0:.1f} s with courselib {courselib.__version__} from {courselib.__file__}")
 """
+
+
+def without_hidden_tests(nb: dict) -> dict:
+    """The solution as a student who solved the lab has it: answers and visible tests, no hidden tests.
+
+    Hidden tests run only in the instructor's grading environment (they may use courselib.grading and its
+    private data), never in a student's install.
+    """
+    for cell in nb["cells"]:
+        lines, hidden = [], False
+        for ln in "".join(cell["source"]).split("\n"):
+            if "### BEGIN HIDDEN TESTS" in ln:
+                hidden = True
+            elif "### END HIDDEN TESTS" in ln:
+                hidden = False
+            elif not hidden:
+                lines.append(ln)
+        cell["source"] = "\n".join(lines)
+    return nb
 
 
 def student_requirement() -> str:
@@ -147,6 +167,8 @@ def test_lab_solution_runs_in_the_fresh_venv(fresh_venv, lab, tmp_path):
     py, env, _ = fresh_venv
     work = tmp_path / lab
     shutil.copytree(REPO / "labs" / "source" / lab, work, ignore=shutil.ignore_patterns("submission", ".ipynb_*"))
+    nb_path = work / f"{lab}.ipynb"
+    nb_path.write_text(json.dumps(without_hidden_tests(json.loads(nb_path.read_text()))))
     (work / "run_notebook.py").write_text(RUN_NOTEBOOK)
     proc = subprocess.run(
         [*offline_prefix(), str(py), "run_notebook.py", f"{lab}.ipynb"],
