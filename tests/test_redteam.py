@@ -332,6 +332,8 @@ def test_red_team_batch(tmp_path, capsys):
             detail[p.parent.parent.name].append(outs[outs.index("LEAKED") : outs.index("LEAKED") + 1500])
     assert got == {s: (st, float(sc)) for s, (st, sc) in EXPECTED.items()}, json.dumps(detail, indent=1)
     assert "LEAKED" not in printed.out + printed.err
+    assert "sandbox bubblewrap; memory limit by cgroup" in printed.out
+    assert {r["sandbox"] for s, r in rows.items() if s in summary["graded_now"]} == {"bubblewrap"}
 
     # nothing of the secrets in any output, feedback, state file, CSV or printed text
     texts = {"printed": printed.out + printed.err, "summary": json.dumps(summary, default=str)}
