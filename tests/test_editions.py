@@ -481,3 +481,20 @@ def test_lab_archive_downloads_from_a_book_read_from_disk(html_root, tmp_path):
         assert any("raise NotImplementedError()" in "".join(c["source"]) for c in nb["cells"])
     finally:
         driver.quit()
+
+
+def test_glue_values_come_from_the_executed_chapter(tmp_path):
+    """{glue:text} in a generated notebook shows the value the executed chapter glued, formatted as asked."""
+    from types import SimpleNamespace
+
+    executed = tmp_path / "jupyter_execute" / "book" / "ch.ipynb"
+    executed.parent.mkdir(parents=True)
+    out = {"output_type": "display_data", "metadata": {"scrapbook": {"name": "acc"}}, "data": {"text/plain": "0.98765"}}
+    executed.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": [out]}]}))
+    app = SimpleNamespace(outdir=str(tmp_path / "html"))
+    values = student_book._glue_values(app, "book/ch")
+    assert values == {"acc": "0.98765"}
+    r = myst_notebook.Resolver(glue=values.get)
+    assert myst_notebook.convert_markdown("accuracy {glue:text}`acc:.1%`, {glue:text}`missing`", r) == (
+        "accuracy 98.8%, `missing`"
+    )
