@@ -330,3 +330,43 @@ def test_no_sandbox_is_an_explicit_loud_choice():
     summary = {"results": {}, "graded_now": [], "reused": [], "workers": 1, "seconds": 0.0, "csv": "x.csv"}
     assert "UNISOLATED" not in batch.summary_table(summary)
     assert "UNISOLATED" in batch.summary_table({**summary, "sandboxed": False})
+
+
+@needs_cgroup
+def test_a_killed_supervisor_leaves_no_mount_and_no_cgroup(tmp_path):
+    """A kernel manager that gives up waiting SIGKILLs the supervisor: its janitor still detaches the
+    scratch tmpfs and removes the cgroup (the sandbox itself dies with its parent)."""
+    import signal
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chown(work, sandbox.NOBODY, sandbox.NOBODY)
+    cfg = sandbox.SandboxConfig(work_dir=str(work), keep=grader.kept_paths(), memory_bytes=256 << 20)
+    proc = subprocess.Popen(sandbox.command(cfg.save(tmp_path / "cfg.json"), ["/bin/sleep", "60"]))
+    name = f"{sandbox.CGROUP_PREFIX}{proc.pid}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and name not in Path("/proc/self/mountinfo").read_text():
+        time.sleep(0.1)
+    assert name in Path("/proc/self/mountinfo").read_text()
+    time.sleep(1)  # bwrap is up
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        name in Path("/proc/self/mountinfo").read_text() or any(name in g for g in _all_groups())
+    ):
+        time.sleep(0.1)
+    assert name not in Path("/proc/self/mountinfo").read_text()
+    assert not any(name in g for g in _all_groups())
+    assert json.loads((tmp_path / "cfg.json.status").read_text())["oom_kills"] == 0
+
+
+def _all_groups() -> list[str]:
+    own = sandbox._own_cgroups()
+    out = []
+    for mp, fstype, _, opts in sandbox._mounts():
+        for c in ("memory", "pids"):
+            if fstype == "cgroup" and c in opts.split(",") and c in own:
+                out += [str(d) for d in (Path(mp) / own[c].lstrip("/")).glob(f"{sandbox.CGROUP_PREFIX}*")]
+    return out

@@ -667,6 +667,7 @@ def _enter(config_path: str, cmd: list[str]) -> int:  # pragma: no cover - runs 
     _mount_tmpfs(work, f"{CGROUP_PREFIX}{os.getpid()}", cfg.disk_bytes, cfg.uid, cfg.gid)
     group = None
     child = None
+    janitor_w = None
     try:
         _copy_tree(f"/proc/self/fd/{orig}", work, cfg.uid, cfg.gid)
         os.close(orig)
@@ -675,6 +676,7 @@ def _enter(config_path: str, cmd: list[str]) -> int:  # pragma: no cover - runs 
                 group = Cgroup(f"{CGROUP_PREFIX}{os.getpid()}", cfg.memory_bytes, cfg.nproc)
             except OSError:
                 group = None
+        janitor_w = _start_janitor(group, work, cfg.status_file)
         env = _sandbox_env(cfg, work)
         passwd = f"root:x:0:0::/:/bin/false\nnobody:x:{cfg.uid}:{cfg.gid}:nobody:{work}:/bin/false\n"
         group_txt = f"root:x:0:\nnogroup:x:{cfg.gid}:\n"
@@ -734,18 +736,61 @@ def _enter(config_path: str, cmd: list[str]) -> int:  # pragma: no cover - runs 
         code = os.waitstatus_to_exitcode(status)
         return code if code >= 0 else 128 - code
     finally:
-        if cfg.status_file:
-            try:
-                prev = json.loads(Path(cfg.status_file).read_text())
-            except (OSError, ValueError):
-                prev = {}
-            kills = int(prev.get("oom_kills", 0)) + (group.oom_kills() if group is not None else 0)
-            Path(cfg.status_file).write_text(
-                json.dumps({"oom_kills": kills, "memory": f"cgroup v{group.version}" if group else "RLIMIT_AS"})
-            )
+        _record_status(cfg.status_file, group)
+        if janitor_w is not None:
+            os.write(janitor_w, b"s")
         if group is not None:
             group.remove()
         _umount(work)
+        if janitor_w is not None:
+            os.write(janitor_w, b"d")
+            os.close(janitor_w)
+
+
+def _record_status(status_file: str | None, group: Cgroup | None) -> None:
+    if not status_file:
+        return
+    try:
+        prev = json.loads(Path(status_file).read_text())
+    except (OSError, ValueError):
+        prev = {}
+    kills = int(prev.get("oom_kills", 0)) + (group.oom_kills() if group is not None else 0)
+    Path(status_file).write_text(
+        json.dumps({"oom_kills": kills, "memory": f"cgroup v{group.version}" if group else "RLIMIT_AS"})
+    )
+
+
+def _start_janitor(group: Cgroup | None, work: str, status_file: str | None) -> int:  # pragma: no cover
+    """Fork a process that cleans up after the supervisor if it is killed (``SIGKILL`` from a kernel
+    manager that gave up waiting): it records the OOM kills, removes the cgroup and detaches the
+    scratch mount. It waits on a pipe; the supervisor writes ``s`` (status recorded) and ``d`` (all
+    cleaned) before it exits, so the janitor acts only on what was left undone. Returns the write end."""
+    r, w = os.pipe()  # both ends close-on-exec: the sandbox never holds them
+    if os.fork() != 0:
+        os.close(r)
+        return w
+    try:
+        os.close(w)
+        os.setsid()  # out of the supervisor's process group: a killpg of it does not reach us
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        got = b""
+        while True:
+            try:
+                chunk = os.read(r, 16)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            got += chunk
+        if b"d" not in got:
+            if b"s" not in got:
+                _record_status(status_file, group)
+            if group is not None:
+                group.remove()
+            _umount(work)
+    finally:
+        os._exit(0)
 
 
 def _kernel(config_path: str, connection_file: str, extra: list[str] | None = None) -> int:  # pragma: no cover
