@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from courselib import challenge as C
+from courselib import deploy
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
 from courselib.distillation import SeparableCNN
@@ -465,10 +466,13 @@ def test_grade_challenge_writes_leaderboard(tmp_path, reference, ref_stats, data
     evil.mkdir(parents=True)
     (evil / "model.json").write_text(json.dumps({"arch": "os.system", "arch_kwargs": {}}))
     rows = leaderboard.grade_challenge(
-        subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=ref_stats, repeats=3
+        subs, tmp_path / "grades", X_test=data[0], y_test=data[1], reference=reference, repeats=3
     )
     by = {r["student_id"]: r for r in rows}
-    assert by["ref"]["status"] == "scored" and by["ref"]["score"] > 1
+    # measured in the runtime: the 8-bit weights file does not matter, the float32 program is the reference's
+    assert by["ref"]["status"] == "scored"
+    assert by["ref"]["size_bytes"] == by["ref"]["reference"]["size_bytes"]
+    assert 0.5 < by["ref"]["score"] < 2
     assert by["blank"]["status"] == "missing" and by["blank"]["score"] is None
     assert by["evil"]["status"] == "invalid-model"
     assert (tmp_path / "grades" / "lab06_challenge_leaderboard.csv").exists()
@@ -502,3 +506,28 @@ def test_grading_writes_the_challenge_leaderboard(tmp_path):
     assert set(rows) == {"alice", "bob"}
     assert rows["bob"]["status"] == "missing"
     assert float(rows["alice"]["score"]) > 0
+
+
+def test_leaderboard_measures_the_program_the_grader_builds(tmp_path, reference, data):
+    """Size and latency are those of the ExecuTorch program built from the safe submission, int8 smaller."""
+    fp = tmp_path / "fp"
+    C.save_submission(reference, fp, "CourseCNN", REF_KW)
+    (fp / "model.pte").write_bytes(b"not a program: the grader must never load this")
+    q8 = tmp_path / "q8"
+    C.save_submission(reference, q8, "CourseCNN", REF_KW, runtime="int8")
+    X, y = data
+    ref = leaderboard.runtime_stats(reference, X, y, repeats=2)
+    res_fp = leaderboard.score_in_runtime(fp, X, y, ref, margin=1.0, repeats=2)
+    res_q8 = leaderboard.score_in_runtime(q8, X, y, ref, margin=1.0, repeats=2)
+    assert res_fp["status"] == res_q8["status"] == "scored", (res_fp["note"], res_q8["note"])
+    want = deploy.program_bytes(
+        deploy.export_executorch(reference, torch.as_tensor(X[: C.LATENCY_BATCH]), tmp_path / "r.pte")
+    )
+    assert res_fp["size_bytes"] == ref["size_bytes"] == want
+    assert res_fp["accuracy"] == pytest.approx(evaluate(reference, (X, y))["accuracy"], abs=1 / len(y))
+    assert res_q8["size_bytes"] < want / 2.5
+    assert "ExecuTorch" in res_q8["note"]
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "model.pte").write_bytes((tmp_path / "r.pte").read_bytes())  # a program alone is not a submission
+    assert leaderboard.score_in_runtime(evil, X, y, ref, repeats=2)["status"] == "missing"

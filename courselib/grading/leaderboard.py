@@ -2,8 +2,11 @@
 
 The submission format and the published score formula are content (:mod:`courselib.challenge`, which
 students import); measuring and ranking the class is instructor tooling and lives here.
-:func:`score_submission` scores one folder, :func:`grade_challenge` scores every student of a submissions
-folder (``<student>/<lab>/submission/``) and :func:`write_leaderboard` writes the CSV and a self-contained
+:func:`score_in_runtime` scores one folder *in the runtime*: the grader loads the safe submission
+(safetensors plus an allow-listed JSON architecture), builds the ExecuTorch program itself (XNNPACK; int8 through
+PT2E for the ``"int8"`` runtime) and measures accuracy, the program's size on disk and its latency there, one
+thread (:func:`runtime_stats`, :mod:`courselib.deploy`); it never loads a program file a student wrote.
+:func:`grade_challenge` scores every student of a submissions folder (``<student>/<lab>/submission/``) and :func:`write_leaderboard` writes the CSV and a self-contained
 HTML page. :func:`lab_hook` is what the lab declares in ``labs/course.toml`` so that ``courselib grade``
 writes the leaderboard after grading the notebooks.
 """
@@ -12,18 +15,141 @@ from __future__ import annotations
 
 import csv
 import html
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from .. import deploy
 from ..challenge import (
+    FORMAT,
+    JSON_NAME,
     LATENCY_BATCH,
     MARGIN,
-    reference_stats,
-    score_submission,
+    WEIGHTS_NAME,
+    ChallengeError,
+    calibration_data,
+    challenge_score,
+    load_submission,
+    reference_arch,
+    save_submission,
     train_reference,
 )
 from .private_set import private_test_set
 
-__all__ = ["grade_challenge", "write_leaderboard", "lab_hook"]
+__all__ = ["grade_challenge", "write_leaderboard", "lab_hook", "runtime_stats", "score_in_runtime"]
+
+
+# --------------------------------------------------------------------------------------------------
+# measurement in the runtime: the ExecuTorch program the grader builds itself
+# --------------------------------------------------------------------------------------------------
+def _float_model(folder: Path, meta: dict) -> nn.Module:
+    """The float model of a validated submission, loaded again by the safe loader from a grader-written JSON.
+
+    The JSON is written here from the validated fields (runtime forced to float32); the weights file goes
+    through the same validating safetensors loader. Nothing a student wrote is executed or unpickled.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        desc = {"format": FORMAT, "arch": meta["arch"], "arch_kwargs": meta["arch_kwargs"], "runtime": "float32"}
+        (Path(tmp) / JSON_NAME).write_text(json.dumps(desc))
+        shutil.copyfile(folder / WEIGHTS_NAME, Path(tmp) / WEIGHTS_NAME, follow_symlinks=False)
+        model, _ = load_submission(tmp)
+    return model
+
+
+def runtime_stats(
+    model: nn.Module, X_test, y_test, *, int8: bool = False, latency_batch: int = LATENCY_BATCH, repeats: int = 20
+) -> dict:
+    """Accuracy, program size and latency of ``model`` as an ExecuTorch program (XNNPACK) built here.
+
+    ``int8``: PT2E static quantization calibrated on :func:`courselib.challenge.calibration_data` (the
+    submission's ``"int8"`` runtime). Size: bytes of the ``.pte`` file; latency: median seconds of a batch of
+    ``latency_batch`` test images in the runtime, one thread (:func:`courselib.deploy.program_latency`);
+    accuracy: from the runtime's outputs on every test image.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        x = torch.as_tensor(X_test[:latency_batch]).float()
+        path = deploy.export_executorch(
+            model,
+            x,
+            Path(tmp) / "model.pte",
+            quantize="static" if int8 else None,
+            calibration_X=calibration_data() if int8 else None,
+        )
+        prog = deploy.load_program(path)
+        return {
+            "accuracy": deploy.program_accuracy(prog, X_test, y_test),
+            "size_bytes": deploy.program_bytes(path),
+            "latency_s": deploy.program_latency(prog, x, repeats=repeats),
+        }
+
+
+def _reference_runtime_stats(reference, X_test, y_test, latency_batch, repeats) -> dict:
+    if isinstance(reference, dict):
+        return reference
+    if not isinstance(reference, nn.Module):
+        raise TypeError(f"reference must be an nn.Module or a dict of its stats, got {type(reference).__name__}")
+    arch, kw = reference_arch()
+    with tempfile.TemporaryDirectory() as tmp:  # measured exactly like a submission: saved, loaded, built
+        save_submission(reference, tmp, arch, kw)
+        model, _ = load_submission(tmp)
+    return runtime_stats(model, X_test, y_test, latency_batch=latency_batch, repeats=repeats)
+
+
+def score_in_runtime(
+    folder, X_test, y_test, reference, *, margin: float = MARGIN, latency_batch: int = LATENCY_BATCH, repeats: int = 20
+) -> dict:
+    """Load one submission safely, build its ExecuTorch program, measure it there and score it.
+
+    Like :func:`courselib.challenge.score_submission`, but size and latency are those of the program the grader
+    builds from the submission (never a program file a student wrote): ``size_bytes`` is the ``.pte``,
+    ``latency_ms`` its median latency in the runtime on a batch of ``latency_batch`` images, one thread.
+    ``reference`` is a module (measured the same way now) or its stats from :func:`runtime_stats`.
+    """
+    folder = Path(folder)
+    ref = _reference_runtime_stats(reference, X_test, y_test, latency_batch, repeats)
+    out = {
+        "status": None,
+        "accuracy": None,
+        "size_bytes": None,
+        "latency_ms": None,
+        "score": None,
+        "reference": {
+            "accuracy": ref["accuracy"],
+            "size_bytes": ref["size_bytes"],
+            "latency_ms": 1e3 * ref["latency_s"],
+        },
+        "note": "",
+    }
+    try:
+        _, meta = load_submission(folder)
+        model = _float_model(folder, meta)
+    except ChallengeError as err:
+        out.update(status=err.status, note=err.message)
+        return out
+    try:
+        st = runtime_stats(
+            model, X_test, y_test, int8=meta["runtime"] == "int8", latency_batch=latency_batch, repeats=repeats
+        )
+    except Exception as err:  # a model the runtime cannot take is the submission's problem, reported
+        out.update(status="invalid-model", note=f"the model does not run in ExecuTorch: {err}"[:300])
+        return out
+    acc, size, lat = st["accuracy"], st["size_bytes"], st["latency_s"]
+    score = challenge_score(acc, size, lat, ref["accuracy"], ref["size_bytes"], ref["latency_s"], margin)
+    below = acc < ref["accuracy"] - margin
+    out.update(
+        status="below-margin" if below else "scored",
+        accuracy=acc,
+        size_bytes=size,
+        latency_ms=1e3 * lat,
+        score=score,
+        note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']} (ExecuTorch/XNNPACK program)"
+        + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
+    )
+    return out
 
 
 def grade_challenge(
@@ -71,13 +197,13 @@ def grade_challenge(
         X_test, y_test = private_test_set(lab, course_dir)
     if reference is None:
         reference = train_reference()
-    ref = reference_stats(reference, X_test, y_test, latency_batch, repeats)
+    ref = _reference_runtime_stats(reference, X_test, y_test, latency_batch, repeats)
     submissions = Path(submissions)
     if students is None:
         students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = []
     for student in students:
-        res = score_submission(
+        res = score_in_runtime(
             submissions / student / lab / folder_name,
             X_test,
             y_test,
@@ -169,7 +295,7 @@ def write_leaderboard(
         lat = reference.get("latency_ms", 1e3 * reference["latency_s"] if "latency_s" in reference else None)
         ref_line = (
             f"<p>Reference: accuracy {reference['accuracy']:.4f}, {reference['size_bytes']:,} bytes, "
-            f"{lat:.3f} ms per batch of {latency_batch} (1 torch thread). A submission scores 0 below "
+            f"{lat:.3f} ms per batch of {latency_batch} (ExecuTorch program, 1 thread). A submission scores 0 below "
             f"accuracy {reference['accuracy'] - margin:.4f} (margin {margin}).</p>"
         )
     head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
