@@ -50,7 +50,12 @@ def secrets(lab: str, course: Path) -> dict[str, list[str]]:
     """What must never reach a student: hidden lines (those not also in the release) and the constants
     that appear only in hidden tests (assertion messages excepted: they are the author's feedback)."""
     release = (course / "release" / lab / f"{lab}.ipynb").read_text()
-    release_text = "\n".join(_source(c) for c in json.loads(release)["cells"])
+    src = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
+    hidden = re.compile(r"### BEGIN HIDDEN TESTS\n.*?### END HIDDEN TESTS", re.S)
+    # everything a student may see: the release, and the source outside hidden blocks (solutions included)
+    release_text = "\n".join(
+        [*(_source(c) for c in json.loads(release)["cells"]), *(hidden.sub("", _source(c)) for c in src["cells"])]
+    )
     lines, values = set(), set()
     for block in hidden_blocks(lab, course):
         for ln in block.splitlines():
@@ -73,8 +78,10 @@ def secrets(lab: str, course: Path) -> dict[str, list[str]]:
             v = node.value
             if isinstance(v, str) and len(v) >= 8 and v not in release_text:
                 values.add(v)
-            elif isinstance(v, float) and repr(v) not in release_text and len(repr(v)) >= 4:
-                values.add(repr(v))
+            elif (
+                isinstance(v, float) and repr(v) not in release_text and len(repr(v).replace(".", "").strip("0-")) >= 3
+            ):
+                values.add(repr(v))  # three significant digits at least: 12.0 is also a score
             elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 1000 and str(v) not in release_text:
                 values.add(str(v))
     return {"lines": sorted(lines), "values": sorted(values)}
