@@ -22,9 +22,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Student versions of every lab (nbgrader generate_assignment) -> labs/release/<lab>/<lab>.ipynb
-labs: $(STAMP)
-	cd labs && $(BIN)/courselib release
+# Student versions of every lab (nbgrader generate_assignment) -> labs/release/<lab>/<lab>.ipynb.
+# One file target per lab: a lab is regenerated only when a file of its source folder or the nbgrader
+# config changed (or the venv was reinstalled), so a no-change `make book` skips nbgrader entirely.
+LAB_NAMES := $(notdir $(wildcard labs/source/lab*))
+define lab_release
+labs/release/$(1)/$(1).ipynb: $(STAMP) labs/nbgrader_config.py $(shell find labs/source/$(1) -type f -not -path '*/.ipynb_checkpoints/*' 2>/dev/null)
+	cd labs && $(BIN)/courselib release $(1)
+endef
+$(foreach lab,$(LAB_NAMES),$(eval $(call lab_release,$(lab))))
+labs: $(foreach lab,$(LAB_NAMES),labs/release/$(lab)/$(lab).ipynb)
 
 book: $(STAMP) sandbox labs dist
 	$(BIN)/python tools/build_book.py
