@@ -12,8 +12,8 @@ Notation (as in the paper and the chapter): ``X`` is the zero-centred ``n x d`` 
     Q(B, R) = ||B - V R||_F^2
 
 by alternating the B-step ``B = sgn(V R)`` (Eq. ``itq-b-step``) and the R-step, an
-orthogonal Procrustes problem: with the SVD ``V^T B = U S W^T`` of the ``c x c`` matrix,
-``R = U W^T`` (Eq. ``itq-r-step``).
+orthogonal Procrustes problem: with the SVD ``V^T B = U S Phi^T`` of the ``c x c`` matrix,
+``R = U Phi^T`` (Eq. ``itq-r-step``). (``W`` is the PCA matrix, ``V = X W``.)
 
 All three estimators are scikit-learn transformers. ``transform`` returns 0/1 ``uint8``
 codes (bit = 1 where the projection is positive, i.e. ``(B + 1) / 2``) that
@@ -90,10 +90,13 @@ def sign_codes(Z) -> np.ndarray:
 def procrustes_rotation(V, B) -> np.ndarray:
     """R-step of ITQ: the orthogonal ``R`` minimizing ``||B - V R||_F`` (book Eq. ``itq-r-step``).
 
-    With the SVD of the ``c x c`` matrix ``V^T B = U S W^T`` the minimizer is
-    ``R = U W^T`` (orthogonal Procrustes, Schoenemann 1966; the paper writes the same
-    thing as ``B^T V = S Omega S_hat^T``, ``R = S_hat S^T``). Note the order: ``U W^T``,
-    not its transpose ``W U^T``, which is what some public implementations compute.
+    With the SVD of the ``c x c`` matrix ``V^T B = U S Phi^T`` the minimizer is
+    ``R = U Phi^T`` (orthogonal Procrustes, Schoenemann 1966; the paper writes the same
+    thing as ``B^T V = S Omega S_hat^T``, ``R = S_hat S^T``). Both factors enter as the SVD
+    returns them, ``U`` and ``Phi^T``; a product with one of them transposed the other way (as in
+    faiss's ``ITQMatrix``, book section ``itq-alternating``) is still orthogonal, but changes
+    when the SVD flips the sign of a pair of singular vectors, which it may do arbitrarily, and does
+    not minimize the loss.
 
     Parameters
     ----------
@@ -111,8 +114,8 @@ def procrustes_rotation(V, B) -> np.ndarray:
     B = _as_2d_float("B", B)
     if V.shape != B.shape:
         raise ValueError(f"V and B must have the same shape, got V {V.shape} and B {B.shape}")
-    U, _, Wt = np.linalg.svd(V.T @ B)
-    return U @ Wt
+    U, _, Phit = np.linalg.svd(V.T @ B)
+    return U @ Phit
 
 
 def quantization_loss(B, V, R) -> float:
@@ -274,8 +277,8 @@ class ITQ(_BaseHasher):
 
     Fit: zero-centre, PCA to ``c = n_bits`` dimensions (``V = X W``, book Eq. ``itq-pca``),
     start from a random orthogonal ``R`` and alternate ``n_iter`` times the B-step
-    ``B = sgn(V R)`` (Eq. ``itq-b-step``) and the R-step ``R = U W^T`` from the SVD
-    ``V^T B = U S W^T`` (Eq. ``itq-r-step``), which decrease ``Q(B, R) = ||B - V R||_F^2``
+    ``B = sgn(V R)`` (Eq. ``itq-b-step``) and the R-step ``R = U Phi^T`` from the SVD
+    ``V^T B = U S Phi^T`` (Eq. ``itq-r-step``), which decrease ``Q(B, R) = ||B - V R||_F^2``
     (Eq. ``itq-loss``) monotonically.
 
     Parameters
