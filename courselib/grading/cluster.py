@@ -19,17 +19,12 @@ so the same command, once a scheduler is back, grades only what is missing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from distributed import Client, LocalCluster
-from distributed import as_completed as dask_as_completed
-from distributed.client import FutureCancelledError
-from distributed.comm.core import CommClosedError
-from distributed.scheduler import KilledWorker
 
 from .course import NOTEBOOK_SUFFIX, GradingError
 from .grader import Grader, Job, Limits, hidden_paths
@@ -108,9 +103,23 @@ def grade_task(ctx: GradingContext, idx: int, student: str, notebook: bytes | No
     return res
 
 
-def connect(cluster: str) -> tuple[Client, LocalCluster | None]:
+def _distributed():
+    """The ``distributed`` package, imported on first use: it is the optional ``cluster`` extra, and
+    ``courselib.grading`` must work on a machine that only grades locally."""
+    try:
+        import distributed
+        import distributed.client
+        import distributed.comm.core
+        import distributed.scheduler
+    except ImportError:
+        raise GradingError("grading on a cluster needs Dask: pip install 'ondevice-ml-courselib[cluster]'") from None
+    return distributed
+
+
+def connect(cluster: str):
     """A client for ``cluster``: ``"local:N"`` starts N single-threaded worker processes on 127.0.0.1,
-    anything else is a scheduler address (``tcp://host:8786``)."""
+    anything else is a scheduler address (``tcp://host:8786``). Returns ``(client, local_cluster_or_None)``."""
+    dd = _distributed()
     if cluster.startswith("local:"):
         try:
             n = int(cluster.split(":", 1)[1])
@@ -118,12 +127,17 @@ def connect(cluster: str) -> tuple[Client, LocalCluster | None]:
             n = 0
         if n < 1:
             raise ValueError(f"--cluster local:N needs a positive number of workers, got {cluster!r}")
-        local = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        local = dd.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
         )
-        return Client(local, timeout=CONNECT_TIMEOUT), local
+        return dd.Client(local, timeout=CONNECT_TIMEOUT), local
     try:
-        return Client(cluster, timeout=CONNECT_TIMEOUT), None
+        return dd.Client(cluster, timeout=CONNECT_TIMEOUT), None
     except (OSError, TimeoutError) as exc:
         raise GradingError(f"no Dask scheduler at {cluster}: {exc}") from None
 
@@ -148,6 +162,8 @@ def schedule(ctx: GradingContext, jobs: list[Job], cluster: str, *, log=None):
     the writer fills in zeros). Losing the scheduler raises :class:`GradingError`.
     """
     say = log or (lambda msg: None)
+    dd = _distributed()
+    lost_scheduler = (dd.comm.core.CommClosedError, dd.client.FutureCancelledError, OSError, TimeoutError)
     client, local = connect(cluster)
     try:
         n_workers = len(client.scheduler_info().get("workers", {}))
@@ -166,14 +182,14 @@ def schedule(ctx: GradingContext, jobs: list[Job], cluster: str, *, log=None):
             )
             futures[fut] = job
         try:
-            for fut in dask_as_completed(futures):
+            for fut in dd.as_completed(futures):
                 job = futures[fut]
                 try:
                     res = fut.result()
-                except KilledWorker:
+                except dd.scheduler.KilledWorker:
                     res = _crashed(ctx, job, "the submission killed every grading worker it ran on")
                 yield job, res
-        except (CommClosedError, FutureCancelledError, OSError, TimeoutError) as exc:  # the scheduler is gone
+        except lost_scheduler as exc:
             raise GradingError(
                 f"lost the Dask scheduler {cluster} ({exc!r}); what was graded is kept: "
                 "run the same command again once the scheduler is back"
