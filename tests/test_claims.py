@@ -28,6 +28,7 @@ CLAIMS = {
     "distillation": 1,
     "itq": 7,
     "pruning_filters": 18,
+    "pruning_obd": 14,
     "quantization": 2,
 }
 
