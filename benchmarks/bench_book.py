@@ -76,6 +76,8 @@ def build(out: Path, config: Path) -> float:
 
 
 def main(quick: bool = False) -> None:
+    # the same single-threaded BLAS as tools/build_book.py (make book) gives every chapter's kernel
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     rows = []
     if not quick:
         tmp = Path(tempfile.mkdtemp(prefix="bench_book_"))

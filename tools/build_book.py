@@ -7,6 +7,7 @@ in _build/.jupyter_cache, so a rebuild with nothing changed executes nothing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,8 +25,12 @@ def main() -> int:
     # after a failed build, re-read everything (executed outputs still come from the cache).
     if history and not history[-1]["ok"]:
         cmd.append("--all")
+    # One BLAS/OpenMP thread in every chapter's kernel: the chapters' matrices are small, and on a shared
+    # 2-core machine BLAS threads that spin waiting for a core slowed small SVDs and products many times
+    # (the chapters that time things fix torch's threads themselves).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
     seconds = time.perf_counter() - t0
     log.parent.mkdir(exist_ok=True)
     history.append({"seconds": round(seconds, 1), "ok": proc.returncode == 0, "time": time.time()})

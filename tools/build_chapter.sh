@@ -22,6 +22,8 @@ toc="$out/_toc.yml"
 } > "$toc"
 sed "s#cache: \"_build/.jupyter_cache\"#cache: \"$out/.jupyter_cache\"#" _config.yml > "$out/_config.yml"
 export PATH="$PWD/.venv/bin:$PATH"
+# one BLAS/OpenMP thread per kernel, as tools/build_book.py (make book) sets it
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 # the config copy lives in $out, so its local_extensions path (tools/) must come from PYTHONPATH
 export PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}"
 exec jupyter-book build . --toc "$toc" --config "$out/_config.yml" --path-output "$out" -W --keep-going
