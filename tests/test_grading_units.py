@@ -156,3 +156,30 @@ def test_tampering_detection(tmp_path):
 
 
 # The sandbox itself (allow-list root, namespaces, limits) is tested in tests/test_sandbox.py.
+
+
+def test_coalesce_streams_joins_split_prints_only():
+    """A print the kernel delivered in two messages is one output after grading (same feedback every run)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print('a'); import sys; print('e', file=sys.stderr); print('b')")
+    out = nbformat.v4.new_output
+    cell.outputs = [
+        out("stream", name="stdout", text="a"),
+        out("stream", name="stdout", text="\n"),
+        out("stream", name="stderr", text="e\n"),
+        out("stream", name="stdout", text="b\n"),
+        out("display_data", data={"text/plain": "x"}),
+        out("stream", name="stdout", text="c"),
+    ]
+    nb.cells.append(cell)
+    cleanroom.coalesce_streams(nb)
+    got = [(o.output_type, o.get("name"), o.get("text")) for o in cell.outputs]
+    assert got == [
+        ("stream", "stdout", "a\n"),
+        ("stream", "stderr", "e\n"),
+        ("stream", "stdout", "b\n"),
+        ("display_data", None, None),
+        ("stream", "stdout", "c"),
+    ]

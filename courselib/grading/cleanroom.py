@@ -521,6 +521,7 @@ def grade_notebook(spec: dict) -> dict:
     for key in ("autograded", "feedback_html"):
         if spec.get(key):
             Path(spec[key]).parent.mkdir(parents=True, exist_ok=True)
+    coalesce_streams(nb)
     if spec.get("autograded"):
         nbformat.write(nb, spec["autograded"])
     if spec.get("feedback_html"):
@@ -565,6 +566,30 @@ def score_parts(parts, verifiable, kernel: dict, clean: dict, crashed: bool):
 
 # --------------------------------------------------------------------------------------------
 # feedback
+def coalesce_streams(nb) -> None:
+    """Join consecutive ``stream`` outputs of the same name in every cell, in place.
+
+    How a kernel splits a cell's printing into messages depends on timing (``print("x")`` may arrive
+    as ``"x"`` and ``"\\n"``); joined, the autograded notebook and the feedback are the same on every run
+    and on every machine that grades the submission.
+    """
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            prev = merged[-1] if merged else None
+            if (
+                prev is not None
+                and out.get("output_type") == "stream"
+                and prev.get("output_type") == "stream"
+                and prev.get("name") == out.get("name")
+            ):
+                prev["text"] = "".join(prev["text"]) + "".join(out["text"])
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def feedback_notebook(
     executed, parts: list, scores: dict, clean: dict, kernel: dict, mode: str, spec: dict, notes: dict
 ) -> NotebookNode:
