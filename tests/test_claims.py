@@ -29,7 +29,9 @@ CLAIMS = {
     "itq": 7,
     "pruning_filters": 18,
     "pruning_obd": 14,
-    "quantization": 2,
+    "putting_together": 13,
+    "quantization": 15,
+    "why_on_device": 2,
 }
 
 
