@@ -25,6 +25,7 @@ BOOK = Path(__file__).resolve().parents[1] / "book"
 #: chapter -> number of ``# claim:`` lines in its hidden assertion cells
 CLAIMS = {
     "binary_codes": 6,
+    "binaryconnect": 4,
     "distillation": 1,
     "itq": 7,
     "pruning_filters": 18,
