@@ -7,8 +7,6 @@ byte: binarizing float32 values cuts memory 4x as bool bytes and 32x as packed b
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -55,7 +53,7 @@ def packed_bytes(n_values: int) -> int:
     """
     if n_values < 0:
         raise ValueError(f"n_values must be >= 0, got {n_values}")
-    return math.ceil(n_values / 8)
+    return -(-int(n_values) // 8)  # integer ceiling: exact for any n (n / 8 is a float past 2**53)
 
 
 def measure_representations(values: np.ndarray) -> list[dict]:

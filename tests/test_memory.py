@@ -48,3 +48,9 @@ def test_model_size_on_disk_packed_is_much_smaller():
     assert packed < f32 / 25  # large matrices approach the 32x limit
     with pytest.raises(ValueError):
         memory.model_size_on_disk(model, "int8")
+
+
+def test_packed_bytes_is_exact_for_huge_counts():
+    """ceil(n / 8) in integers: a float division rounds 2**60 + 1 bits down to 2**57 bytes."""
+    assert memory.packed_bytes(2**60 + 1) == 2**57 + 1
+    assert memory.packed_bytes(0) == 0 and memory.packed_bytes(7) == 1 and memory.packed_bytes(16) == 2
