@@ -83,6 +83,8 @@ __all__ = [
     "submission_nbytes",
     "score_submission",
     "reference_stats",
+    "result_template",
+    "record_score",
 ]
 
 FORMAT = "courselib-challenge/v1"
@@ -676,7 +678,26 @@ def score_submission(
         bad submission: a :class:`ChallengeError` becomes its status with ``score=None``.
     """
     ref = reference_stats(reference, X_test, y_test, latency_batch, repeats)
-    out = {
+    out = result_template(ref)
+    try:
+        model, meta = load_submission(folder)
+    except ChallengeError as err:
+        out.update(status=err.status, note=err.message)
+        return out
+    size = submission_nbytes(folder)
+    try:
+        acc, lat = _measure(model, X_test, y_test, latency_batch, repeats)
+    except Exception as err:
+        out.update(status="invalid-model", note=f"the model fails on the test images: {err}"[:300])
+        return out
+    return record_score(
+        out, acc, size, lat, ref, margin, f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']}"
+    )
+
+
+def result_template(ref: dict) -> dict:
+    """The result of scoring one folder before anything is measured (``ref``: the reference's stats)."""
+    return {
         "status": None,
         "accuracy": None,
         "size_bytes": None,
@@ -689,17 +710,10 @@ def score_submission(
         },
         "note": "",
     }
-    try:
-        model, meta = load_submission(folder)
-    except ChallengeError as err:
-        out.update(status=err.status, note=err.message)
-        return out
-    size = submission_nbytes(folder)
-    try:
-        acc, lat = _measure(model, X_test, y_test, latency_batch, repeats)
-    except Exception as err:
-        out.update(status="invalid-model", note=f"the model fails on the test images: {err}"[:300])
-        return out
+
+
+def record_score(out: dict, acc: float, size: int, lat: float, ref: dict, margin: float, note: str) -> dict:
+    """Fill ``out`` with the measured numbers and the published score (:func:`challenge_score`)."""
     score = challenge_score(acc, size, lat, ref["accuracy"], ref["size_bytes"], ref["latency_s"], margin)
     below = acc < ref["accuracy"] - margin
     out.update(
@@ -708,7 +722,6 @@ def score_submission(
         size_bytes=size,
         latency_ms=1e3 * lat,
         score=score,
-        note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']}"
-        + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
+        note=note + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
     )
     return out

@@ -32,9 +32,10 @@ from ..challenge import (
     WEIGHTS_NAME,
     ChallengeError,
     calibration_data,
-    challenge_score,
     load_submission,
+    record_score,
     reference_arch,
+    result_template,
     save_submission,
     train_reference,
 )
@@ -111,19 +112,7 @@ def score_in_runtime(
     """
     folder = Path(folder)
     ref = _reference_runtime_stats(reference, X_test, y_test, latency_batch, repeats)
-    out = {
-        "status": None,
-        "accuracy": None,
-        "size_bytes": None,
-        "latency_ms": None,
-        "score": None,
-        "reference": {
-            "accuracy": ref["accuracy"],
-            "size_bytes": ref["size_bytes"],
-            "latency_ms": 1e3 * ref["latency_s"],
-        },
-        "note": "",
-    }
+    out = result_template(ref)
     try:
         _, meta = load_submission(folder)
         model = _float_model(folder, meta)
@@ -137,19 +126,8 @@ def score_in_runtime(
     except Exception as err:  # a model the runtime cannot take is the submission's problem, reported
         out.update(status="invalid-model", note=f"the model does not run in ExecuTorch: {err}"[:300])
         return out
-    acc, size, lat = st["accuracy"], st["size_bytes"], st["latency_s"]
-    score = challenge_score(acc, size, lat, ref["accuracy"], ref["size_bytes"], ref["latency_s"], margin)
-    below = acc < ref["accuracy"] - margin
-    out.update(
-        status="below-margin" if below else "scored",
-        accuracy=acc,
-        size_bytes=size,
-        latency_ms=1e3 * lat,
-        score=score,
-        note=f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']} (ExecuTorch/XNNPACK program)"
-        + (f"; accuracy below {ref['accuracy'] - margin:.4f}" if below else ""),
-    )
-    return out
+    note = f"{meta['arch']} {meta['arch_kwargs']} runtime={meta['runtime']} (ExecuTorch/XNNPACK program)"
+    return record_score(out, st["accuracy"], st["size_bytes"], st["latency_s"], ref, margin, note)
 
 
 def grade_challenge(
