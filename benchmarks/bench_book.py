@@ -87,6 +87,8 @@ def main(quick: bool = False) -> None:
                 (REPO / "_config.yml")
                 .read_text()
                 .replace('cache: "_build/.jupyter_cache"', f'cache: "{tmp}/.jupyter_cache"')
+                # jupyter-book resolves local extension folders against the config file's folder
+                .replace("student_book: tools/", f"student_book: {REPO / 'tools'}/")
             )
             rows.append(["clean build (all chapters executed)", build(tmp, cfg)])
             rows.append(["rebuild with no change (cached)", build(tmp, cfg)])
