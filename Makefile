@@ -46,7 +46,7 @@ student: book
 
 test: $(STAMP) browser sandbox postgres
 	@rm -f _build/screenshots/report.txt
-	@$(BIN)/python -m pytest -n 2 --dist loadgroup; status=$$?; \
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25; status=$$?; \
 	  if [ -f _build/screenshots/report.txt ]; then head -1 _build/screenshots/report.txt; fi; exit $$status
 
 # Headless Chromium for tests/test_browser.py (Debian's packages). Installed when missing and we are

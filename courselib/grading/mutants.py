@@ -115,11 +115,12 @@ def apply_mutant(nb: dict, mutant: dict) -> dict:
     return out
 
 
-def run_bank(lab: str, course_dir=None, *, only=None, workdir=None) -> list[dict]:
+def run_bank(lab: str, course_dir=None, *, only=None, workdir=None, solution: bool = True) -> list[dict]:
     """Grade the solution and every mutant (or those in ``only``) of ``lab``; one verdict each.
 
-    Returns a list of dicts ``{"id", "breaks", "lost", "verdict", "description"}``; the first row is the
-    solution itself (``id`` ``"solution"``, which must lose nothing).
+    Returns a list of dicts ``{"id", "breaks", "lost", "verdict", "description"}``; with ``solution``
+    (default) the first row is the solution itself (``id`` ``"solution"``, which must lose nothing).
+    ``only`` and ``solution=False`` let a test suite grade a bank in chunks on several workers.
     """
     course = find_course_dir(course_dir)
     mutants = load_bank(lab, course)
@@ -137,7 +138,8 @@ def run_bank(lab: str, course_dir=None, *, only=None, workdir=None) -> list[dict
         shutil.copy(course / "nbgrader_config.py", scratch)
         shutil.copytree(course / "source" / lab, scratch / "source" / lab)
         nbgrader(["generate_assignment", lab, "--force"], scratch)
-        students = {"solution": nb, **{f"m-{m['id']}": apply_mutant(nb, m) for m in mutants}}
+        students = {"solution": nb} if solution else {}
+        students.update({f"m-{m['id']}": apply_mutant(nb, m) for m in mutants})
         for student, notebook in students.items():
             dest = scratch / "submitted" / student / lab
             dest.mkdir(parents=True)
@@ -160,8 +162,10 @@ def run_bank(lab: str, course_dir=None, *, only=None, workdir=None) -> list[dict
     def lost(student):
         return sorted(g for g in full if scores[student][g] < full[g])
 
-    rows = [{"id": "solution", "breaks": [], "lost": lost("solution"), "description": "the source's solution"}]
-    rows[0]["verdict"] = "full-marks" if not rows[0]["lost"] else "solution-loses-points"
+    rows = []
+    if solution:
+        rows.append({"id": "solution", "breaks": [], "lost": lost("solution"), "description": "the source's solution"})
+        rows[0]["verdict"] = "full-marks" if not rows[0]["lost"] else "solution-loses-points"
     for m in mutants:
         got = lost(f"m-{m['id']}")
         breaks = sorted(m["breaks"])
