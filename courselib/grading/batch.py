@@ -174,6 +174,7 @@ def grade(
             "workers": workers,
             "cluster": cluster,
             "verifiable": sorted(grader.verifiable),
+            "parts": [g for g, _ in grader.parts],
             "leaderboard": leaderboard,
             "sandboxed": sandboxed,
         }
@@ -197,6 +198,13 @@ def summary_table(summary: dict) -> str:
         f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
         f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}"
     )
+    if "parts" in summary:
+        unchecked = [g for g in summary["parts"] if g not in summary["verifiable"]]
+        lines.append(
+            f"parts checked in the clean room (visible and hidden tests): "
+            f"{len(summary['parts']) - len(unchecked)} of {len(summary['parts'])}"
+            + (f"; scored by their visible tests only: {', '.join(unchecked)}" if unchecked else "")
+        )
     if not summary.get("sandboxed", True):
         lines.append(UNSANDBOXED_WARNING)
     return "\n".join(lines)

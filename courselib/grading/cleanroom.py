@@ -20,7 +20,10 @@ history, ``globals()``, ``/proc``) holds them. This module is the other side, th
      there after the student's cells ran), runs the student's function and sends the pickled result back;
    - the student's value otherwise;
 
-   so the student's process sees the *inputs* hidden tests pass to its functions, and nothing else;
+   so the student's process sees the *inputs* hidden tests pass to its functions, and nothing else.
+   Modules cross by value, arguments changed in place come back, functions a test passes are called
+   back here, and names a test swaps for the course library's versions are swapped in the kernel for
+   each call (:mod:`courselib.grading.wire`);
 4. scores every part by the clean room's verdict, writes the executed notebook (nbgrader's
    "autograded" notebook: visible tests only) and the HTML feedback (:func:`feedback_notebook`: per
    test cell pass or fail, points and the author's message, no hidden test code).
@@ -28,7 +31,8 @@ history, ``globals()``, ``/proc``) holds them. This module is the other side, th
 Everything that comes back from the student's process goes through :class:`PlainUnpickler`, which
 rebuilds only plain data: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
 ``tuple``, ``list``, ``dict``, ``set``, ``frozenset``, ``range``, ``slice``, numpy arrays/scalars
-of those, and torch tensors (sent as a tagged numpy array and rebuilt here). An always-equal object, a
+of those; torch tensors, modules and generators arrive as tagged plain parts and are rebuilt here by
+:func:`courselib.grading.wire.rebuild` (modules only as library or instructor classes). An always-equal object, a
 subclass of ``int`` or an array subclass cannot cross; a student exception comes back as the nearest
 builtin exception class (``ValueError`` ...). So a test cell that passes in the clean room passed on
 genuine values with genuine numpy and courselib.
@@ -41,6 +45,7 @@ import base64
 import builtins
 import html
 import importlib
+import inspect
 import io
 import json
 import linecache
@@ -61,6 +66,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbformat.notebooknode import NotebookNode
 from traitlets.config import Config
 
+from . import wire
 from .execute import LimitedExecute
 
 __all__ = [
@@ -76,9 +82,6 @@ __all__ = [
 
 #: Feedback modes a lab may choose in ``labs/course.toml`` (``[labs.<lab>] feedback = "full"``).
 FEEDBACK_MODES = ("redacted", "full")
-
-#: Tag of a torch tensor on the wire: ``(TENSOR_TAG, numpy array, dtype name)``.
-TENSOR_TAG = "__courselib_tensor__"
 
 _SAFE_BUILTINS = {
     "set",
@@ -176,38 +179,56 @@ def solution_names(sources: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # the helper the driver defines in the student's kernel once the student's cells have run
 KERNEL_HELPER = """
-def __courselib_rpc__(_req_b64):
-    import base64 as _b64, io as _io, pickle as _pk, sys as _sys
-    _torch = _sys.modules.get("torch")
+def __courselib_rpc__(_req_b64, _wire={}):
+    import base64 as _b64, pickle as _pk
 
-    class _Pickler(_pk.Pickler):
-        def reducer_override(self, obj):
-            if _torch is not None and isinstance(obj, _torch.Tensor):
-                _t = obj.detach().cpu()
-                return tuple, ((TAG, _t.numpy().copy(), str(_t.dtype)),)
-            return NotImplemented
-
-    def _dumps(obj):
-        _buf = _io.BytesIO()
-        _Pickler(_buf, protocol=4).dump(obj)
-        return _buf.getvalue()
-
+    if not _wire:  # the same encoding code as the clean room's (courselib.grading.wire)
+        _wire["__name__"] = "__courselib_wire__"
+        exec(compile(WIRE_SOURCE, "<courselib wire>", "exec"), _wire)
+        _wire["handles"] = []
     _ns = get_ipython().user_ns
-    _req = _pk.loads(_b64.b64decode(_req_b64))
+
+    def _callback(_i):  # a function of the test's: its calls run in the clean room
+        def _stub(*_a, **_k):
+            _msg = _b64.b64encode(_wire["dumps"](("callback", _i, _a, _k))).decode("ascii")
+            _ans = _pk.loads(_b64.b64decode(get_ipython().kernel.raw_input(_msg)))
+            if _ans[0] != "ok":
+                raise RuntimeError("a function of the test's failed")
+            return _wire["apply_copyback"](_a, _k, _rebuild(_pk.loads(_ans[1])))
+        return _stub
+
+    def _rebuild(_v):
+        return _wire["rebuild"](_v, _wire["any_class_resolver"](_ns), _ns.__getitem__, 0, _callback)
+
     try:
+        _req = _rebuild(_pk.loads(_b64.b64decode(_req_b64)))
         if _req[0] == "kinds":
-            _out = {_n: ("missing" if _n not in _ns else "callable" if callable(_ns[_n]) else "value")
-                    for _n in _req[1]}
+            _torch = __import__("sys").modules.get("torch")  # a model is callable, but crosses by value
+            _out = {_n: ("missing" if _n not in _ns else "value" if _torch and isinstance(_ns[_n], _torch.nn.Module)
+                         else "callable" if callable(_ns[_n]) else "value") for _n in _req[1]}
         elif _req[0] == "get":
             _out = _ns[_req[1]]
-        elif _req[0] == "call":
-            _out = _ns[_req[1]](*_req[2], **_req[3])
+        elif _req[0] in ("call", "handle"):
+            _, _name, _args, _kwargs, _over = _req
+            _fn = _ns[_name] if _req[0] == "call" else _wire["handles"][_name]
+            _missing = object()
+            _saved = {_k: _ns.get(_k, _missing) for _k in _over}
+            _ns.update(_over)  # the names a test swapped for the course library's versions
+            try:
+                _out = _wire["call_with_copyback"](_fn, _args, _kwargs)
+            finally:
+                for _k, _v in _saved.items():
+                    if _v is _missing:
+                        _ns.pop(_k, None)
+                    else:
+                        _ns[_k] = _v
         elif _req[0] == "source":
             import inspect as _inspect
             _out = str(_inspect.getsource(_ns[_req[1]]))
         else:
             raise RuntimeError("bad request")
-        _rep = ("ok", _dumps(_out))
+        # a function the student's code returns stays here, as a handle the clean room can call
+        _rep = ("ok", _wire["dumps"](_out, _wire["handles"], lambda _f: _ns.get(_f.__qualname__) is _f))
     except BaseException as _e:
         try:
             _mro = [_c.__name__ for _c in type(_e).__mro__ if _c.__module__ == "builtins"]
@@ -216,25 +237,7 @@ def __courselib_rpc__(_req_b64):
             _mro, _msg = ["RuntimeError"], "unprintable exception"
         _rep = ("raise", _mro, _msg)
     return _b64.b64encode(_pk.dumps(_rep, protocol=4)).decode("ascii")
-""".replace("TAG", repr(TENSOR_TAG))
-
-
-def _from_wire(obj, depth=0):
-    """Rebuild the torch tensors of a plain reply (tagged numpy arrays); everything else as it is."""
-    if depth > 50:
-        return obj
-    if isinstance(obj, tuple):
-        if len(obj) == 3 and obj[0] == TENSOR_TAG and isinstance(obj[1], np.ndarray) and isinstance(obj[2], str):
-            torch = importlib.import_module("torch")
-            t = torch.from_numpy(np.array(obj[1]))
-            want = getattr(torch, obj[2].removeprefix("torch."), None)
-            return t.to(want) if isinstance(want, torch.dtype) else t
-        return tuple(_from_wire(v, depth + 1) for v in obj)
-    if isinstance(obj, list):
-        return [_from_wire(v, depth + 1) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _from_wire(v, depth + 1) for k, v in obj.items()}
-    return obj
+""".replace("WIRE_SOURCE", repr(inspect.getsource(wire)))
 
 
 def _student_exception(mro: list, msg: str, name: str) -> BaseException:
@@ -261,22 +264,72 @@ class KernelProxy:
         self.kc = km.blocking_client()
         self.kc.start_channels()
         self.calls = 0
+        #: the test's functions sent with the request under way (their calls come back as input requests)
+        self.callbacks: list | None = None
+        #: the proxies made by :meth:`function`, by the student's name (what a returned name stands for)
+        self.functions: dict[str, object] = {}
+        #: ``resolve_class`` for modules that come back (:func:`courselib.grading.wire.main_class_resolver`)
+        self.resolve_class = wire.main_class_resolver({})
+        #: the names a test has swapped for the course library's versions, sent with every call
+        self.overrides = dict
+
+    def _handle(self, number: int):
+        """A proxy for a function the student's code returned (it stays in the kernel)."""
+
+        def proxy(*args, **kwargs):
+            reply = self.request("handle", number, args, kwargs, self.overrides(), name="function")
+            return wire.apply_copyback(args, kwargs, reply)
+
+        return proxy
+
+    def _resolve_global(self, name: str):
+        if name in self.functions:
+            return self.functions[name]
+        raise wire.WireError(f"the student's {name} cannot cross to the clean room")
 
     def _execute(self, code: str, expressions: dict | None = None) -> dict:
-        msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions=expressions or {})
+        msg_id = self.kc.execute(
+            code, silent=True, store_history=False, user_expressions=expressions or {}, allow_stdin=True
+        )
         deadline = time.monotonic() + self.call_timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the student's code did not answer in time")
+            if self.callbacks:
+                self._answer_callbacks()
             try:
-                msg = self.kc.get_shell_msg(timeout=min(left, 1.0))
+                msg = self.kc.get_shell_msg(timeout=min(left, 0.02 if self.callbacks else 1.0))
             except Exception:  # queue.Empty
                 if not self.km.is_alive():
                     raise EOFError("the student's kernel died") from None
                 continue
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg["content"]
+
+    def _answer_callbacks(self) -> None:
+        """Run the calls the student's code made to the test's functions (input requests), here."""
+        while True:
+            try:
+                msg = self.kc.get_stdin_msg(timeout=0.0)
+            except Exception:  # queue.Empty
+                return
+            if msg["header"]["msg_type"] != "input_request":
+                continue
+            try:
+                req = wire.rebuild(
+                    plain_loads(base64.b64decode(msg["content"]["prompt"])),
+                    self.resolve_class,
+                    self._resolve_global,
+                )
+                if not (isinstance(req, tuple) and len(req) == 4 and req[0] == "callback" and type(req[1]) is int):
+                    raise wire.WireError("malformed callback")
+                fn = self.callbacks[req[1]]
+                args, kwargs = tuple(req[2]), dict(req[3])
+                answer = ("ok", wire.dumps(wire.call_with_copyback(fn, args, kwargs)))
+            except BaseException:  # never the test's exception or its message: they may hold expected values
+                answer = ("raise",)
+            self.kc.input(base64.b64encode(pickle.dumps(answer, protocol=4)).decode("ascii"))
 
     def define_helper(self) -> bool:
         try:
@@ -288,8 +341,12 @@ class KernelProxy:
     def request(self, *req, name: str = ""):
         if self.dead:
             raise RuntimeError(f"the student's process is not running ({self.dead})")
+        if self.callbacks is not None:
+            raise RuntimeError("a function of the test's called the student's code back (not supported)")
         self.calls += 1
-        payload = base64.b64encode(pickle.dumps(req, protocol=4)).decode("ascii")
+        callbacks: list = []
+        payload = base64.b64encode(wire.dumps(req, callbacks)).decode("ascii")
+        self.callbacks = callbacks or None
         try:
             content = self._execute("", {"r": f"__courselib_rpc__({payload!r})"})
             res = content.get("user_expressions", {}).get("r", {})
@@ -302,8 +359,13 @@ class KernelProxy:
             raise RuntimeError(f"the student's process failed: {self.dead}") from None
         except (ValueError, KeyError, SyntaxError, TypeError, pickle.UnpicklingError) as exc:
             raise RuntimeError(f"bad reply from the student's process: {type(exc).__name__}") from None
+        finally:
+            self.callbacks = None
         if msg[0] == "ok":
-            return _from_wire(plain_loads(msg[1]))
+            try:
+                return wire.rebuild(plain_loads(msg[1]), self.resolve_class, self._resolve_global, 0, self._handle)
+            except (pickle.UnpicklingError, ImportError, AttributeError, TypeError, ValueError) as exc:
+                raise RuntimeError(f"bad reply from the student's process: {exc}") from None
         if msg[0] == "raise":
             raise _student_exception(msg[1], msg[2], name)
         raise RuntimeError("bad reply")
@@ -315,9 +377,12 @@ class KernelProxy:
         is only registered in :mod:`linecache`, never compiled or run."""
 
         def proxy(*args, **kwargs):
-            return self.request("call", name, args, kwargs, name=name)
+            reply = self.request("call", name, args, kwargs, self.overrides(), name=name)
+            return wire.apply_copyback(args, kwargs, reply)  # arguments changed in place, and the result
 
         proxy.__name__ = proxy.__qualname__ = name
+        setattr(proxy, wire.REMOTE_ATTR, name)
+        self.functions[name] = proxy
         if source:
             fake = f"<student's {name}>"
             lines = source.splitlines(keepends=True)
@@ -365,7 +430,21 @@ def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str]
     tests = [i for i, c in enumerate(cells) if c["kind"] == "test"]
     results = {}
     bound = {}
+    values = []  # the student's values not fetched yet (a module whose class an instructor cell defines later)
+
+    def fetch_values():
+        for name in list(values):
+            try:
+                bound[name] = proxy.request("get", name, name=name)
+                values.remove(name)
+            except Exception:
+                pass
+
     if proxy is not None and not proxy.dead:
+        proxy.resolve_class = wire.main_class_resolver(ns)
+        # a name a test cell rebinds (course_versions(binarize_det=...)) is rebound in the kernel for each
+        # call too, so that the student's later parts use the course library's earlier ones there as well
+        proxy.overrides = lambda: {n: ns[n] for n in bound if n in ns and ns[n] is not bound[n]}
         try:
             kinds = proxy.request("kinds", names)
         except Exception:
@@ -379,9 +458,10 @@ def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str]
                         src = None
                     bound[name] = proxy.function(name, src if isinstance(src, str) else None)
                 elif kind == "value":
-                    bound[name] = proxy.request("get", name, name=name)
+                    values.append(name)
             except Exception:
                 pass
+        fetch_values()
 
     def run(src: str, label: str):
         try:
@@ -400,6 +480,8 @@ def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str]
         ns.update(bound)
         if cell["kind"] != "test":
             run(cell["source"], f"cell {cell.get('grade_id')}")
+            if values:
+                fetch_values()
             continue
         gid = cell["grade_id"]
         vis_exc = run(cell["release_source"], f"visible tests {gid}")
