@@ -22,16 +22,13 @@ from pathlib import Path
 from _common import REPO, print_table
 
 from courselib import grading
+from courselib.grading.course import scratch_course
 
 LAB = "lab00_memory"
 
 
 def _course(root: Path) -> Path:
-    course = root / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    return course
+    return scratch_course(LAB, root, REPO / "labs", release_lab=False)
 
 
 def _submissions(root: Path, n: int) -> Path:

@@ -37,14 +37,9 @@ PHASES = ["setup", "kernel_start", "execution", "clean_room", "feedback", "teard
 
 
 def make_course(root: Path) -> Path:
-    from courselib import grading
+    from courselib.grading.course import scratch_course
 
-    course = root / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    grading.release(LAB, course)
-    return course
+    return scratch_course(LAB, root, REPO / "labs")
 
 
 def solution_notebook(course: Path) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from _servers import DaskCluster
 
 from courselib import grading
 from courselib.grading import mutants
+from courselib.grading.course import scratch_course
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
@@ -28,12 +28,7 @@ LAB = "lab00_memory"
 
 
 def make_course(root: Path) -> Path:
-    course = root / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    grading.release(LAB, course)
-    return course
+    return scratch_course(LAB, root, REPO / "labs")
 
 
 def make_submissions(root: Path, course: Path, n_extra: int = 0) -> Path:

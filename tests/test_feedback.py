@@ -15,13 +15,13 @@ import hashlib
 import html
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from courselib import grading
 from courselib.grading import cleanroom, grader, sandbox
+from courselib.grading.course import scratch_course
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = grading.list_labs(REPO / "labs")
@@ -106,14 +106,7 @@ def leaks(text: str, found: dict[str, list[str]]) -> list[str]:
 
 
 def course_copy(tmp: Path, lab: str, settings: str = "") -> Path:
-    course = tmp / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / lab, course / "source" / lab)
-    if settings:
-        (course / "course.toml").write_text(settings)
-    grading.release(lab, course)
-    return course
+    return scratch_course(lab, tmp, REPO / "labs", settings=settings)
 
 
 def notebook(course: Path, lab: str, answers: dict | None = None, solved: bool = True) -> dict:

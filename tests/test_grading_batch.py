@@ -24,6 +24,7 @@ import pytest
 
 from courselib import grading
 from courselib.grading import sandbox
+from courselib.grading.course import scratch_course
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_binary_codes"
@@ -38,12 +39,7 @@ pytestmark = [
 
 
 def make_course(tmp_path: Path) -> Path:
-    course = tmp_path / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    grading.release(LAB, course)
-    return course
+    return scratch_course(LAB, tmp_path, REPO / "labs")
 
 
 class Builder:

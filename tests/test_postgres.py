@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from nbgrader.api import Gradebook
 
 from courselib import grading
 from courselib.grading import gradebook, mutants
+from courselib.grading.course import scratch_course
 
 pytestmark = [pytest.mark.xdist_group("postgres")]
 
@@ -48,11 +48,7 @@ def db(pg, request):
 
 
 def make_course(root: Path) -> Path:
-    course = root / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    return course
+    return scratch_course(LAB, root, REPO / "labs", release_lab=False)
 
 
 def make_submissions(root: Path, course: Path, n_solutions: int = 1) -> Path:

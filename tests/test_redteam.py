@@ -29,6 +29,7 @@ import pytest
 import courselib
 from courselib import grading
 from courselib.grading import intake, sandbox
+from courselib.grading.course import scratch_course
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab00_memory"
@@ -307,11 +308,7 @@ def leaks_in(text: str, needles: list[str]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("grading")
 def test_red_team_batch(tmp_path, capsys):
-    course = tmp_path / "course"
-    (course / "source").mkdir(parents=True)
-    shutil.copy(REPO / "labs" / "nbgrader_config.py", course)
-    shutil.copytree(REPO / "labs" / "source" / LAB, course / "source" / LAB)
-    grading.release(LAB, course)
+    course = scratch_course(LAB, tmp_path, REPO / "labs")
     source_nb = json.loads((course / "source" / LAB / NB).read_text())
     needles = SECRETS + hidden_lines(source_nb)
     assert len(needles) > len(SECRETS) + 3  # the hidden tests have distinctive lines to look for

@@ -79,6 +79,24 @@ def check_lab(lab: str, course: Path) -> None:
         raise GradingError(f"unknown lab {lab!r}; the course has {list_labs(course)}")
 
 
+def scratch_course(lab: str, dest, course_dir=None, *, settings: str = "", release_lab: bool = True) -> Path:
+    """A course folder ``dest/course`` holding only ``lab`` (its source and the nbgrader config), and
+    its release unless ``release_lab`` is false: a place to try grading without touching the real course.
+
+    ``settings`` is written as the scratch course's ``course.toml``.
+    """
+    course_dir = find_course_dir(course_dir)
+    course = Path(dest) / "course"
+    (course / "source").mkdir(parents=True)
+    shutil.copy(course_dir / "nbgrader_config.py", course)
+    shutil.copytree(course_dir / "source" / lab, course / "source" / lab)
+    if settings:
+        (course / "course.toml").write_text(settings)
+    if release_lab:
+        release(lab, course)
+    return course
+
+
 def release(lab: str, course_dir: str | os.PathLike | None = None, *, db: str | None = None) -> Path:
     """Generate the student version of ``lab``; return the folder ``release/<lab>``.
 
