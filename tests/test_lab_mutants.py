@@ -79,3 +79,8 @@ def test_a_bank_that_does_not_apply_is_refused(tmp_path):
     )
     with pytest.raises(mutants.MutantError, match="not graded parts"):
         mutants.load_bank(lab, course)
+
+
+def test_a_bank_is_graded_by_a_known_pipeline_only():
+    with pytest.raises(mutants.MutantError, match="choose one of"):
+        mutants.run_bank("lab00_memory", COURSE, grader="autograder-of-my-own")

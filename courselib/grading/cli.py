@@ -11,7 +11,7 @@
     courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde + feedback (trusted notebooks only)
     courselib export LAB [--db URL]         # labs/grades/LAB.csv
     courselib leaderboard SUBMISSIONS OUT   # score the compression challenge, write the leaderboard
-    courselib mutants LAB [--only ID ...]   # mutation-test a lab: every wrong answer must lose points
+    courselib mutants LAB [--only ID ...] [--grader courselib]   # every wrong answer must lose points
     courselib quiz render|grade ...         # the concept-check question bank
 """
 
@@ -84,7 +84,7 @@ def _cmd_leaderboard(args) -> int:
 
 
 def _cmd_mutants(args) -> int:
-    rows = mutants.run_bank(args.lab, args.course_dir, only=args.only)
+    rows = mutants.run_bank(args.lab, args.course_dir, only=args.only, grader=args.grader, workers=args.workers)
     print(mutants.verdict_table(rows))
     bad = [r for r in rows if r["verdict"] not in ("killed", "full-marks")]
     print(f"{args.lab}: {len(rows) - 1} mutants, {len(rows) - 1 - len(bad)} killed, {len(bad)} not")
@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mutants", help="mutation-test a lab with its bank labs/mutants/LAB.yml")
     p.add_argument("lab")
     p.add_argument("--only", nargs="*", default=None, help="mutant ids (default: all)")
+    p.add_argument(
+        "--grader", choices=mutants.GRADERS, default="nbgrader", help="grade with nbgrader (default) or courselib grade"
+    )
+    p.add_argument("--workers", type=int, default=2, help="parallel submissions with --grader courselib")
     p.set_defaults(func=_cmd_mutants)
     p = sub.add_parser("quiz", help="the concept-check question bank")
     qsub = p.add_subparsers(dest="quiz_command", required=True)

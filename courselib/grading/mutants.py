@@ -20,6 +20,9 @@ course (the real pipeline: release, autograde, gradebook) and gives each mutant 
 (every part in ``breaks`` lost points and no other part did), ``survived`` (a part in ``breaks`` kept its
 points) or ``collateral`` (another part lost points too: the parts are not graded independently).
 ``courselib mutants LAB`` prints the table; ``tests/test_lab_mutants.py`` requires every mutant killed.
+``courselib mutants LAB --grader courselib`` grades the same bank with ``courselib grade`` instead: a
+mutant that survives there but not under nbgrader is a part the clean room scores by its visible tests
+only (``courselib grade`` names those parts).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pathlib import Path
 import yaml
 from nbgrader.api import Gradebook, MissingEntry
 
-from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_parts, nbgrader
+from .batch import grade
+from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_parts, nbgrader, scratch_course
 
 __all__ = ["MutantError", "bank_path", "load_bank", "apply_mutant", "run_bank", "verdict_table"]
 
@@ -115,13 +119,24 @@ def apply_mutant(nb: dict, mutant: dict) -> dict:
     return out
 
 
-def run_bank(lab: str, course_dir=None, *, only=None, workdir=None, solution: bool = True) -> list[dict]:
+#: The two pipelines a bank can be graded with: nbgrader's autograder, or ``courselib grade`` (sandboxed
+#: kernel, clean room, hidden tests never in the student's process).
+GRADERS = ("nbgrader", "courselib")
+
+
+def run_bank(
+    lab: str, course_dir=None, *, only=None, workdir=None, solution: bool = True, grader: str = "nbgrader", workers=1
+) -> list[dict]:
     """Grade the solution and every mutant (or those in ``only``) of ``lab``; one verdict each.
 
     Returns a list of dicts ``{"id", "breaks", "lost", "verdict", "description"}``; with ``solution``
     (default) the first row is the solution itself (``id`` ``"solution"``, which must lose nothing).
     ``only`` and ``solution=False`` let a test suite grade a bank in chunks on several workers.
+    ``grader="courselib"`` grades with ``courselib grade`` (``workers`` in parallel) instead of plain
+    nbgrader: the same verdicts there show that its grades agree with nbgrader's.
     """
+    if grader not in GRADERS:
+        raise MutantError(f"grader {grader!r}: choose one of {list(GRADERS)}")
     course = find_course_dir(course_dir)
     mutants = load_bank(lab, course)
     if only:
@@ -131,30 +146,15 @@ def run_bank(lab: str, course_dir=None, *, only=None, workdir=None, solution: bo
         mutants = [m for m in mutants if m["id"] in set(only)]
     nb = _source_notebook(lab, course)
     parts = lab_parts(lab, course)
+    students = {"solution": nb} if solution else {}
+    students.update({f"m-{m['id']}": apply_mutant(nb, m) for m in mutants})
     tmp = Path(tempfile.mkdtemp(prefix=f"mutants-{lab}-", dir=workdir))
     try:
-        scratch = tmp / "course"
-        (scratch / "source").mkdir(parents=True)
-        shutil.copy(course / "nbgrader_config.py", scratch)
-        shutil.copytree(course / "source" / lab, scratch / "source" / lab)
-        nbgrader(["generate_assignment", lab, "--force"], scratch)
-        students = {"solution": nb} if solution else {}
-        students.update({f"m-{m['id']}": apply_mutant(nb, m) for m in mutants})
-        for student, notebook in students.items():
-            dest = scratch / "submitted" / student / lab
-            dest.mkdir(parents=True)
-            (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(notebook, indent=1))
-        nbgrader(["autograde", lab, "--create", "--force"], scratch)
-        scores = {}
-        with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as gb:
-            for student in students:
-                row = {}
-                for g, _ in parts:
-                    try:
-                        row[g] = float(gb.find_grade(g, lab, lab, student).score or 0.0)
-                    except MissingEntry:
-                        row[g] = 0.0
-                scores[student] = row
+        scratch = scratch_course(lab, tmp, course)
+        if grader == "nbgrader":
+            scores = _nbgrader_scores(lab, scratch, students, parts)
+        else:
+            scores = _courselib_scores(lab, scratch, students, tmp / "submissions", workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     full = dict(parts)
@@ -177,6 +177,45 @@ def run_bank(lab: str, course_dir=None, *, only=None, workdir=None, solution: bo
             verdict = "killed"
         rows.append({"id": m["id"], "breaks": breaks, "lost": got, "verdict": verdict, "description": m["description"]})
     return rows
+
+
+def _nbgrader_scores(lab, scratch: Path, students: dict, parts) -> dict:
+    for student, notebook in students.items():  # whole source notebooks: nbgrader puts the tests back
+        dest = scratch / "submitted" / student / lab
+        dest.mkdir(parents=True)
+        (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(notebook, indent=1))
+    nbgrader(["autograde", lab, "--create", "--force"], scratch)
+    scores = {}
+    with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as gb:
+        for student in students:
+            row = {}
+            for g, _ in parts:
+                try:
+                    row[g] = float(gb.find_grade(g, lab, lab, student).score or 0.0)
+                except MissingEntry:
+                    row[g] = 0.0
+            scores[student] = row
+    return scores
+
+
+def _courselib_scores(lab, scratch: Path, students: dict, subs: Path, workers: int) -> dict:
+    release = json.loads((scratch / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+    for student, notebook in students.items():  # what a student hands in: the release, answers filled in
+        answers = {
+            c["metadata"]["nbgrader"]["grade_id"]: c["source"]
+            for c in notebook["cells"]
+            if c.get("metadata", {}).get("nbgrader", {}).get("solution")
+        }
+        handed_in = copy.deepcopy(release)
+        for cell in handed_in["cells"]:
+            gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+            if gid in answers:
+                cell["source"] = answers[gid]
+        dest = subs / student / lab
+        dest.mkdir(parents=True)
+        (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(handed_in, indent=1))
+    summary = grade(lab, subs, scratch, workers=workers, progress=False, feedback=False, log=lambda msg: None)
+    return {student: dict(summary["results"][student]["parts"]) for student in students}
 
 
 def verdict_table(rows: list[dict]) -> str:
