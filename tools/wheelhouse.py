@@ -19,6 +19,7 @@ import base64
 import csv
 import hashlib
 import io
+import os
 import re
 import sys
 import zipfile
@@ -84,7 +85,7 @@ def repack(name: str, out: Path) -> Path:
     data_dir = f"{stem}.data"
     entry_scripts = {ep.name for ep in dist.entry_points if ep.group in ("console_scripts", "gui_scripts")}
     records = []
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # two builds at once each write their own
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
         for f in dist.files:
             rel = str(f)
