@@ -273,14 +273,15 @@ class KernelProxy:
         #: the names a test has swapped for the course library's versions, sent with every call
         self.overrides = dict
 
+    def _call(self, kind: str, key, args, kwargs, name: str):
+        """Call the student's function ``key`` (a name, or the number of a handle) in the kernel; apply
+        what it changed in its arguments to ``args`` / ``kwargs`` and return its result."""
+        reply = self.request(kind, key, args, kwargs, self.overrides(), name=name)
+        return wire.apply_copyback(args, kwargs, reply)
+
     def _handle(self, number: int):
         """A proxy for a function the student's code returned (it stays in the kernel)."""
-
-        def proxy(*args, **kwargs):
-            reply = self.request("handle", number, args, kwargs, self.overrides(), name="function")
-            return wire.apply_copyback(args, kwargs, reply)
-
-        return proxy
+        return lambda *args, **kwargs: self._call("handle", number, args, kwargs, "function")
 
     def _resolve_global(self, name: str):
         if name in self.functions:
@@ -377,8 +378,7 @@ class KernelProxy:
         is only registered in :mod:`linecache`, never compiled or run."""
 
         def proxy(*args, **kwargs):
-            reply = self.request("call", name, args, kwargs, self.overrides(), name=name)
-            return wire.apply_copyback(args, kwargs, reply)  # arguments changed in place, and the result
+            return self._call("call", name, args, kwargs, name)
 
         proxy.__name__ = proxy.__qualname__ = name
         setattr(proxy, wire.REMOTE_ATTR, name)
