@@ -76,7 +76,7 @@ __all__ = [
     "KernelProxy",
     "grade_notebook",
     "failure_message",
-    "driver_argv",
+    "driver_args",
     "FEEDBACK_MODES",
 ]
 
@@ -744,25 +744,11 @@ def render_feedback(nb: NotebookNode, lab: str, score: float, max_score: float) 
     return body
 
 
-#: The driver process's bootstrap: import ``courselib.grading.cleanroom`` without running
-#: ``courselib/grading/__init__.py`` (the schedulers, the gradebook, Dask: nothing the driver uses), and
-#: without ``rfc3987_syntax``, an optional IRI checker of ``jsonschema`` that builds a grammar at import
-#: (several seconds; nbformat never validates IRIs). Together they are most of the driver's start-up.
-_BOOT = """
-import importlib.util, sys, types
-_spec = importlib.util.find_spec("courselib.grading")
-_pkg = types.ModuleType("courselib.grading")
-_pkg.__path__ = list(_spec.submodule_search_locations)
-sys.modules["courselib.grading"] = _pkg
-sys.modules.setdefault("rfc3987_syntax", None)
-from courselib.grading.cleanroom import main
-main(sys.argv[1:])
-"""
-
-
-def driver_argv(spec_path, result_path) -> list[str]:
-    """The command that runs :func:`grade_notebook` on ``spec_path`` and writes ``result_path``."""
-    return [sys.executable, "-c", _BOOT, "grade", str(spec_path), str(result_path)]
+def driver_args(spec_path, result_path) -> list[str]:
+    """The driver's arguments (module, then its ``main``'s): :func:`grade_notebook` on ``spec_path``,
+    its result written to ``result_path``. A :class:`~courselib.grading.forkserver.ForkServer` runs them in
+    a forked child, :func:`courselib.grading.forkserver.fresh_argv` in a fresh process."""
+    return ["courselib.grading.cleanroom", "grade", str(spec_path), str(result_path)]
 
 
 def main(argv=None) -> None:  # pragma: no cover - subprocess entry point

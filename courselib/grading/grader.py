@@ -25,8 +25,8 @@ from pathlib import Path
 
 import courselib
 
-from . import sandbox
-from .cleanroom import FEEDBACK_MODES, driver_argv
+from . import forkserver, sandbox
+from .cleanroom import FEEDBACK_MODES, driver_args
 from .course import NOTEBOOK_SUFFIX, GradingError, lab_parts, lab_settings, nbgrader_env
 from .gradebook import lab_state_dir
 from .intake import check_notebook
@@ -215,6 +215,7 @@ class Grader:
         self.source_nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
         self.release_nb = json.loads((course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
         self.cells = _notebook_cells(self.source_nb, self.release_nb)
+        self.preload = forkserver.preload_statements([c["source"] for c in self.cells if c["kind"] != "solution"])
         self.parts = lab_parts(lab, course)
         self.feedback_mode = str(lab_settings(lab, course).get("feedback", "redacted"))
         if self.feedback_mode not in FEEDBACK_MODES:
@@ -341,14 +342,33 @@ class Grader:
         (root / "spec.json").write_text(json.dumps(spec))
         out = root / "result.json"
         t = time.monotonic()
-        code, log = _run(
-            driver_argv(root / "spec.json", out),
+        code, log = self._drive(
+            root,
+            driver_args(root / "spec.json", out),
             cwd=clean,
             env=self.env(jupyter if self.sandboxed else None, work),
-            timeout=self.limits.notebook_timeout + 30,
         )
         res = json.loads(out.read_text()) if code == 0 and out.exists() else None
         return code, res, log, time.monotonic() - t
+
+    def _drive(self, root: Path, args: list[str], *, cwd: Path, env: dict) -> tuple[int | None, str]:
+        """Run the driver: forked from a :mod:`~courselib.grading.forkserver` that has the driver's and
+        the lab's imports done, or, where no server can start, as a fresh process. Returns (exit code,
+        or ``None`` on timeout; its output)."""
+        timeout = self.limits.notebook_timeout + 30
+        base_env = self.env()
+        try:
+            server = forkserver.acquire(self.preload, base_env)
+        except forkserver.ForkServerError:
+            return _run(forkserver.fresh_argv(args), cwd=cwd, env=env, timeout=timeout)
+        log = root / "driver.log"
+        try:
+            code = server.run(args, cwd=cwd, env=env, log=log, timeout=timeout)
+        except forkserver.ForkServerError:  # the server died: this submission runs in a fresh process
+            server.close()
+            return _run(forkserver.fresh_argv(args), cwd=cwd, env=env, timeout=timeout)
+        forkserver.release(server, base_env)
+        return code, log.read_text(errors="replace") if log.exists() else ""
 
     def _calibration_key(self) -> str:
         return sha256(
