@@ -5,6 +5,11 @@ its test cells; the hidden tests run only in the clean room. These tests grade r
 :func:`courselib.grading.grade` and look for the secrets of the lab's source notebook (every non-trivial
 line between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``, the markers, and the constants that
 appear only there) in everything the grader writes, and let a submission hunt for them while it runs.
+
+The same grading runs check which parts of each lab the clean room checks with their hidden tests
+(:data:`VISIBLE_ONLY`, the rest: visible tests only). The grading appendix ("Parts the clean room cannot
+check") names the parts that stay outside and why, so a change that loses a part, or gains one, updates
+the appendix too.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 LIMITS = grading.Limits(cell_timeout=120, notebook_timeout=900, memory_mb=3072, output_kb=512)
 
 pytestmark = [pytest.mark.xdist_group("grading")]
+
+#: Parts scored by their visible tests only, and why (book/appendix_grading.md).
+VISIBLE_ONLY = {
+    "lab03_binaryconnect": {"q3_test", "q5_test"},  # gradient through SignSTE; hooks on the training loop
+    "lab05_distillation": {"q1_test", "q2_test", "q3_test"},  # gradients through the student's losses
+    "lab06_challenge": {"q3_test", "q4_test"},  # hooks on compress's training; the result's files
+    "lab07_deploy": {"q1_test", "q2_test", "q3_test", "q4_test", "q6_test"},  # .pte files, ExecuTorch objects
+}
 
 
 def _source(cell) -> str:
@@ -195,7 +208,8 @@ def test_feedback_mode_is_validated(tmp_path):
 @pytest.mark.parametrize("lab", LABS)
 def test_no_hidden_test_in_anything_written(tmp_path, lab):
     """The solution and the blank release of every lab, graded: no hidden line, marker or hidden-only
-    constant in the feedback, the autograded notebook, the state file or the CSV."""
+    constant in the feedback, the autograded notebook, the state file or the CSV; the clean room checks
+    every part except the lab's :data:`VISIBLE_ONLY` ones."""
     course = course_copy(tmp_path, lab)
     subs = tmp_path / "subs"
     submit(subs, "solution", lab, notebook(course, lab))
@@ -205,6 +219,14 @@ def test_no_hidden_test_in_anything_written(tmp_path, lab):
     top = sum(p for _, p in grading.lab_parts(lab, course))
     assert res["solution"]["status"] == "graded" and res["solution"]["score"] == top, res["solution"]
     assert res["blank"]["score"] == 0, res["blank"]
+    # the calibration (the solution through the clean room) decided which parts it checks: exactly these
+    unchecked = set(summary["parts"]) - set(summary["verifiable"])
+    assert unchecked == VISIBLE_ONLY.get(lab, set()), (
+        f"{lab}: parts scored by their visible tests only: {sorted(unchecked)} "
+        f"(expected {sorted(VISIBLE_ONLY.get(lab, set()))}; update book/appendix_grading.md with this list)"
+    )
+    cached = json.loads((course / "grades" / ".state" / lab / "_calibration.json").read_text())
+    assert set(cached["verifiable"]) == set(summary["verifiable"]), "the calibration cache differs from the run"
     found = secrets(lab, course)
     assert found["lines"], "the lab has hidden tests to keep secret"
     files = written_files(course, lab)
