@@ -115,11 +115,11 @@ def test_acquire_reuses_an_idle_server_and_keeps_at_most_max_idle(tmp_path):
     env = _env()
     forkserver.close_all()
     first = forkserver.acquire(["import json"], env)
-    forkserver.release(first, env)
+    forkserver.release(first)
     assert forkserver.acquire(["import json"], env) is first  # same preload: reused
     others = [forkserver.acquire([f"import {m}"], env) for m in ("os", "sys")]
     for s in [first, *others]:
-        forkserver.release(s, env)
+        forkserver.release(s)
     assert len(forkserver._IDLE) == forkserver.MAX_IDLE
     assert not first.alive(), "the oldest idle server beyond MAX_IDLE ends"
     forkserver.close_all()
@@ -141,3 +141,17 @@ def test_the_grader_runs_the_same_driver_with_or_without_a_server(tmp_path, monk
     fresh = g._drive(tmp_path, args, cwd=tmp_path, env=g.env())
     assert served[0] == fresh[0] == 1
     assert "missing-spec.json" in served[1] and "missing-spec.json" in fresh[1]
+
+
+def test_a_server_is_not_reused_once_courselib_has_changed(monkeypatch):
+    env = _env()
+    forkserver.close_all()
+    monkeypatch.setattr(forkserver, "_courselib_stamp", lambda: 1)
+    old = forkserver.acquire(["import json"], env)
+    monkeypatch.setattr(forkserver, "_courselib_stamp", lambda: 2)  # an edit while it grades
+    forkserver.release(old)
+    again = forkserver.acquire(["import json"], env)
+    assert again is not old, "a server that imported the old courselib must not grade with the new one"
+    forkserver.release(again)
+    assert forkserver.acquire(["import json"], env) is again
+    forkserver.close_all()

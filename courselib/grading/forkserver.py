@@ -17,9 +17,10 @@ reaps. No student code runs in the server or in its children: they are the clean
 student's code stays in the sandboxed kernel each child starts.
 
 Servers are kept between runs of :func:`courselib.grading.grade` in one process (at most
-:data:`MAX_IDLE` idle ones, keyed by what they preloaded) and end when the grading process ends: a
-server exits when its command pipe closes, and kills its running child first. Where a server cannot
-start, :class:`~courselib.grading.grader.Grader` starts a fresh driver process per submission instead.
+:data:`MAX_IDLE` idle ones, keyed by what they preloaded and by the courselib source they imported) and
+end when the grading process ends: a server exits when its command pipe closes, and kills its running
+child first. Where a server cannot start, :class:`~courselib.grading.grader.Grader` starts a fresh
+driver process per submission instead.
 
 Protocol (JSON lines on the server's stdin and stdout): the first request is ``{"preload": [...]}``,
 answered by ``{"ready": true, "failed": [...]}``; each later request ``{"argv", "cwd", "env", "log"}``
@@ -42,9 +43,12 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_notebook
+
+import courselib
 
 from . import cleanroom
 
@@ -246,6 +250,7 @@ class ForkServer:
 
     def __init__(self, preload: list[str], env: dict, start_timeout: float = 300.0):
         self.preload = list(preload)
+        self.pool_key: tuple | None = None
         self._buf = b""
         try:
             self._proc = subprocess.Popen(
@@ -332,8 +337,15 @@ _IDLE: list[tuple[tuple, ForkServer]] = []
 _LOCK = threading.Lock()
 
 
+def _courselib_stamp() -> int:
+    """The newest modification time of courselib's own modules: a server that imported an older version
+    is not reused (an instructor who edits courselib between two runs in one session grades with the edit)."""
+    root = Path(courselib.__file__).resolve().parent
+    return max((f.stat().st_mtime_ns for f in root.rglob("*.py")), default=0)
+
+
 def _key(preload: list[str], env: dict) -> tuple:
-    return (sys.executable, tuple(preload), env.get("PYTHONHASHSEED"), env.get("PATH"))
+    return (sys.executable, tuple(preload), env.get("PYTHONHASHSEED"), env.get("PATH"), _courselib_stamp())
 
 
 def acquire(preload: list[str], env: dict) -> ForkServer:
@@ -347,16 +359,18 @@ def acquire(preload: list[str], env: dict) -> ForkServer:
                     return server
                 server.close()
                 break
-    return ForkServer(preload, env)
+    server = ForkServer(preload, env)
+    server.pool_key = key  # what it imported: kept even if courselib changes while it grades
+    return server
 
 
-def release(server: ForkServer, env: dict) -> None:
+def release(server: ForkServer) -> None:
     """Give ``server`` back for later use (the oldest idle servers beyond :data:`MAX_IDLE` end)."""
     if not server.alive():
         server.close()
         return
     with _LOCK:
-        _IDLE.append((_key(server.preload, env), server))
+        _IDLE.append((server.pool_key, server))
         extra = _IDLE[:-MAX_IDLE] if len(_IDLE) > MAX_IDLE else []
         del _IDLE[: len(extra)]
     for _, s in extra:

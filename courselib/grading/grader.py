@@ -367,7 +367,7 @@ class Grader:
         except forkserver.ForkServerError:  # the server died: this submission runs in a fresh process
             server.close()
             return _run(forkserver.fresh_argv(args), cwd=cwd, env=env, timeout=timeout)
-        forkserver.release(server, base_env)
+        forkserver.release(server)
         return code, log.read_text(errors="replace") if log.exists() else ""
 
     def _calibration_key(self) -> str:
