@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from courselib.grading import quiz
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -230,6 +232,25 @@ def test_scan_finds_markers_and_solution_code_anywhere(tmp_path):
     assert any("page.html" in p and "solution code" in p for p in problems), problems
     assert any("archive.zip!lab/lab.ipynb" in p and "BEGIN HIDDEN TESTS" in p for p in problems), problems
     assert not any("clean.html" in p for p in problems)
+
+
+def test_scan_finds_concept_check_answers(tmp_path):
+    """The graded concept checks: an explanation or the answer key anywhere in the edition is a leak."""
+    frags = edition.quiz_answers()
+    sentence, qid = next(iter(frags.items()))
+    words = sentence.split()
+    (tmp_path / "page.html").write_text(
+        f"<p>Answer: <strong>b</strong>. {' '.join(words[:3])}\n{' '.join(words[3:])}</p>"
+    )
+    key = tmp_path / "key"
+    quiz.write_pages(out_dir=key, answers=True)
+    (tmp_path / "clean.html").write_text("<p>nothing to see</p>")
+    problems = edition.scan([tmp_path], {}, frags)
+    assert any("page.html" in p and f"concept check {qid}" in p for p in problems), problems
+    assert any("key/itq.md" in p and "answer key" in p for p in problems), problems
+    assert not any("clean.html" in p for p in problems)
+    # the book's own pages (questions only) pass
+    assert edition.scan(sorted((REPO / "book" / "question_bank").glob("*.md")), {}, frags) == []
 
 
 def test_wheel_and_sdist_hold_no_answers(tmp_path):

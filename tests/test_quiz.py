@@ -121,7 +121,19 @@ def test_pages_are_up_to_date(bank):
         )
         text = page.read_text(encoding="utf-8")
         n = sum(q["chapter"] == chapter for q in bank["questions"])
-        assert text.count("```{exercise}") == n and text.count("```{solution}") == n
+        assert text.count("```{exercise}") == n and "```{solution}" not in text, "the book's pages carry no answers"
+        spaced = " ".join(text.split())
+        leaked = [s for s, q in quiz.explanation_fragments().items() if s in spaced]
+        assert not leaked, f"{page}: explanations on a published page: {leaked}"
+
+
+def test_explanations_are_searchable(bank):
+    """The scan of the student edition looks for these sentences: most questions must have one."""
+    frags = quiz.explanation_fragments()
+    assert len(set(frags.values())) >= len(bank["questions"]) // 2
+    for sentence, qid in frags.items():
+        q = next(q for q in bank["questions"] if q["id"] == qid)
+        assert sentence in " ".join(q["explanation"].split()) and len(sentence) >= 40
 
 
 def test_bad_banks_and_inputs(tmp_path):
@@ -160,3 +172,13 @@ def test_cli_grade_and_render(tmp_path, capsys):
     written = quiz.write_pages(out_dir=tmp_path / "pages")
     assert {p.name for p in written} == {f"{c}.md" for c in quiz.load_bank()["chapters"]}
     assert re.search(r"\(qb-itq\)=", (tmp_path / "pages" / "itq.md").read_text(encoding="utf-8"))
+    # the answer key: every answer and its explanation in a dropdown, never into the book's folder
+    capsys.readouterr()
+    assert main(["quiz", "render", "--answer-key", str(tmp_path / "key")]) == 0
+    key = (tmp_path / "key" / "itq.md").read_text(encoding="utf-8")
+    assert key.count("```{solution}") == len(qs) and all(
+        " ".join(q["explanation"].split())[:30] in " ".join(key.split()) for q in qs
+    )
+    assert "Answer: **" in key and "never publish" in key
+    with pytest.raises(ValueError, match="not be written into the book"):
+        quiz.write_pages(answers=True)

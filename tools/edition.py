@@ -11,9 +11,10 @@ and assembles the *student edition* into _build/student/:
     dist/        courselib's wheel and sdist
 
 and then scans every file of it (inside archives, wheels and notebooks too) for nbgrader's solution and
-hidden-test markers and for the solution code itself: every substantive line of a `### BEGIN SOLUTION`
-or `### BEGIN HIDDEN TESTS` region of labs/source that is not also in the student release. A hit fails
-`make` and tests/test_editions.py.
+hidden-test markers, for the solution code itself (every substantive line of a `### BEGIN SOLUTION`
+or `### BEGIN HIDDEN TESTS` region of labs/source that is not also in the student release), and for the
+answers of the graded concept checks (the sentences of their explanations in
+book/question_bank/questions.yml, and the answer key's banner). A hit fails `make` and tests/test_editions.py.
 
     .venv/bin/python tools/edition.py            # assemble _build/student and scan it
     .venv/bin/python tools/edition.py --scan-only PATH ...
@@ -33,6 +34,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from courselib.grading import quiz
+
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "_build"
 STUDENT = BUILD / "student"
@@ -40,6 +43,7 @@ MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN T
 NEVER_PUBLISHED = ("labs/source", "labs/mutants", "labs/course.toml")
 TEXT_SUFFIXES = {".html", ".htm", ".ipynb", ".py", ".md", ".txt", ".js", ".json", ".yml", ".yaml", ".toml", ".cfg"}
 TEXT_SUFFIXES |= {".csv", ".tex", ".rst", ".in", ".css"}
+KEY_BANNER = "instructors only: never publish it"  # the first line of `courselib quiz render --answer-key`
 MIN_LINE = 24  # shorter lines (`return x`, `import numpy as np`) say nothing about an answer
 
 
@@ -164,9 +168,18 @@ def texts(path: Path, data: bytes | None = None, name: str | None = None) -> Ite
     yield name, text
 
 
-def scan(roots: list[Path], answers: dict[str, str] | None = None) -> list[str]:
-    """Every marker and every answer line found under `roots` (files or folders), as readable problems."""
+def quiz_answers() -> dict[str, str]:
+    """{sentence: question id} of the concept checks' explanations (courselib.grading.quiz)."""
+    return quiz.explanation_fragments()
+
+
+def scan(
+    roots: list[Path], answers: dict[str, str] | None = None, quiz_lines: dict[str, str] | None = None
+) -> list[str]:
+    """Every marker, answer line and concept-check answer found under `roots` (files or folders), as
+    readable problems."""
     answers = solution_lines() if answers is None else answers
+    quiz_lines = quiz_answers() if quiz_lines is None else quiz_lines
     problems = []
     files = []
     for root in roots:
@@ -180,6 +193,12 @@ def scan(roots: list[Path], answers: dict[str, str] | None = None) -> list[str]:
             for line, lab in answers.items():
                 if line in flat:
                     problems.append(f"{where}: solution code of {lab}: {line!r}")
+            spaced = " ".join(text.split())
+            if KEY_BANNER in spaced:
+                problems.append(f"{where}: the concept checks' answer key")
+            for sentence, qid in quiz_lines.items():
+                if sentence in spaced:
+                    problems.append(f"{where}: the answer of concept check {qid}: {sentence!r}")
     return problems
 
 
@@ -212,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=STUDENT, help="where to assemble (default _build/student)")
     args = ap.parse_args(argv)
     roots = args.scan_only if args.scan_only else [assemble(args.out, args.site)]
-    answers = solution_lines()
-    problems = scan(roots, answers)
+    answers, quiz_lines = solution_lines(), quiz_answers()
+    problems = scan(roots, answers, quiz_lines)
     n_files = sum(1 for r in roots for p in ([r] if r.is_file() else r.rglob("*")) if p.is_file())
-    print(f"student edition scan: {n_files} files, {len(answers)} answer lines looked for, {len(problems)} found")
+    print(
+        f"student edition scan: {n_files} files, {len(answers)} answer lines and {len(quiz_lines)} concept-check "
+        f"answers looked for, {len(problems)} found"
+    )
     overlap = library_overlap()
     if overlap:
         labs = sorted(set(overlap.values()))

@@ -93,7 +93,7 @@ def _cmd_mutants(args) -> int:
 
 def _cmd_quiz(args) -> int:
     if args.quiz_command == "render":
-        for p in quiz.write_pages(args.bank):
+        for p in quiz.write_pages(args.bank, args.answer_key, answers=args.answer_key is not None):
             print(p)
         return 0
     res = quiz.grade(quiz.read_answers(Path(args.answers)), chapter=args.chapter, path=args.bank)
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     qsub = p.add_subparsers(dest="quiz_command", required=True)
     q = qsub.add_parser("render", help="regenerate the MyST pages from questions.yml")
     q.add_argument("--bank", default=None)
+    q.add_argument("--answer-key", default=None, metavar="DIR", help="write the answer key into DIR (not the book)")
     q = qsub.add_parser("grade", help="grade a YAML/JSON file of {question id: answer}")
     q.add_argument("answers")
     q.add_argument("--chapter", default=None)

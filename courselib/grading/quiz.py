@@ -2,13 +2,15 @@
 
 The bank holds multiple-choice, multiple-select and numeric questions, one set per chapter, with their
 answers. :func:`grade` autogrades a student's answers (a mapping ``question id -> response``);
-:func:`render_chapter` writes the MyST page of one chapter (answers hidden in ``{solution}`` dropdowns of
-sphinx-exercise), so the book's pages and the autograder read the same file.
+:func:`render_chapter` writes the MyST page of one chapter: the book's, with the questions only (the
+concept checks are graded, so their answers are never published), or the instructor's answer key, with
+each answer in a sphinx-exercise ``{solution}`` dropdown. The book's pages and the autograder read the same file.
 
 Command line::
 
-    courselib quiz render              # regenerate book/question_bank/<chapter>.md
-    courselib quiz grade answers.yml   # score a YAML/JSON file of {id: response}
+    courselib quiz render                      # regenerate book/question_bank/<chapter>.md (no answers)
+    courselib quiz render --answer-key DIR     # the answer key, outside the book
+    courselib quiz grade answers.yml           # score a YAML/JSON file of {id: response}
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "grade",
     "render_chapter",
     "write_pages",
+    "explanation_fragments",
 ]
 
 QUESTION_TYPES = ("multiple_choice", "multiple_select", "numeric")
@@ -223,20 +226,32 @@ def _answer_text(q: Mapping) -> str:
     return f"**{q['answer']}**"
 
 
-def render_chapter(chapter: str, path: str | Path | None = None) -> str:
-    """The MyST Markdown page of one chapter's questions (answers in sphinx-exercise solution dropdowns)."""
+def render_chapter(chapter: str, path: str | Path | None = None, *, answers: bool = False) -> str:
+    """The MyST Markdown page of one chapter's questions.
+
+    The book's pages carry the questions only (``answers=False``): the concept checks are graded, so their
+    answers and explanations are never published. ``answers=True`` gives the instructor's answer key (each
+    answer and its explanation in a sphinx-exercise solution dropdown), written outside the book by
+    ``courselib quiz render --answer-key DIR``.
+    """
     bank = load_bank(path)
     if chapter not in bank["chapters"]:
         raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(bank['chapters'])}")
     info = bank["chapters"][chapter]
+    if answers:
+        about = "Answer key (instructors only: never publish it). Each answer and its explanation is in a dropdown."
+    else:
+        about = (
+            "These questions are graded, so their answers are not published. Write your answers as "
+            "`{question id: answer}` (a letter, a list of letters, or a number); your instructor's "
+            "`courselib quiz grade` gives back the score and an explanation for each wrong answer."
+        )
     lines = [
         "<!-- Generated from book/question_bank/questions.yml by `courselib quiz render`. Do not edit by hand. -->",
-        f"(qb-{chapter.replace('_', '-')})=",
+        f"(qb-{chapter.replace('_', '-')}{'-key' if answers else ''})=",
         f"# Concept check: {info['title']}",
         "",
-        f"Questions on the chapter *{info['title']}* (`{info['page']}`). Each solution is hidden "
-        "in a dropdown. To autograde a set of answers, write them as `{question id: answer}` and run "
-        "`courselib quiz grade answers.yml` or call `courselib.grading.quiz.grade(answers)`.",
+        f"Questions on the chapter *{info['title']}* (`{info['page']}`). {about}",
         "",
     ]
     for _n, q in enumerate((q for q in bank["questions"] if q["chapter"] == chapter), start=1):
@@ -254,31 +269,48 @@ def render_chapter(chapter: str, path: str | Path | None = None) -> str:
             for letter, text in q["choices"].items():
                 lines.append(f"- **{letter})** {text}")
             lines.append("")
-        lines += [
-            "```",
-            "",
-            f"```{{solution}} {label}",
-            ":class: dropdown",
-            "",
-            f"Answer: {_answer_text(q)}. {q['explanation'].strip()}",
-            "",
-            "```",
-            "",
-        ]
+        lines += ["```", ""]
+        if answers:
+            lines += [
+                f"```{{solution}} {label}",
+                ":class: dropdown",
+                "",
+                f"Answer: {_answer_text(q)}. {q['explanation'].strip()}",
+                "",
+                "```",
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_pages(path: str | Path | None = None, out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``<chapter>.md`` for every chapter of the bank into ``out_dir`` (default: next to the bank)."""
+def write_pages(
+    path: str | Path | None = None, out_dir: str | Path | None = None, *, answers: bool = False
+) -> list[Path]:
+    """Write ``<chapter>.md`` for every chapter of the bank into ``out_dir`` (default: next to the bank, the
+    book's pages, without answers); ``answers=True`` writes the answer key (give an ``out_dir`` outside the book)."""
     bank_path = Path(path) if path is not None else default_bank_path()
     out = Path(out_dir) if out_dir is not None else bank_path.parent
+    if answers and out.resolve() == bank_path.parent.resolve():
+        raise ValueError("the answer key must not be written into the book: give another folder")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for chapter in load_bank(bank_path)["chapters"]:
         p = out / f"{chapter}.md"
-        p.write_text(render_chapter(chapter, bank_path), encoding="utf-8")
+        p.write_text(render_chapter(chapter, bank_path, answers=answers), encoding="utf-8")
         written.append(p)
     return written
+
+
+def explanation_fragments(path: str | Path | None = None) -> dict[str, str]:
+    """{sentence: question id} for the plain-text sentences (40 characters or more, no math or markup) of
+    every explanation: what a published page must not contain (``tools/edition.py`` scans for them)."""
+    found = {}
+    for q in load_bank(path)["questions"]:
+        text = " ".join(q["explanation"].split())
+        for frag in re.split(r"(?<=[.!?])\s+", text):
+            if len(frag) >= 40 and not re.search(r"[$\\*`_\[\]{}]", frag):
+                found.setdefault(frag, q["id"])
+    return found
 
 
 def read_answers(file: Path) -> dict:
