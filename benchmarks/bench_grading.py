@@ -6,14 +6,17 @@
    student, in its own copy of the course, no sandbox, no feedback: the baseline of issue 14) and then
    ``courselib grade`` on the same notebook alone (``regrade=True``: sandboxed kernel, tamper check,
    clean room with the hidden tests, HTML feedback, merge into the gradebook, the CSV). The ratio is
-   per submission; the median is the headline. The clean room's calibration (the lab's solution graded
-   once per source notebook, then cached in ``grades/.state``) is paid by a warm-up run and printed.
+   per submission; the median is the headline. What a run pays once is paid by a warm-up run and
+   printed: the clean room's calibration (the lab's solution graded once per source notebook, then
+   cached in ``grades/.state``) and the start of the fork server (:mod:`courselib.grading.forkserver`,
+   kept for later runs in the same process).
 2. **Per-phase profile** of those ``courselib grade`` runs (means, seconds): set-up (checks, scratch
-   folder, the driver process starting), kernel start (the sandboxed kernel booting; the clean room's
+   folder, the driver forked from the fork server), kernel start (the sandboxed kernel booting; the clean room's
    instructor set-up runs meanwhile), execution (the student's cells, once), clean room (the hidden
    tests calling the student's functions), feedback (kernel stop, notebooks, HTML), teardown (driver
    exit, result read), merge (the single writer), and the run's own overhead (collecting, the CSV).
-3. **Parallel efficiency**: the whole batch with 1 and with 2 workers; efficiency = T1 / (2 x T2).
+3. **Parallel efficiency**: the whole batch with 1 and with 2 workers; efficiency = T1 / (2 x T2). The
+   run with 2 workers starts a second fork server (the first one is reused), inside its time.
 
 The machine has 2 cores shared with everything else running on it (the load average is printed), so
 the numbers are an honest upper bound on the cost.
@@ -112,7 +115,9 @@ def main(quick: bool = False) -> None:
             ["submission", "nbgrader autograde s", "courselib grade s", "ratio (goal <= 1.5)", "load"],
             rows,
         )
-        print(f"warm-up run (calibration of the clean room, cached afterwards): {calibration:.1f} s")
+        print(
+            f"warm-up run (the fork server's start and the clean room's calibration, reused afterwards): {calibration:.1f} s"
+        )
         prow = [[p, round(statistics.mean(pr.get(p, 0.0) for pr in profiles), 2)] for p in PHASES]
         prow.append(["run overhead (collect, CSV)", round(statistics.mean(overhead), 2)])
         prow.append(["total", round(sum(r[1] for r in prow), 2)])
