@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import tomllib
@@ -102,3 +104,43 @@ def test_book_excludes_venv_and_build_products():
     pats = " ".join(cfg["exclude_patterns"])
     for folder in (".venv", "labs", "tests", "benchmarks", "_build"):
         assert folder in pats
+
+
+def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path):
+    """`make test` runs `pytest -n 2 --dist loadgroup`: the tests of one xdist_group (the book build, the
+    grading runs, the cluster) must share one worker, or a second worker waits for the book's lock and
+    builds nothing (pytest 9.2 broke this silently; pyproject.toml keeps pytest below it)."""
+    (tmp_path / "test_groups.py").write_text(
+        "import pytest\n\n"
+        + "".join(f'@pytest.mark.xdist_group("g")\ndef test_grouped_{i}():\n    pass\n\n' for i in range(3))
+        + "".join(f"def test_free_{i}():\n    pass\n\n" for i in range(6))
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-o",
+            "addopts=",
+            str(tmp_path / "test_groups.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = re.findall(r"\[(gw\d)\].*PASSED \S*::(test_\w+)(@\w+)?", proc.stdout)
+    assert len(ran) == 9, proc.stdout[-3000:]
+    grouped = {(worker, suffix) for worker, name, suffix in ran if name.startswith("test_grouped")}
+    assert grouped and all(suffix == "@g" for _, suffix in grouped), f"no group suffix: {grouped}"
+    assert len({worker for worker, _ in grouped}) == 1, f"one group ran on several workers: {grouped}"
