@@ -14,7 +14,7 @@ and then scans every file of it (inside archives, wheels and notebooks too) for 
 hidden-test markers, for the solution code itself (every substantive line of a `### BEGIN SOLUTION`
 or `### BEGIN HIDDEN TESTS` region of labs/source that is not also in the student release), and for the
 answers of the graded concept checks (the sentences of their explanations in
-book/question_bank/questions.yml, and the answer key's banner). A hit fails `make` and tests/test_editions.py.
+book/question_bank/questions.yml). A hit fails `make` and tests/test_editions.py.
 
     .venv/bin/python tools/edition.py            # assemble _build/student and scan it
     .venv/bin/python tools/edition.py --scan-only PATH ...
@@ -43,7 +43,6 @@ MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN T
 NEVER_PUBLISHED = ("labs/source", "labs/mutants", "labs/course.toml")
 TEXT_SUFFIXES = {".html", ".htm", ".ipynb", ".py", ".md", ".txt", ".js", ".json", ".yml", ".yaml", ".toml", ".cfg"}
 TEXT_SUFFIXES |= {".csv", ".tex", ".rst", ".in", ".css"}
-KEY_BANNER = "instructors only: never publish it"  # the first line of `courselib quiz render --answer-key`
 MIN_LINE = 24  # shorter lines (`return x`, `import numpy as np`) say nothing about an answer
 
 
@@ -194,8 +193,6 @@ def scan(
                 if line in flat:
                     problems.append(f"{where}: solution code of {lab}: {line!r}")
             spaced = " ".join(text.split())
-            if KEY_BANNER in spaced:
-                problems.append(f"{where}: the concept checks' answer key")
             for sentence, qid in quiz_lines.items():
                 if sentence in spaced:
                     problems.append(f"{where}: the answer of concept check {qid}: {sentence!r}")
