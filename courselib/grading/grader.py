@@ -10,7 +10,6 @@ clean room (:mod:`courselib.grading.cleanroom`), which calls the student's funct
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -105,7 +104,7 @@ def _run(cmd: list[str], *, cwd, env, timeout: float) -> tuple[int | None, str]:
 
     def preexec():
         os.setsid()
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # die with the grading process
+        forkserver.die_with_parent()
 
     proc = subprocess.Popen(
         cmd,
