@@ -6,8 +6,6 @@ scripts; run them all with ``make bench`` or one with ``.venv/bin/python benchma
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 
 from courselib.utils import time_call  # noqa: F401  (re-exported for the scripts)
@@ -43,10 +41,11 @@ def print_table(title: str, headers: list[str], rows: list[list[object]]) -> Non
     print(format_table(title, headers, rows), flush=True)
 
 
-def machine_line() -> str:
-    import torch
+def machine_line(num_threads: int | None = None, libraries=("torch", "numpy")) -> str:
+    """The *Measured on:* line (:func:`courselib.measure.machine`) printed beside every timed table.
 
-    return (
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-        f"torch {torch.__version__} (threads={torch.get_num_threads()})"
-    )
+    Chapters that quote a benchmark's table copy this line under it (CONTRIBUTING.md, "Claims").
+    """
+    from courselib.measure import machine
+
+    return str(machine(num_threads=num_threads, libraries=libraries))

@@ -14,6 +14,8 @@ bytes of a written file       :func:`file_bytes` (``saver(model, path)``, defaul
                               state dict)
 latency                       :func:`measure_latency`, :func:`compare_latency` (several models side by
                               side), :func:`layer_times` (per leaf module)
+the machine a time holds for  :func:`machine` (CPU model, the instruction-set features that decide int8
+                              and SIMD speed, threads, library versions), shown beside every latency
 ============================  ===========================================================================
 
 plus the deployment form of a CNN that the latencies are quoted for: :func:`fold_batchnorm` (book Eq.
@@ -23,9 +25,12 @@ plus the deployment form of a CNN that the latencies are quoted for: :func:`fold
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.metadata
 import io
 import math
 import os
+import platform
 import tempfile
 import time
 import warnings
@@ -48,6 +53,9 @@ __all__ = [
     "LATENCY_CLOCKS",
     "fold_batchnorm",
     "inference_copy",
+    "Machine",
+    "machine",
+    "CPU_FEATURES",
 ]
 
 #: The clocks :func:`measure_latency` can read: CPU time of the calling thread, or wall-clock time.
@@ -541,3 +549,141 @@ def layer_times(
             h.remove()
         torch.set_num_threads(old_threads)
         model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------------
+# the machine a time holds for
+# --------------------------------------------------------------------------------------------------
+
+#: The instruction-set features that decide the speed of the book's kernels, as Linux names them in
+#: ``/proc/cpuinfo``: on x86, 256-bit SIMD with fused multiply-add (``avx2``, ``fma``), 512-bit SIMD
+#: (``avx512f``), 8-bit dot products (``avx512_vnni``, ``avx_vnni``: one instruction multiplies unsigned by
+#: signed bytes and adds four products into 32 bits) and AMX tiles (``amx_int8``); on ARM, the 8-bit dot
+#: product (``asimddp``) and 8-bit matrix multiply (``i8mm``).
+CPU_FEATURES = {
+    "x86_64": ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"),
+    "aarch64": ("asimd", "asimddp", "i8mm", "sve"),
+}
+_INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """The conditions a measured time holds for (returned by :func:`machine`).
+
+    Attributes
+    ----------
+    cpu : str
+        The CPU's model name (``/proc/cpuinfo``), or what :func:`platform.processor` says elsewhere.
+    arch : str
+        ``platform.machine()``: ``"x86_64"``, ``"aarch64"``, ...
+    features : dict
+        ``{feature: present}`` for the features of :data:`CPU_FEATURES` of this architecture.
+    cores : int
+        Logical CPUs the operating system reports.
+    threads : int
+        The threads the measurement used.
+    torch_kernels : str
+        The instruction set PyTorch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``;
+        ``"DEFAULT"`` under ``ATEN_CPU_CAPABILITY=default``).
+    versions : dict
+        ``{distribution: version}`` of the libraries that ran the measurement.
+    """
+
+    cpu: str
+    arch: str
+    features: dict
+    cores: int
+    threads: int
+    torch_kernels: str
+    versions: dict
+
+    @property
+    def int8_dot_product(self) -> bool:
+        """True when the CPU has an 8-bit dot-product instruction (x86 VNNI or AMX, ARM ``asimddp``).
+
+        Without one, x86 int8 kernels multiply bytes with ``vpmaddubsw``, which adds pairs of products
+        into 16 bits and saturates there: int8 buys less speed, and a runtime that feeds it full-range
+        8-bit weights can lose accuracy (:func:`courselib.deploy.quantize_onnx`).
+        """
+        return any(self.features.get(f, False) for f in _INT8_DOT)
+
+    def describe(self) -> str:
+        """One line: CPU, the features present and absent, threads, PyTorch's kernels, library versions."""
+        have = [f for f, ok in self.features.items() if ok]
+        lack = [f for f, ok in self.features.items() if not ok]
+        feats = ", ".join(have) or "none of " + "/".join(self.features)
+        if lack:
+            feats += "; no " + ", no ".join(lack)
+        libs = ", ".join(f"{k} {v}" for k, v in self.versions.items())
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''} of {self.cores} cores"
+        return f"{self.cpu} ({self.arch}: {feats}); {threads}; PyTorch kernels {self.torch_kernels}; {libs}"
+
+    def _repr_markdown_(self) -> str:
+        return f"*Measured on:* {self.describe()}."
+
+    def __str__(self) -> str:
+        return "Measured on: " + self.describe()
+
+
+def _cpu_info(text: str, arch: str) -> tuple[str, dict]:
+    """CPU model name and the :data:`CPU_FEATURES` flags of one ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or fields.get("Model") or fields.get("Hardware") or ""
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return name, {f: f in flags for f in CPU_FEATURES.get(arch, ())}
+
+
+def machine(*, num_threads: int | None = None, libraries: Sequence[str] = ("torch", "numpy")) -> Machine:
+    """The machine a measurement runs on: what every latency the book prints is quoted with.
+
+    A time, a speed-up or the order of two kernels holds for one CPU, one thread count and one set of
+    library versions; sizes, counts and accuracies do not depend on them. Chapters display this under
+    every latency table (its Markdown form reads *Measured on: ...*), benchmarks print it beside their
+    tables.
+
+    Parameters
+    ----------
+    num_threads : int, optional
+        The threads the measurement used (default: ``torch.get_num_threads()``).
+    libraries : sequence of str, default ("torch", "numpy")
+        Distributions whose installed versions to report (those not installed are left out).
+
+    Returns
+    -------
+    Machine
+
+    Examples
+    --------
+    >>> m = machine(num_threads=1)
+    >>> m.threads, "torch" in m.versions
+    (1, True)
+    """
+    arch = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name, features = _cpu_info(f.read(), arch)
+    except OSError:
+        name, features = "", {f: False for f in CPU_FEATURES.get(arch, ())}
+    versions = {}
+    for lib in libraries:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
+    if threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return Machine(
+        cpu=name or platform.processor() or "unknown CPU",
+        arch=arch,
+        features=features,
+        cores=os.cpu_count() or 1,
+        threads=threads,
+        torch_kernels=torch.backends.cpu.get_cpu_capability(),
+        versions=versions,
+    )

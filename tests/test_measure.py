@@ -206,3 +206,62 @@ def test_compare_latency_bad_arguments(kwargs):
         M.compare_latency({"a": model}, torch.rand(2, 8, 8), **kwargs)
     with pytest.raises(ValueError):
         M.compare_latency({}, torch.rand(2, 8, 8))
+
+
+# /proc/cpuinfo excerpts of three machines: the AMD EPYC of issue 23 (AVX2 and FMA only), an Intel Xeon with
+# AVX-512 VNNI and AMX, an ARM Neoverse with the dot-product instructions.
+CPUINFO = {
+    "epyc": (
+        "x86_64",
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 popcnt avx f16c avx2 bmi2\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n",
+    ),
+    "xeon": (
+        "x86_64",
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+        "flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8\n",
+    ),
+    "neoverse": (
+        "aarch64",
+        "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+        "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\n",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name, model, present, dot",
+    [
+        ("epyc", "AMD EPYC", {"avx2", "fma"}, False),
+        (
+            "xeon",
+            "Intel(R) Xeon(R) Platinum 8488C",
+            {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"},
+            True,
+        ),
+        ("neoverse", "", {"asimd", "asimddp"}, True),
+    ],
+)
+def test_machine_reads_the_cpu_and_its_int8_features(name, model, present, dot):
+    arch, text = CPUINFO[name]
+    cpu, features = M._cpu_info(text, arch)
+    # the first processor's line decides (the EPYC excerpt's second block would add AVX-512 VNNI)
+    assert cpu == model and {f for f, ok in features.items() if ok} == present
+    assert set(features) == set(M.CPU_FEATURES[arch])
+    m = M.Machine(cpu or "?", arch, features, 2, 1, "AVX2", {"torch": "2.13.0"})
+    assert m.int8_dot_product is dot
+    line = m.describe()
+    for f in features:
+        assert (f"no {f}" in line) is (f not in present), (f, line)
+    assert "1 thread of 2 cores" in line and "torch 2.13.0" in line and str(m).startswith("Measured on: ")
+    assert m._repr_markdown_().startswith("*Measured on:*")
+
+
+def test_machine_on_this_machine():
+    m = M.machine(num_threads=3, libraries=("torch", "no-such-distribution"))
+    assert m.threads == 3 and m.versions == {"torch": torch.__version__}
+    assert m.torch_kernels == torch.backends.cpu.get_cpu_capability() and m.cores == os.cpu_count()
+    assert M.machine().threads == torch.get_num_threads()
+    with pytest.raises(ValueError):
+        M.machine(num_threads=0)
