@@ -3,6 +3,7 @@
 #   make test   - create/reuse .venv, run the whole test suite (unit, labs, grading pipeline, book build)
 #   make unit   - the fast loop: every test not marked slow, on 2 workers (a few minutes)
 #   make        - the student edition (what may be published) in _build/student, scanned for answers
+#   make portability - the book's claims re-executed with the slowest kernels the libraries let us force
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
@@ -12,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := student
 
-.PHONY: book test student dist install labs bench lock clean clean-labs browser sandbox postgres
+.PHONY: book test student dist install labs bench lock clean clean-labs browser sandbox postgres portability
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +90,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The book's claims re-executed with the slowest kernels PyTorch, oneDNN, NumPy, numba and faiss let us force
+# (tools/portability.py; what it can and cannot simulate: CONTRIBUTING.md, "Portability check").
+portability: $(STAMP) labs
+	$(BIN)/python tools/portability.py
 
 # Re-resolve the exact pins (after changing pyproject.toml's dependencies).
 lock: $(STAMP)

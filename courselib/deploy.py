@@ -22,8 +22,9 @@ int8 (book chapter *From 32 bits to 1*, Jacob et al. 2018):
   convolution first (book Eq. ``filters-fold-bn``).
 - ONNX Runtime: static QDQ quantization (:func:`quantize_onnx`, ``onnxruntime.quantization.quantize_static``
   with min-max calibration): activations ``uint8`` affine (exactly book Eqs. ``quant-scale`` and
-  ``quant-zero-point``); weights ``int8`` symmetric per channel on the narrow grid ``-127..127``
-  (``s = max|w| / 127``).
+  ``quant-zero-point``); weights ``int8`` symmetric per channel, by default on the reduced grid ``-64..64``
+  (``reduce_range``: full-range weights saturate the 16-bit sums of ONNX Runtime's x86 kernels on CPUs
+  without VNNI).
 
 Measured in the runtime, with one thread (:func:`set_runtime_threads`) and the protocol of
 :func:`courselib.measure.measure_latency` (warm-up calls, then the median of timed calls, thread CPU
@@ -491,15 +492,52 @@ class _Reader(ortq.CalibrationDataReader):
 
 
 def quantize_onnx(
-    float_path, path, *, quantize: str = "static", calibration_X=None, per_channel: bool = True, batch_size: int = 64
+    float_path,
+    path,
+    *,
+    quantize: str = "static",
+    calibration_X=None,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    batch_size: int = 64,
 ) -> Path:
     """int8 ONNX model from a float one: static QDQ (calibrated, min-max) or dynamic.
 
     Static: ``onnxruntime.quantization.quantize_static`` in QDQ format (``QuantizeLinear`` /
     ``DequantizeLinear`` pairs that ONNX Runtime fuses into int8 kernels), activations ``uint8`` with the
     min-max range of the calibration images (book Eqs. ``quant-scale``, ``quant-zero-point``), weights
-    ``int8`` symmetric (per output channel by default, ``s = max|w| / 127``). Dynamic:
-    ``quantize_dynamic`` of the MatMul/Gemm weights.
+    ``int8`` symmetric (per output channel by default, the narrow grid of book Eq. ``quant-symmetric``:
+    ``s = max|w| / 127``, or ``/ 64`` with ``reduce_range``). Dynamic: ``quantize_dynamic`` of the
+    MatMul/Gemm weights.
+
+    Parameters
+    ----------
+    float_path, path : str or Path
+        The float ONNX model (:func:`export_onnx`) and the file to write.
+    quantize : {"static", "dynamic"}, default "static"
+    calibration_X : array-like, optional
+        Calibration inputs (training data), required for ``"static"``.
+    per_channel : bool, default True
+        One weight scale per output channel.
+    reduce_range : bool, default True
+        Quantize the weights on ONNX Runtime's reduced grid ``-64..64`` (``s = max|w| / 64``, about 7 bits)
+        instead of ``-127..127``; the activations keep 8 bits. ONNX Runtime's x86 kernels multiply uint8
+        activations by int8 weights; on a CPU without an 8-bit dot-product instruction (AVX2 or AVX-512
+        without VNNI) they use ``vpmaddubsw``, which adds two products into a *16-bit* sum that saturates at
+        32,767: two products of 255 x 127 reach 64,770, so full-range weights silently clip sums and lose
+        accuracy, whereas 2 x 255 x 64 = 32,640 fits. With VNNI or AMX (and on ARM) the sums are 32-bit and
+        nothing saturates. A program is written once and runs wherever it is shipped, so the default is the
+        setting that is right on every x86 CPU (ONNX Runtime's documentation recommends it for machines
+        without VNNI); pass ``False`` only for a target known to have an 8-bit dot product
+        (:attr:`courselib.measure.Machine.int8_dot_product`). The chapter ``book/deploying.md`` runs both
+        on the build machine.
+    batch_size : int, default 64
+        Calibration batch.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
     if quantize not in ("static", "dynamic"):
         raise ValueError(f"quantize must be 'static' or 'dynamic', got {quantize!r}")
@@ -508,7 +546,11 @@ def quantize_onnx(
     with _quiet():
         if quantize == "dynamic":
             ortq.quantize_dynamic(
-                str(float_path), str(path), weight_type=ortq.QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+                str(float_path),
+                str(path),
+                weight_type=ortq.QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                reduce_range=reduce_range,
             )
             return path
         if calibration_X is None:
@@ -523,6 +565,7 @@ def quantize_onnx(
             activation_type=ortq.QuantType.QUInt8,
             weight_type=ortq.QuantType.QInt8,
             calibrate_method=ortq.CalibrationMethod.MinMax,
+            reduce_range=reduce_range,
         )
     return path
 

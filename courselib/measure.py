@@ -13,7 +13,8 @@ bytes of a saved state dict   :func:`state_dict_bytes` (``torch.save`` measured 
 bytes of a written file       :func:`file_bytes` (``saver(model, path)``, default ``torch.save`` of the
                               state dict)
 latency                       :func:`measure_latency`, :func:`compare_latency` (several models side by
-                              side), :func:`layer_times` (per leaf module)
+                              side), :func:`layer_times` (per leaf module); :func:`compare_speed` says
+                              how two times compare, in words
 the machine a time holds for  :func:`machine` (CPU model, the instruction-set features that decide int8
                               and SIMD speed, threads, library versions), shown beside every latency
 ============================  ===========================================================================
@@ -56,6 +57,7 @@ __all__ = [
     "Machine",
     "machine",
     "CPU_FEATURES",
+    "compare_speed",
 ]
 
 #: The clocks :func:`measure_latency` can read: CPU time of the calling thread, or wall-clock time.
@@ -551,6 +553,35 @@ def layer_times(
         model.train(was_training)
 
 
+def compare_speed(reference_s: float, other_s: float, *, tolerance: float = 0.05) -> str:
+    """How ``other`` compares with ``reference`` in speed, in words: what a chapter glues, never asserts.
+
+    Parameters
+    ----------
+    reference_s, other_s : float
+        Two times measured side by side on one machine (seconds, or any common unit), both > 0.
+    tolerance : float, default 0.05
+        Ratios within ``1 +/- tolerance`` read "about as fast as".
+
+    Returns
+    -------
+    str
+        ``"2.1 times faster than"``, ``"about as fast as"`` or ``"1.3 times slower than"``, to be followed
+        by the reference's name.
+
+    Examples
+    --------
+    >>> compare_speed(4.0, 2.0), compare_speed(1.0, 1.02), compare_speed(1.0, 1.3)
+    ('2.0 times faster than', 'about as fast as', '1.3 times slower than')
+    """
+    if not (reference_s > 0 and other_s > 0):
+        raise ValueError(f"times must be > 0, got {reference_s!r} and {other_s!r}")
+    ratio = reference_s / other_s
+    if abs(ratio - 1) <= tolerance:
+        return "about as fast as"
+    return f"{ratio:.1f} times faster than" if ratio > 1 else f"{1 / ratio:.1f} times slower than"
+
+
 # --------------------------------------------------------------------------------------------------
 # the machine a time holds for
 # --------------------------------------------------------------------------------------------------
@@ -574,7 +605,7 @@ class Machine:
     Attributes
     ----------
     cpu : str
-        The CPU's model name (``/proc/cpuinfo``), or what :func:`platform.processor` says elsewhere.
+        The CPU's model name (``/proc/cpuinfo``), or what ``platform.processor()`` says elsewhere.
     arch : str
         ``platform.machine()``: ``"x86_64"``, ``"aarch64"``, ...
     features : dict

@@ -152,3 +152,70 @@ def test_chapter_references_to_courselib_are_api_links(built_book):
         n_links += links
     assert problems == {}, f"courselib names that are plain code, not API links: {problems}"
     assert n_links >= 20, f"only {n_links} links from the chapters into the API reference"
+
+
+# --------------------------------------------------------------------------------------------------
+# Every latency table names the machine it ran on (issue 23)
+# --------------------------------------------------------------------------------------------------
+
+#: A header or column that holds times: a time unit, a latency, a speed-up.
+TIME_COLUMN = re.compile(r"(\b(ms|µs|us)\b|latency|speed-?up|\bfaster\b|\btime \(s\)|seconds\b)", re.I)
+
+
+def timing_tables_without_machine(html: str) -> list[str]:
+    """Tables with a time column that do not show *Measured on:* beside them, as short descriptions.
+
+    A table is an HTML ``<table>`` (a chapter's Markdown table or a cell's displayed Markdown) or a
+    pipe-separated header line printed by a cell. One printed by a cell needs the line in that cell's output;
+    one written in the prose needs it before the next heading or table (the quoted benchmark's line).
+    """
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    article = soup.find("article") or soup
+    missing = []
+    for cell in article.select("div.cell_output"):
+        text = cell.get_text("\n")
+        tables = [t.find("tr").get_text(" ") for t in cell.find_all("table") if t.find("tr")]
+        tables += [ln for ln in text.splitlines() if ln.count("|") >= 2 and TIME_COLUMN.search(ln)]
+        if any(TIME_COLUMN.search(t) for t in tables) and "Measured on:" not in text:
+            missing.append("cell output: " + next(t for t in tables if TIME_COLUMN.search(t)).strip()[:100])
+    for table in article.find_all("table"):
+        if table.find_parent("div", class_="cell_output") or not table.find("tr"):
+            continue
+        head = table.find("tr").get_text(" ")
+        if not TIME_COLUMN.search(head):
+            continue
+        node = table.parent if table.parent.name == "div" else table  # the theme wraps tables in a div
+        after = []
+        for sib in node.find_next_siblings():
+            if sib.name in ("h1", "h2", "h3", "section") or sib.find("table") or "cell" in (sib.get("class") or []):
+                break
+            after.append(sib.get_text(" "))
+        if "Measured on:" not in " ".join(after):
+            missing.append("prose table: " + re.sub(r"\s+", " ", head).strip()[:100])
+    return missing
+
+
+def test_timing_table_check_finds_a_table_without_its_machine():
+    cell = '<div class="cell_output"><div class="output"><table><tr><th>model</th><th>{}</th></tr></table>{}</div></div>'
+    pre = '<div class="cell_output"><pre>n | float ms | binary ms\n10 | 1.0 | 0.2</pre>{}</div>'
+    prose = "<div><table><tr><th>n</th><th>{}</th></tr></table></div><p>{}</p><h2>next</h2>"
+    machine = "<p>Measured on: AMD EPYC (x86_64: avx2)</p>"
+    ok = "<article>" + cell.format("latency (ms)", machine) + pre.format(machine) + prose.format("speed-up", machine)
+    assert timing_tables_without_machine(ok) == []
+    bad = "<article>" + cell.format("batch 64 ms", "") + pre.format("") + prose.format("speed-up", "") + "</article>"
+    assert [m.split(":")[0] for m in timing_tables_without_machine(bad)] == ["cell output"] * 2 + ["prose table"]
+    sizes = "<article>" + cell.format("bytes", "") + prose.format("accuracy %", "") + "</article>"
+    assert timing_tables_without_machine(sizes) == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("book")
+def test_every_latency_table_names_its_machine(built_book):
+    missing = {}
+    for html_file in sorted((built_book / "book").glob("*.html")):
+        found = timing_tables_without_machine(html_file.read_text())
+        if found:
+            missing[html_file.stem] = found
+    assert not missing, f"latency tables without the machine they ran on (measure.machine): {missing}"

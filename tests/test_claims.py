@@ -32,11 +32,12 @@ BOOK = Path(__file__).resolve().parents[1] / "book"
 CLAIMS = {
     "binary_codes": 6,
     "binaryconnect": 4,
+    "deploying": 4,
     "distillation": 1,
     "itq": 7,
-    "pruning_filters": 18,
-    "pruning_obd": 14,
-    "putting_together": 13,
+    "pruning_filters": 14,
+    "pruning_obd": 13,
+    "putting_together": 8,
     "quantization": 15,
     "why_on_device": 2,
 }
@@ -172,7 +173,9 @@ class _Taint:
         if isinstance(target, (ast.Name, ast.Tuple, ast.List, ast.Starred)):
             for n in _names(target):  # a plain name: its new value decides
                 (self.names.add if is_time else self.names.discard)(n)
-        elif is_time:  # x[k] = time, x.attr = time: the container now holds a time
+        elif is_time:  # x[k] = time, x.attr = time: the container x now holds a time (k is untouched)
+            while isinstance(target, (ast.Subscript, ast.Attribute, ast.Starred)):
+                target = target.value
             self.names.update(_names(target))
 
     def run(self, body: list[ast.stmt]) -> None:
@@ -193,7 +196,7 @@ class _Taint:
             call = node.value
             if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in _MUTATORS:
                 if any(self.reads_time(a) for a in [*call.args, *(k.value for k in call.keywords)]):
-                    self.names.update(_names(call.func.value))
+                    self._bind(ast.Subscript(value=call.func.value, slice=ast.Constant(0)), True)
             self.reads_time(call)
         elif isinstance(node, (ast.For, ast.AsyncFor)):
             for _ in range(2):  # twice: what the body marks reaches the next iteration
@@ -301,6 +304,7 @@ PLANTED = {
     "via a clock": ("t0 = time.perf_counter()\nrun()\nelapsed = time.perf_counter() - t0", "assert elapsed < 60"),
     "via a loop": ("for name, t in compare_latency(models, x).items():\n    best = min(best, t)", "assert best > 0"),
     "via a mutation": ("out = []\nout.append(program_latency(p, x))\nfast = sorted(out)", "assert fast[0] < 1"),
+    "via an item": ("d = {}\nfor k in keys:\n    d[k] = layer_times(m, x)['fc']", "assert d['a'] < d['b']"),
 }
 
 
@@ -317,5 +321,6 @@ def test_scan_lets_size_and_accuracy_assertions_through():
         "lat_ = {r['name']: r['latency_ms'] for r in table}\nglue('dir', 'faster' if lat_['a'] < lat_['b'] else 'slower')",
         "assert size_['a'] < size_['b'] and acc_['a'] > 0.5 and t == 3",
         "for r in rows:\n    assert r['accuracy'] > 0.5",
+        "secs = {}\nfor k in names:\n    secs[(k, 1)] = time.perf_counter()\n    assert k != 'x'",
     ]
     assert timing_asserts(cells) == []

@@ -265,3 +265,13 @@ def test_machine_on_this_machine():
     assert M.machine().threads == torch.get_num_threads()
     with pytest.raises(ValueError):
         M.machine(num_threads=0)
+
+
+def test_compare_speed_words():
+    assert M.compare_speed(3.0, 1.0) == "3.0 times faster than"
+    assert M.compare_speed(1.0, 3.0) == "3.0 times slower than"
+    assert M.compare_speed(1.0, 1.049) == "about as fast as" and M.compare_speed(1.06, 1.0) == "1.1 times faster than"
+    assert M.compare_speed(1.0, 1.2, tolerance=0.25) == "about as fast as"
+    for bad in [(0.0, 1.0), (1.0, -1.0), (float("nan"), 1.0)]:
+        with pytest.raises(ValueError):
+            M.compare_speed(*bad)
