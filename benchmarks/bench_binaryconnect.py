@@ -33,6 +33,7 @@ from courselib.data import load_dataset, train_test_split_arrays
 from courselib.measure import state_dict_bytes
 
 LABELS = {"float": "float", "det": "BC-det", "stoch": "BC-stoch"}
+LIBRARIES = ("torch", "numpy", "numba")  # the libraries whose kernels the tables time
 
 
 def accuracy_rows(name, train, test, archs, seeds, epoch_scale=1.0, arch_kwargs=None):
@@ -166,7 +167,7 @@ def main(quick: bool = False, sections=("accuracy", "speed")) -> None:
 
     torch.set_num_threads(1)
     threadpool_limits(1)
-    print(machine_line())
+    print(machine_line(num_threads=1, libraries=LIBRARIES))
     print("torch.set_num_threads(1), BLAS threads 1; times are medians of repeats (ms)\n")
 
     if "accuracy" in sections:
@@ -225,6 +226,7 @@ def main(quick: bool = False, sections=("accuracy", "speed")) -> None:
         ],
         gemv_rows(sizes, repeats=7 if quick else 21),
     )
+    print(machine_line(num_threads=1, libraries=LIBRARIES) + "\n")
     print_table(
         "Binary convolution (XNOR-popcount, packed along channels) vs float32 F.conv2d (ms)",
         [
@@ -239,6 +241,7 @@ def main(quick: bool = False, sections=("accuracy", "speed")) -> None:
         ],
         conv_rows(repeats=5 if quick else 11),
     )
+    print(machine_line(num_threads=1, libraries=LIBRARIES) + "\n")
     print_table(
         "Model size: packed binary weights vs float32 (bytes)",
         [

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import torch
-from _common import SHARED_MNIST, print_table, shared_mnist_available
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
 from courselib.data import load_dataset, train_test_split_arrays
 from courselib.distillation import UNLABELLED, Ensemble, HintRegressor, SeparableCNN, distill
@@ -178,6 +178,7 @@ def gap_table(name: str, quick: bool = False) -> None:
             ],
         ],
     )
+    print(machine_line(num_threads=1) + "\n")
     temps = () if quick else (1.0, 2.0, 8.0, 16.0)
     runs = [run_seed(st, teacher, s, temps) for s in SEEDS]
     accs = {k: np.array([r[k] for r in runs]) for k in runs[0]}

@@ -113,7 +113,7 @@ def bits_rows(model, test):
 def main(quick: bool = False) -> None:
     warnings.filterwarnings("ignore")  # torch.ao.quantization deprecation notices
     torch.set_num_threads(1)
-    print(machine_line() + "\n")
+    print(machine_line(num_threads=1) + "\n")
     desc, train, test = _data(quick)
     epochs = 3 if quick else 8
     hidden = (256, 256) if quick else (1024, 1024)
@@ -133,6 +133,7 @@ def main(quick: bool = False) -> None:
         ["model", "variant", "acc %", "bytes", "smaller", "batch 1 (us)", "speed-up", "batch 256 (ms)", "speed-up"],
         rows,
     )
+    print(machine_line(num_threads=1) + "\n")
     print_table(
         f"Weight-only quantization of the MLP, no retraining, {desc} (test accuracy %; float32 "
         f"{100 * evaluate(mlp, test)['accuracy']:.2f})",

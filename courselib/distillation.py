@@ -313,7 +313,9 @@ class Ensemble(nn.Module):
     :meth:`log_probs` (``log`` of the mean probabilities) as the teacher's logits: since
     ``softmax(log p) = p``, the tempered distribution ``softmax(log p / T)`` is proportional to
     ``p ** (1/T)``, the ensemble's averaged distribution softened by ``T`` (Hinton, Vinyals & Dean 2015,
-    Section 3, distil an ensemble into a single model). :func:`distill` does this automatically.
+    Section 4 and Table 1: an ensemble of 10 speech-recognition models distilled into a single one, 58.9% /
+    61.1% / 60.8% test frame accuracy for baseline / ensemble / distilled). :func:`distill` does this
+    automatically.
 
     Parameters
     ----------

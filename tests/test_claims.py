@@ -33,7 +33,7 @@ CLAIMS = {
     "binary_codes": 6,
     "binaryconnect": 4,
     "deploying": 4,
-    "distillation": 1,
+    "distillation": 9,
     "itq": 7,
     "pruning_filters": 14,
     "pruning_obd": 13,
