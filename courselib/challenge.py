@@ -12,8 +12,8 @@ as a folder with exactly two files:
   ``Linear``/``Conv2d`` layers, encoded:
 
   * ``"<key>::int8"`` (int8, the weight's shape) + ``"<key>::scale"`` (float32, one per output
-    channel): ``w = scale * q``, symmetric per-channel int8 (:func:`encode_int8`; book Eq.
-    ``quant-symmetric`` with a signed grid);
+    channel): ``w = scale * q``, symmetric per-channel int8 (:func:`encode_int8`; the narrow grid
+    ``-127..127``, ``scale = max|w| / 127``: the narrow-grid variant of book Eq. ``quant-symmetric``);
   * ``"<key>::bits"`` (uint8, packed signs, 8 per byte) + ``"<key>::alpha"`` (float32, one per output
     channel): ``w = alpha * sign`` (XNOR-Net's scaling, book Eq. ``quant-xnor-alpha``; ``alpha = 1``
     for BinaryConnect layers, whose forward pass uses ``sign(w)``).
@@ -259,8 +259,9 @@ def encode_int8(w) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: ``w ~ scale[c] * q`` with ``q in [-127, 127]``.
 
     ``scale[c] = max |w[c]| / 127``; ``q = round(w / scale)`` (ties to even). An all-zero channel gets
-    ``scale = 0`` and ``q = 0``. (Book Eq. ``quant-symmetric`` with the signed grid ``-127..127``, as
-    PyTorch's ``qint8`` with ``quant_min=-127``.)
+    ``scale = 0`` and ``q = 0``. This is the narrow-grid variant of book Eq. ``quant-symmetric``: that
+    equation uses the full grid, ``scale = max|w| / 127.5``; the narrow grid ``-127..127`` is what ONNX
+    Runtime and XNNPACK's default use (PyTorch's ``qint8`` with ``quant_min=-127``).
 
     Parameters
     ----------

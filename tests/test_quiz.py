@@ -82,9 +82,58 @@ def test_response_formats():
     assert not quiz.check_answer(num, 0.84) and not quiz.check_answer(num, "abc")
     assert not quiz.check_answer(num, float("nan"))
     exact = {"type": "numeric", "answer": 804004, "tolerance": 0}
-    assert quiz.check_answer(exact, "804,004") and not quiz.check_answer(exact, 804005)
+    assert quiz.check_answer(exact, "804004") and not quiz.check_answer(exact, 804005)
+    with pytest.raises(quiz.AmbiguousNumber, match="804004 or 804.004"):  # 804004 or 804.004?
+        quiz.check_answer(exact, "804,004")
     with pytest.raises(TypeError):
         quiz.check_answer(num, True)
+
+
+def test_decimal_comma_and_thousands_separators():
+    """A decimal comma is read as one ("0,7" is 0.7, not 7); a comma that could be either is sent back."""
+    q = {"type": "numeric", "answer": 0.7, "tolerance": 0}
+    for written in ("0,7", "0.7", " 0.70 ", "0,70", "+0,7", 0.7):
+        assert quiz.check_answer(q, written), written
+    assert not quiz.check_answer(q, "7") and not quiz.check_answer(q, "07")
+    assert quiz.check_answer({"type": "numeric", "answer": 7, "tolerance": 0}, "7")
+    assert quiz.parse_number("12,25") == 12.25 and quiz.parse_number("-0,5") == -0.5
+    assert quiz.parse_number("0,700") == 0.7  # a thousands group never starts with 0
+    # thousands separators where a comma cannot be a decimal comma
+    assert quiz.parse_number("1,234,567") == 1234567 and quiz.parse_number("1,234.5") == 1234.5
+    assert quiz.parse_number("1_000") == 1000
+    # one comma, then exactly three digits: 1234 or 1.234? Neither is guessed.
+    for written in ("1,234", "-1,234", " 804,004 "):
+        with pytest.raises(quiz.AmbiguousNumber, match="ambiguous"):
+            quiz.parse_number(written)
+    for written in ("1,2,3", "1.234,5", "12,34.5", ",5", "5,", "abc"):
+        with pytest.raises(ValueError):
+            quiz.parse_number(written)
+        assert not quiz.check_answer(q, written)
+
+
+def test_ambiguous_answers_are_sent_back_unscored(tmp_path, capsys):
+    qs = [q for q in quiz.load_questions() if q["type"] == "numeric" and q["answer"] == 1152]
+    assert qs, "the bank's 1152 question is the example"
+    qid = qs[0]["id"]
+    res = quiz.grade({qid: "1,152"}, chapter=qs[0]["chapter"])
+    assert not res["results"][qid] and "ambiguous" in res["invalid"][qid]
+    assert res["feedback"][qid] == res["invalid"][qid]  # no explanation: the student answers again
+    assert quiz.grade({qid: "1152"}, chapter=qs[0]["chapter"])["results"][qid]
+    assert quiz.grade({qid: "1,152.0"}, chapter=qs[0]["chapter"])["results"][qid]
+    answers = tmp_path / "answers.yml"
+    answers.write_text(yaml.safe_dump({qid: "1,152"}), encoding="utf-8")
+    assert main(["quiz", "grade", str(answers), "--chapter", qs[0]["chapter"]]) == 0
+    assert f"UNREAD {qid}: ambiguous number '1,152'" in capsys.readouterr().out
+
+
+def test_pages_state_the_number_format(bank):
+    for chapter in bank["chapters"]:
+        text = " ".join((BANK.parent / f"{chapter}.md").read_text(encoding="utf-8").split())
+        assert " ".join(quiz.NUMBER_FORMAT.split()) in text, chapter
+    # the format's examples are no question's answer
+    answers = {q["answer"] for q in bank["questions"] if q["type"] == "numeric"}
+    examples = {quiz.parse_number(x) for x in re.findall(r"`([-+0-9.,e]+)`", quiz.NUMBER_FORMAT) if x != "1,234"}
+    assert examples and not examples & answers, examples & answers
 
 
 def test_numeric_answers_are_recomputed():
@@ -111,6 +160,13 @@ def test_numeric_answers_are_recomputed():
     assert answers["filters-l1"] == pytest.approx(np.abs([0.5, -0.25, 0, -1]).sum())
     assert answers["filters-next-layer"] == 32 * 4 * 3 * 3
     assert answers["distill-temperature"] == pytest.approx(math.e / (math.e + 1), abs=0.002)
+    # put-csr with float16 values and int16 indices: the largest nnz for which CSR is smaller than dense
+    r = c = 1000
+    nnz = max(n for n in range(400_000, 600_000) if n * (2 + 2) + (r + 1) * 2 < r * c * 2)
+    assert answers["put-csr-break-even"] == pytest.approx(100 * (1 - nnz / (r * c)), abs=0.01)
+    # the signed zero point of XNNPACK: the book's z minus 2^(b-1)
+    _, _, z = Q.quantize_uniform(np.array([-1.0, 3.0]), 8)
+    assert answers["deploy-signed-zero-point"] == z - 128
 
 
 def test_pages_are_up_to_date(bank):

@@ -28,6 +28,9 @@ __all__ = [
     "default_bank_path",
     "load_bank",
     "load_questions",
+    "NUMBER_FORMAT",
+    "AmbiguousNumber",
+    "parse_number",
     "check_answer",
     "grade",
     "render_chapter",
@@ -38,6 +41,57 @@ __all__ = [
 QUESTION_TYPES = ("multiple_choice", "multiple_select", "numeric")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _LETTER = re.compile(r"^[a-z]$")
+
+#: What the book's concept-check pages say about writing a number (the rules of :func:`parse_number`).
+NUMBER_FORMAT = (
+    "Write a number with a decimal point or a decimal comma (`0.3` and `0,3` are the same answer; `-12`, "
+    "`2.5e-3`), and a large number without separators (`123456`). A comma followed by exactly three digits "
+    "and nothing else (`1,234`) could be either, so such an answer is sent back unscored: write `1234` or "
+    "`1.234`."
+)
+
+# Thousands groups: 1-3 leading digits (not a leading 0), then groups of exactly three ("1,234,567", "12,345.6").
+_GROUPED = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?$")
+# A decimal comma: digits, one comma, digits, nothing else ("0,7", "12,25").
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+
+
+class AmbiguousNumber(ValueError):
+    """A numeric answer that reads as two different numbers (``"1,234"``: 1234 or 1.234)."""
+
+
+def parse_number(text: str) -> float:
+    """The number a student wrote, with a decimal point or a decimal comma.
+
+    - Surrounding spaces and ``_`` between digits are ignored; ``"0.7"``, ``" 0.70 "``, ``"7"``, ``"-12"``,
+      ``"2.5e-3"`` read as Python's ``float`` reads them.
+    - A comma is a **decimal comma** when the answer is digits, one comma, digits and nothing else, and cannot
+      be a thousands separator: ``"0,7"`` is 0.7, ``"12,25"`` is 12.25, ``"0,700"`` is 0.7 (a group never
+      starts with 0).
+    - Commas are **thousands separators** where they cannot be a decimal comma: several complete groups of
+      three (``"1,234,567"``) or groups before a decimal point (``"1,234.5"``).
+    - One comma followed by exactly three digits, after one to three digits that do not start with 0
+      (``"1,234"``, ``"804,004"``), fits both readings: :class:`AmbiguousNumber` (a ``ValueError``) says so
+      and asks for ``1234`` or ``1.234``. The book's concept-check pages state these rules
+      (:data:`NUMBER_FORMAT`).
+
+    Raises ``ValueError`` for anything else that is not a number (``"abc"``, ``"1,2,3"``, ``"1.234,5"``).
+    """
+    s = text.strip().replace("_", "")
+    if "," in s:
+        grouped, decimal = bool(_GROUPED.match(s)), bool(_DECIMAL_COMMA.match(s))
+        if grouped and decimal:
+            raise AmbiguousNumber(
+                f"ambiguous number {text.strip()!r}: the comma can be a decimal comma or a thousands separator; "
+                f"write {s.replace(',', '')} or {s.replace(',', '.')}"
+            )
+        if grouped:
+            s = s.replace(",", "")
+        elif decimal:
+            s = s.replace(",", ".")
+        else:
+            raise ValueError(f"not a number: {text.strip()!r}")
+    return float(s)
 
 
 def default_bank_path() -> Path:
@@ -126,10 +180,12 @@ def check_answer(question: Mapping, response) -> bool:
 
     - multiple_choice: one letter, case and surrounding spaces/``)`` ignored (``"B"``, ``" b) "``);
     - multiple_select: the exact set of letters, as a list or a string (``"a, c"``, ``["c", "a"]``);
-    - numeric: a number (or a numeric string, ``"0.25"``, ``"1,152"``) within the question's absolute
-      ``tolerance`` of the answer (a relative 1e-9 is always allowed for float round-off).
+    - numeric: a number, or a string :func:`parse_number` reads (``"0.25"``, ``"0,25"``, ``"1,152.5"``),
+      within the question's absolute ``tolerance`` of the answer (a relative 1e-9 is always allowed for float
+      round-off). A string that is not a number is wrong.
 
-    ``None`` (unanswered) is wrong. A response of the wrong kind raises ``TypeError``.
+    ``None`` (unanswered) is wrong. A response of the wrong kind raises ``TypeError``; an ambiguous number
+    (``"1,234"``) raises :class:`AmbiguousNumber`, whose message says how to write it.
     """
     if response is None:
         return False
@@ -139,7 +195,9 @@ def check_answer(question: Mapping, response) -> bool:
             raise TypeError("a numeric answer cannot be True/False")
         if isinstance(response, str):
             try:
-                value = float(response.strip().replace(",", "").replace("_", ""))
+                value = parse_number(response)
+            except AmbiguousNumber:
+                raise
             except ValueError:
                 return False
         elif isinstance(response, (int, float)):
@@ -176,8 +234,11 @@ def grade(
     Returns
     -------
     dict
-        ``score`` (correct answers), ``total``, ``fraction``, ``results`` (``id -> bool``) and
-        ``feedback`` (``id -> explanation`` for the wrong ones).
+        ``score`` (correct answers), ``total``, ``fraction``, ``results`` (``id -> bool``),
+        ``feedback`` (``id -> explanation`` for the wrong ones) and ``invalid`` (``id -> message`` for the
+        answers that could not be read, such as the ambiguous number ``"1,234"``: they score nothing, and
+        their feedback is that message alone, without the explanation, so that the student can answer again,
+        unambiguously).
     """
     if not isinstance(answers, Mapping):
         raise TypeError(f"answers must be a mapping of question id to response, got {type(answers).__name__}")
@@ -187,15 +248,17 @@ def grade(
         unknown = sorted(set(answers) - known)
         if unknown:
             raise ValueError(f"unknown question id(s): {unknown}")
-    results, feedback = {}, {}
+    results, feedback, invalid = {}, {}, {}
     for q in questions:
         try:
             ok = check_answer(q, answers.get(q["id"]))
+        except AmbiguousNumber as e:
+            ok, invalid[q["id"]] = False, str(e)
         except TypeError:
             ok = False
         results[q["id"]] = ok
         if not ok:
-            feedback[q["id"]] = q["explanation"]
+            feedback[q["id"]] = invalid[q["id"]] if q["id"] in invalid else q["explanation"]
     score = sum(results.values())
     total = len(questions)
     return {
@@ -204,6 +267,7 @@ def grade(
         "fraction": score / total if total else 0.0,
         "results": results,
         "feedback": feedback,
+        "invalid": invalid,
     }
 
 
@@ -244,7 +308,7 @@ def render_chapter(chapter: str, path: str | Path | None = None, *, answers: boo
         about = (
             "These questions are graded, so their answers are not published. Write your answers as "
             "`{question id: answer}` (a letter, a list of letters, or a number); your instructor's "
-            "`courselib quiz grade` gives back the score and an explanation for each wrong answer."
+            "`courselib quiz grade` gives back the score and an explanation for each wrong answer. " + NUMBER_FORMAT
         )
     lines = [
         "<!-- Generated from book/question_bank/questions.yml by `courselib quiz render`. Do not edit by hand. -->",
