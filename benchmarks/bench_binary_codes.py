@@ -3,14 +3,21 @@
 Tables printed (all timings are medians of repeats, measured side by side in one run, the methods
 of a table timed in interleaved rounds so that load changes on a shared machine hit them alike):
 
-1. ``hamming_knn`` vs faiss ``IndexBinaryFlat``: 100,000 x 64-bit database, 1,000 queries, k = 10
-   (plus 128 and 256 bits), at 1 and 2 threads, and a naive NumPy XOR + popcount + argpartition.
-2. Binary vs float32 exact search on the same 100,000 items (64 float32 features vs 64-bit codes):
-   time and memory ratios, faiss ``IndexFlatL2`` and NumPy.
+1. ``hamming_knn`` vs faiss ``IndexBinaryFlat``: 100,000 and 1,000,000 uniform random codes of 64, 128
+   and 256 bits, 200 queries, k = 10, one table at 1 thread and one at 2 threads (numba's and faiss's
+   OpenMP thread counts both set, then restored), with the ratio courselib / faiss; then a naive NumPy
+   XOR + popcount + argpartition at 100,000 x 64 bits. ``--quick``: 100,000 codes, 64 and 256 bits.
+2. Binary vs float32 exact search on the same 100,000 items (64 float32 features vs 64-bit codes), 200
+   queries, 1 thread: time and memory ratios, faiss ``IndexFlatL2`` and NumPy.
 3. Retrieval quality of 64/128/256-bit threshold codes (the highest-variance pixels thresholded at
    their training means) vs float Euclidean search: mAP and precision@100 on real MNIST from
    ``../shared/data/mnist`` (9,000 database / 1,000 queries, stratified split, seed 0), or on digits
    when MNIST is absent.
+
+Every timed table is followed by the *Measured on:* line of :func:`courselib.measure.machine` (CPU, its
+SIMD features, threads, versions): which kernel is faster depends on them (AVX2 vs AVX-512 ``vpopcntq``,
+the thread count), so the book quotes each table with its line. faiss's OpenMP threads spin while they wait,
+which on a loaded machine costs faiss more than numba: compare only at equal, explicitly set thread counts.
 
 Run: ``.venv/bin/python benchmarks/run.py binary_codes`` (or ``python benchmarks/bench_binary_codes.py
 [--quick]``).
@@ -25,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_call
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
 
 
 def naive_numpy_knn(q, db, k, block=64):
@@ -73,58 +80,83 @@ def paired_times(fns, repeats):
     return [statistics.median(t) for t in times]
 
 
+LIBRARIES = ("numpy", "faiss-cpu", "numba")
+
+
 def _set_threads(n):
+    """Set numba's and faiss's (OpenMP) thread counts; return the previous pair for :func:`_restore_threads`."""
     import faiss
     import numba
 
+    before = (numba.get_num_threads(), faiss.omp_get_max_threads())
     faiss.omp_set_num_threads(n)
     numba.set_num_threads(n)
+    return before
+
+
+def _restore_threads(before):
+    import faiss
+    import numba
+
+    numba.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
 
 
 def table_knn_vs_faiss(quick):
+    """courselib ``hamming_knn`` vs faiss ``IndexBinaryFlat``, side by side, at 1 and at 2 threads."""
     import faiss
 
     from courselib import binary_codes as bc
 
-    rng = np.random.default_rng(0)
-    n_db, n_q, k = 100_000, 1_000, 10
+    n_q, k = 200, 10
+    sizes = (100_000,) if quick else (100_000, 1_000_000)
+    widths = (64, 256) if quick else (64, 128, 256)
     repeats = 3 if quick else 7
-    rows = []
-    widths = (64,) if quick else (64, 128, 256)
-    for n_bits in widths:
-        db = bc.pack_codes(rng.random((n_db, n_bits)) < 0.5)
-        q = bc.pack_codes(rng.random((n_q, n_bits)) < 0.5)
-        index = faiss.IndexBinaryFlat(n_bits)
-        index.add(db)
-        for threads in (1, 2):
-            _set_threads(threads)
-            d, i = bc.hamming_knn(q, db, k, backend="numba")  # compile / load the kernel outside timing
-            fd, fi = index.search(q, k)
-            same = bool((d == fd).all() and (i == fi).all())
-            t_f, t_c = paired_times(
-                [lambda: index.search(q, k), lambda: bc.hamming_knn(q, db, k, backend="numba")], repeats
-            )
-            rows.append([n_bits, threads, "courselib hamming_knn (numba)", t_c * 1e3, t_c / t_f, same])
-            rows.append([n_bits, threads, "faiss IndexBinaryFlat", t_f * 1e3, 1.0, True])
-            if n_bits == 64 and threads == 1:
-                nd, ni = naive_numpy_knn(q, db, k)
-                t_n = time_call(lambda: naive_numpy_knn(q, db, k), repeats=1 if quick else 3, warmup=0)
-                rows.append(
-                    [
-                        n_bits,
-                        threads,
-                        "naive numpy (XOR+bitwise_count+argpartition)",
-                        t_n * 1e3,
-                        t_n / t_f,
-                        bool((nd == fd).all() and (ni == fi).all()),
-                    ]
+    rng = np.random.default_rng(0)
+    data = {}
+    for n_db in sizes:
+        for n_bits in widths:
+            db = rng.integers(0, 256, size=(n_db, n_bits // 8), dtype=np.uint8)  # uniform random bits
+            q = rng.integers(0, 256, size=(n_q, n_bits // 8), dtype=np.uint8)
+            index = faiss.IndexBinaryFlat(n_bits)
+            index.add(db)
+            data[n_db, n_bits] = db, q, index
+    for threads in (1, 2):
+        before = _set_threads(threads)
+        rows = []
+        try:
+            for (n_db, n_bits), (db, q, index) in data.items():
+                d, i = bc.hamming_knn(q, db, k, backend="numba")  # compile / load the kernel outside timing
+                fd, fi = index.search(q, k)
+                same = bool((d == fd).all() and (i == fi).all())
+                t_f, t_c = paired_times(
+                    [lambda: index.search(q, k), lambda: bc.hamming_knn(q, db, k, backend="numba")], repeats
                 )
-    _set_threads(1)
+                rows.append([f"{n_db:,}", n_bits, t_c * 1e3, t_f * 1e3, t_c / t_f, same])
+            if threads == 1:
+                db, q, index = data[100_000, 64]
+                fd, fi = index.search(q, k)
+                nd, ni = naive_numpy_knn(q, db, k)
+                same = bool((nd == fd).all() and (ni == fi).all())
+                t_f, t_n = paired_times(
+                    [lambda: index.search(q, k), lambda: naive_numpy_knn(q, db, k)], 1 if quick else 3
+                )
+                naive = [["100,000", 64, t_n * 1e3, t_f * 1e3, t_n / t_f, same]]
+        finally:
+            _restore_threads(before)
+        print_table(
+            f"Exact Hamming {k}-NN, {n_q} queries, uniform random codes, {threads} thread{'s' * (threads > 1)}: "
+            "courselib hamming_knn (numba) vs faiss IndexBinaryFlat",
+            ["database codes", "bits", "courselib (ms)", "faiss (ms)", "courselib / faiss", "same result as faiss"],
+            rows,
+        )
+        print(machine_line(num_threads=threads, libraries=LIBRARIES) + "\n", flush=True)
     print_table(
-        f"Exact Hamming 10-NN: {n_db:,} database codes, {n_q:,} queries",
-        ["bits", "threads", "method", "time (ms)", "time / faiss", "same result as faiss"],
-        rows,
+        "For comparison, 1 thread: naive NumPy (XOR + np.bitwise_count + argpartition) vs faiss IndexBinaryFlat",
+        ["database codes", "bits", "naive numpy (ms)", "faiss (ms)", "numpy / faiss", "same result as faiss"],
+        naive,
     )
+    print(machine_line(num_threads=1, libraries=LIBRARIES) + "\n", flush=True)
 
 
 def table_binary_vs_float(quick):
@@ -132,9 +164,8 @@ def table_binary_vs_float(quick):
 
     from courselib import binary_codes as bc
 
-    _set_threads(1)
     rng = np.random.default_rng(1)
-    n_db, n_q, dim, k = 100_000, (200 if quick else 1_000), 64, 10
+    n_db, n_q, dim, k = 100_000, 200, 64, 10
     repeats = 3 if quick else 5
     X = rng.normal(size=(n_db, dim)).astype(np.float32)
     Q = rng.normal(size=(n_q, dim)).astype(np.float32)
@@ -144,6 +175,7 @@ def table_binary_vs_float(quick):
     ib.add(db)
     fl = faiss.IndexFlatL2(dim)
     fl.add(X)
+    before = _set_threads(1)
     bc.hamming_knn(q, db, k, backend="numba")
     fns = {
         "faiss IndexBinaryFlat (64-bit codes)": lambda: ib.search(q, k),
@@ -151,7 +183,10 @@ def table_binary_vs_float(quick):
         "faiss IndexFlatL2 (64 float32)": lambda: fl.search(Q, k),
         "numpy L2 (64 float32)": lambda: numpy_l2_knn(Q, X, k),
     }
-    times = dict(zip(fns, paired_times(list(fns.values()), repeats)))
+    try:
+        times = dict(zip(fns, paired_times(list(fns.values()), repeats)))
+    finally:
+        _restore_threads(before)
     mem = {m: (db.nbytes if "codes" in m else X.nbytes) for m in times}
     ref_t = times["faiss IndexBinaryFlat (64-bit codes)"]
     rows = [[m, mem[m] / 1e6, mem[m] / db.nbytes, t * 1e3, t / ref_t] for m, t in times.items()]
@@ -160,6 +195,7 @@ def table_binary_vs_float(quick):
         ["method", "database MB", "memory / codes", "time (ms)", "time / faiss binary"],
         rows,
     )
+    print(machine_line(num_threads=1, libraries=LIBRARIES) + "\n", flush=True)
 
 
 def _load_quality_data():
@@ -227,8 +263,7 @@ def table_quality(quick):
 
 
 def main(quick: bool = False) -> None:
-    print(machine_line())
-    print("numba and faiss threads set explicitly per row; codes are random (uniform bits) in tables 1-2.\n")
+    print("numba and faiss threads set explicitly per table; each timed table is followed by its machine.\n")
     table_knn_vs_faiss(quick)
     table_binary_vs_float(quick)
     table_quality(quick)

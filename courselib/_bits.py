@@ -3,11 +3,13 @@
 One home for everything that works on packed bits below the public functions:
 
 - the backend choice, :func:`choose_backend` (``"auto"``, ``"numba"`` or ``"numpy"``);
-- :func:`to_words` -- packed ``uint8`` codes seen as rows of 64-bit words;
-- the LLVM ``ctpop`` intrinsic :func:`popcount64` (one ``popcnt`` instruction on x86-64; numba
-  compiles for the host CPU);
+- :func:`to_words` -- packed ``uint8`` codes seen as rows of 64-bit words (or, unpadded, of the
+  widest unsigned words that divide a row);
+- the LLVM ``ctpop`` intrinsic :func:`popcount` (one ``popcnt`` instruction on x86-64, or a
+  vectorized bit count when LLVM vectorizes the loop around it; numba compiles for the host CPU);
 - Hamming kernels: the distance matrix (:func:`hamming_matrix`) and the exact top-k
-  (:func:`hamming_topk`), ``popcount(a XOR b)`` (book Eq. ``binary-codes-hamming``);
+  (:func:`hamming_topk`, a counting selection over integer distances), ``popcount(a XOR b)`` (book
+  Eq. ``binary-codes-hamming``);
 - XNOR-popcount kernels for products of +-1 vectors, ``a . b = n - 2 popcount(a XOR b)`` (book Eq.
   ``bc-xnor``): :func:`xnor_matmul` on packed rows, and the channel-packed direct convolution
   (:func:`pack_channels_words`, :func:`binary_conv_words`);
@@ -54,14 +56,24 @@ def choose_backend(backend: str, *, auto_numba: bool = True) -> str:
     return backend
 
 
-def to_words(codes: np.ndarray, n_bits: int | None = None) -> np.ndarray:
-    """View packed ``uint8`` codes ``(n, n_bytes)`` as ``uint64`` words ``(n, ceil(n_bytes / 8))``.
+def to_words(codes: np.ndarray, n_bits: int | None = None, *, pad: bool = True) -> np.ndarray:
+    """View packed ``uint8`` codes ``(n, n_bytes)`` as rows of unsigned machine words.
 
-    Each row is zero-padded to a multiple of 8 bytes (no copy when it already is one and the array is
-    C-contiguous). With ``n_bits`` given and not a multiple of 8, the unused high bits of the last
-    byte are cleared too (a copy), so codes whose padding bits are not 0 still give exact results.
+    ``pad=True``: ``uint64`` words ``(n, ceil(n_bytes / 8))``, each row zero-padded to a multiple of 8
+    bytes (no copy when it already is one and the array is C-contiguous). With ``n_bits`` given and not a
+    multiple of 8, the unused high bits of the last byte are cleared too (a copy), so codes whose padding
+    bits are not 0 still give exact results.
+
+    ``pad=False``: the widest unsigned words that divide a row -- ``uint64`` when ``n_bytes % 8 == 0``,
+    else ``uint32``, ``uint16`` or bytes -- never padded, so a C-contiguous database is read in place
+    (the top-k search). ``n_bits`` must then be ``None``.
     """
     n, n_bytes = codes.shape
+    if not pad:
+        if n_bits is not None:
+            raise ValueError(f"to_words(pad=False) reads the codes as they are; got n_bits={n_bits}")
+        word = next(w for w in (8, 4, 2, 1) if n_bytes % w == 0)
+        return np.ascontiguousarray(codes).view(f"<u{word}")
     n_words = (n_bytes + 7) // 8
     partial = n_bits is not None and n_bits % 8 != 0
     if n_bytes == 8 * n_words and not partial and codes.flags.c_contiguous:
@@ -120,12 +132,25 @@ def xnor_numpy(aw: np.ndarray, bw: np.ndarray, n_bits: int, a_mask: np.ndarray |
 # ----------------------------------------------------------------------------------------------------
 # numba kernels (compiled lazily on first use)
 # ----------------------------------------------------------------------------------------------------
+#: Codes per step of the top-k scan: the distance loops over SUB codes have a constant trip count.
+SUB = 128
+#: Bytes of database codes per block of the top-k scan (copied word-major, kept in the L2 cache).
+BLOCK_BYTES = 1 << 17
+#: Bytes of per-query selection state (histogram and candidate buffer) held at once by one thread.
+STATE_BYTES = 1 << 23
+
 if HAVE_NUMBA:
 
     @intrinsic
-    def popcount64(typingctx, x):
-        """The LLVM ``ctpop`` intrinsic on a uint64 (one ``popcnt`` instruction on x86-64)."""
-        sig = nbtypes.uint64(nbtypes.uint64)
+    def popcount(typingctx, x):
+        """The LLVM ``ctpop`` intrinsic on an unsigned integer of any width, same type out.
+
+        One ``popcnt`` instruction on x86-64; in a loop that LLVM vectorizes, a SIMD bit count
+        (AVX2's nibble lookup with ``vpshufb``, AVX-512's ``vpopcntq``, ARM's ``cnt``).
+        """
+        if not isinstance(x, nbtypes.Integer) or x.signed:
+            return None
+        sig = x(x)
 
         def codegen(context, builder, signature, args):
             return builder.ctpop(args[0])
@@ -140,89 +165,117 @@ if HAVE_NUMBA:
             for j in range(n_d):
                 s = 0
                 for t in range(n_w):
-                    s += popcount64(qw[i, t] ^ dw[j, t])
+                    s += np.int64(popcount(qw[i, t] ^ dw[j, t]))  # int64 + uint64 would be float64
                 out[i, j] = s
 
+    # Exact top-k as a counting selection (book section ``binary-codes-topk``). A Hamming distance is an
+    # integer in 0..n_bits, so each query keeps a histogram of the distances it admitted and the threshold
+    # ``thr``: the smallest distance with at least k admitted candidates at or below it (n_bits + 1 until
+    # k are in). The database is scanned in index order and a candidate is admitted only when d < thr: one
+    # at d == thr comes after k others at or below thr, so it loses the tie (lower index first). The
+    # candidates wait in a small buffer, in index order; the answer is a stable counting sort of it.
+
     @nb.njit(cache=True, nogil=True, inline="always")
-    def _sift_down(hd, hi, k):  # pragma: no cover - compiled
-        # restore the max-heap on key (distance, index) after the root was replaced
-        pos = 0
-        d0 = hd[0]
-        i0 = hi[0]
-        while True:
-            child = 2 * pos + 1
-            if child >= k:
-                break
-            if child + 1 < k and (
-                hd[child + 1] > hd[child] or (hd[child + 1] == hd[child] and hi[child + 1] > hi[child])
-            ):
-                child += 1
-            if hd[child] > d0 or (hd[child] == d0 and hi[child] > i0):
-                hd[pos] = hd[child]
-                hi[pos] = hi[child]
-                pos = child
-            else:
-                break
-        hd[pos] = d0
-        hi[pos] = i0
+    def _admit(d, j, st, hist, cd, ci, k):  # pragma: no cover - compiled
+        # st = [thr, number admitted at distance <= thr, buffer length]; returns the new threshold
+        thr = st[0]
+        s = st[2]
+        if s == cd.shape[0]:  # buffer full: drop the candidates behind the threshold, keep index order
+            w = 0
+            for r in range(s):
+                if cd[r] <= thr:
+                    cd[w] = cd[r]
+                    ci[w] = ci[r]
+                    w += 1
+            s = w
+        cd[s] = d
+        ci[s] = j
+        st[2] = s + 1
+        hist[d] += 1
+        c = st[1] + 1
+        while c - hist[thr] >= k:  # at least k below thr: the threshold moves down
+            c -= hist[thr]
+            thr -= 1
+        st[0] = thr
+        st[1] = c
+        return thr
 
     @nb.njit(cache=True, nogil=True)
-    def _topk_block(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
-        n_q, n_w = qw.shape
-        n_d = dw.shape[0]
-        for q0 in range(0, n_q, q_block):
-            q1 = min(q0 + q_block, n_q)
-            for d0 in range(0, n_d, d_block):
-                d1 = min(d0 + d_block, n_d)
-                for i in range(q0, q1):
-                    hd = dist[i]
-                    hi = idx[i]
-                    worst = hd[0]
-                    if n_w == 1:
-                        a = qw[i, 0]
-                        for j in range(d0, d1):
-                            s = popcount64(a ^ dw[j, 0])
-                            if s < worst:
-                                hd[0] = s
-                                hi[0] = j
-                                _sift_down(hd, hi, k)
-                                worst = hd[0]
-                    else:
-                        for j in range(d0, d1):
-                            s = 0
-                            for t in range(n_w):
-                                s += popcount64(qw[i, t] ^ dw[j, t])
-                            if s < worst:
-                                hd[0] = s
-                                hi[0] = j
-                                _sift_down(hd, hi, k)
-                                worst = hd[0]
+    def _scan_block(a, wt, m, j0, k, dist, st, hist, cd, ci):  # pragma: no cover - compiled
+        # query words ``a`` against the first m codes of a word-major block ``wt`` (n_w, B), database
+        # index j0 onwards, SUB codes at a time: the distances of SUB codes (a loop that LLVM vectorizes,
+        # SUB a compile-time constant), the number of them below the threshold, and only when there is
+        # one, the admissions in index order
+        n_w = wt.shape[0]
+        thr = st[0]
+        for c0 in range(0, m, SUB):
+            at = a[0]
+            w = wt[0, c0 : c0 + SUB]
+            for j in range(SUB):
+                dist[j] = np.int64(popcount(at ^ w[j]))
+            for t in range(1, n_w):
+                at = a[t]
+                w = wt[t, c0 : c0 + SUB]
+                for j in range(SUB):
+                    dist[j] += np.int64(popcount(at ^ w[j]))
+            for j in range(m - c0, SUB):  # past the last code (last block only): never admitted
+                dist[j] = hist.shape[0]
+            below = 0
+            for j in range(SUB):
+                if dist[j] < thr:
+                    below += 1
+            if below:
+                for j in range(SUB):
+                    if dist[j] < thr:
+                        thr = _admit(dist[j], j0 + c0 + j, st, hist, cd, ci, k)
+
+    @nb.njit(cache=True, nogil=True)
+    def _collect(st, hist, cd, ci, k, out_d, out_i):  # pragma: no cover - compiled
+        # stable counting sort of the buffered candidates at distance <= thr; the first k are the answer
+        thr = st[0]
+        pos = np.empty(thr + 1, dtype=np.int64)
+        acc = 0
+        for t in range(thr + 1):
+            pos[t] = acc
+            acc += hist[t]
+        for r in range(st[2]):
+            d = cd[r]
+            if d <= thr:
+                p = pos[d]
+                if p < k:
+                    out_d[p] = d
+                    out_i[p] = ci[r]
+                pos[d] = p + 1
 
     @nb.njit(cache=True, nogil=True, parallel=True)
-    def _hamming_topk_kernel(qw, dw, k, dist, idx, q_block, d_block):  # pragma: no cover - compiled
-        n_q = qw.shape[0]
-        big = 1 << 30
-        for i in range(n_q):
-            for t in range(k):
-                dist[i, t] = big
-                idx[i, t] = -1
-        n_chunks = (n_q + q_block - 1) // q_block
+    def _hamming_topk_kernel(qw, dw, k, n_bits, out_d, out_i, n_chunks, group, block):  # pragma: no cover
+        # queries split into n_chunks contiguous chunks, one per thread; within a chunk, groups of ``group``
+        # queries scan the database block by block (``block`` codes, copied word-major so that the
+        # distance loops read contiguous words, and reused by every query of the group from the cache)
+        n_q, n_w = qw.shape
+        n_d = dw.shape[0]
+        cap = 2 * k + 64  # at most 2k - 1 candidates survive a compaction
         for c in nb.prange(n_chunks):
-            a = c * q_block
-            b = min(a + q_block, n_q)
-            _topk_block(qw[a:b], dw, k, dist[a:b], idx[a:b], q_block, d_block)
-        # heap -> sorted by (distance, index): pop the maximum k times
-        for i in nb.prange(n_q):
-            hd = dist[i]
-            hi = idx[i]
-            for end in range(k - 1, 0, -1):
-                d_top = hd[0]
-                i_top = hi[0]
-                hd[0] = hd[end]
-                hi[0] = hi[end]
-                hd[end] = d_top
-                hi[end] = i_top
-                _sift_down(hd, hi, end)
+            c0 = c * n_q // n_chunks
+            c1 = (c + 1) * n_q // n_chunks
+            wt = np.zeros((n_w, block), dtype=dw.dtype)
+            dist = np.empty(SUB, dtype=np.int64)
+            for g0 in range(c0, c1, group):
+                g1 = min(g0 + group, c1)
+                hist = np.zeros((g1 - g0, n_bits + 2), dtype=np.int32)
+                cd = np.empty((g1 - g0, cap), dtype=np.int32)
+                ci = np.empty((g1 - g0, cap), dtype=np.int64)
+                st = np.zeros((g1 - g0, 3), dtype=np.int64)
+                st[:, 0] = n_bits + 1
+                for b0 in range(0, n_d, block):
+                    m = min(block, n_d - b0)
+                    for j in range(m):
+                        for t in range(n_w):
+                            wt[t, j] = dw[b0 + j, t]
+                    for i in range(g1 - g0):
+                        _scan_block(qw[g0 + i], wt, m, b0, k, dist, st[i], hist[i], cd[i], ci[i])
+                for i in range(g1 - g0):
+                    _collect(st[i], hist[i], cd[i], ci[i], k, out_d[g0 + i], out_i[g0 + i])
 
     @nb.njit(nogil=True, fastmath=False)
     def _xnor_matmul_kernel(a, b, n_bits):  # pragma: no cover - compiled
@@ -234,7 +287,7 @@ if HAVE_NUMBA:
             for j in range(n_b):
                 c = np.uint64(0)
                 for k in range(n_w):
-                    c += popcount64(a[i, k] ^ b[j, k])
+                    c += popcount(a[i, k] ^ b[j, k])
                 out[i, j] = n_bits - 2 * np.int32(c)
         return out
 
@@ -278,7 +331,7 @@ if HAVE_NUMBA:
                             for k in range(n_w):
                                 xw = xp[i, y, z, k]
                                 for f in range(o):
-                                    acc[f] += popcount64(xw ^ wp[ky, kx, k, f])
+                                    acc[f] += popcount(xw ^ wp[ky, kx, k, f])
                     base = n_taps * n_channels
                     for f in range(o):
                         out[i, f, oy, ox] = base - 2 * acc[f]
@@ -302,17 +355,23 @@ def hamming_matrix(qw: np.ndarray, dw: np.ndarray, backend: str) -> np.ndarray:
     return out
 
 
-def hamming_topk(qw: np.ndarray, dw: np.ndarray, k: int, backend: str, *, q_block: int = 64, d_block: int = 8192):
+def hamming_topk(qw: np.ndarray, dw: np.ndarray, k: int, n_bits: int, backend: str):
     """Exact top-k by (distance, lower index) of word rows: int32 distances and int64 indices ``(n_q, k)``.
 
-    The numba kernel scans the database in blocks of ``d_block`` codes for ``q_block`` queries at a time
-    (so both stay in cache) and keeps a bounded max-heap of size ``k`` per query.
+    ``qw``, ``dw`` are word rows of the same unsigned type (:func:`to_words`, ``pad=False`` reads the
+    database in place); ``n_bits`` bounds the distances (``8 * n_bytes``). The numba kernel is a counting
+    selection (see the comment above :func:`_admit`): the queries are split into one chunk per numba
+    thread (``numba.set_num_threads``), each chunk scans the database in blocks of :data:`BLOCK_BYTES`.
     """
     if backend == "numpy":
         return topk_from_distances(hamming_numpy(qw, dw), k)
-    dist = np.empty((qw.shape[0], k), dtype=np.int32)
-    idx = np.empty((qw.shape[0], k), dtype=np.int64)
-    _hamming_topk_kernel(qw, dw, k, dist, idx, q_block, d_block)
+    n_q, n_w = qw.shape
+    dist = np.empty((n_q, k), dtype=np.int32)
+    idx = np.empty((n_q, k), dtype=np.int64)
+    n_chunks = min(nb.get_num_threads(), n_q)
+    group = max(1, STATE_BYTES // (4 * (n_bits + 2) + 12 * (2 * k + 64) + 24))
+    block = -(-max(SUB, BLOCK_BYTES // (n_w * qw.itemsize)) // SUB) * SUB
+    _hamming_topk_kernel(qw, dw, k, n_bits, dist, idx, n_chunks, group, block)
     return dist, idx
 
 

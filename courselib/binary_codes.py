@@ -13,11 +13,12 @@ The pipeline of the chapter, one function per step:
    distance, ties broken by the lower database index, so it is deterministic (and equal to
    ``faiss.IndexBinaryFlat``'s result, tested).
 
-Packed codes are ``uint8`` arrays of shape ``(n, ceil(n_bits / 8))``. The search kernels read them as
-64-bit words (zero-padded to a multiple of 8 bytes, which does not change any distance) and count bits
-with the hardware ``popcnt`` instruction through numba (``cache=True``). Small inputs, and machines
-without numba, use a pure NumPy path that gives identical results, so short chapter cells and labs do
-not pay the one-off JIT compilation.
+Packed codes are ``uint8`` arrays of shape ``(n, ceil(n_bits / 8))``. The distance kernel reads them as
+64-bit words (zero-padded to a multiple of 8 bytes, which does not change any distance), the k-NN kernel
+as the widest words that divide a row (64-bit when ``n_bytes % 8 == 0``), in place; both count bits with
+the CPU's popcount through numba (``cache=True``). Small inputs, and machines without numba, use a pure
+NumPy path that gives identical results, so short chapter cells and labs do not pay the one-off JIT
+compilation.
 
 :func:`plot_neighbours` is the callback of the chapter's explorer: nearest neighbours of a digit by
 Hamming distance on its threshold codes and by Euclidean distance on its pixels.
@@ -46,9 +47,6 @@ __all__ = [
 
 # Below this many (query, database) pairs the pure NumPy path is used (no JIT compilation needed).
 NUMPY_PAIRS_THRESHOLD = 2_000_000
-# Cache blocking of the top-k kernel: Q_BLOCK queries (with their heaps) against D_BLOCK database codes.
-Q_BLOCK = 64
-D_BLOCK = 8192
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,10 +256,14 @@ def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
     deterministic. It equals ``faiss.IndexBinaryFlat(n_bits).search(query_codes, k)``
     (distances and indices; tested), which uses the same bit layout and tie rule.
 
-    The numba kernel scans the database in blocks that stay in cache, counts bits with
-    ``popcnt`` on 64-bit words and keeps a bounded max-heap of size ``k`` per query: a candidate
-    enters only when it is strictly closer than the current worst kept neighbour, which implements
-    the lower-index tie rule because the database is scanned in index order.
+    Distances are integers in ``0..n_bits``, so the numba kernel selects by counting instead of
+    sorting (book section ``binary-codes-topk``, Eq. ``binary-codes-threshold-k``): per query, a
+    histogram of the admitted distances gives the current ``k``-th smallest distance ``t``, and a
+    database code is admitted only when its distance is below ``t``; scanning the database in index
+    order makes this the lower-index tie rule. The distances are computed 128 codes at a time in a
+    loop the compiler vectorizes, over cache-sized blocks of the database, which is read as 64-bit
+    words when its rows are a multiple of 8 bytes (narrower words otherwise; a C-contiguous database
+    is not copied). The queries are split over numba's threads (``numba.set_num_threads``).
 
     Parameters
     ----------
@@ -292,7 +294,8 @@ def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
         raise ValueError(f"k must be between 1 and the database size {db.shape[0]}, got {k}")
     k = int(k)
     backend = _backend(backend, q.shape[0] * db.shape[0])
-    return _bits.hamming_topk(_bits.to_words(q), _bits.to_words(db), k, backend, q_block=Q_BLOCK, d_block=D_BLOCK)
+    words = _bits.to_words(q, pad=False), _bits.to_words(db, pad=False)
+    return _bits.hamming_topk(*words, k, 8 * q.shape[1], backend)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -220,6 +220,49 @@ def test_knn_k_equals_database_size(backend):
     np.testing.assert_array_equal(d, np.sort(full, axis=1))
 
 
+def brute_force_knn(q_codes, db_codes, k):
+    """Answer key without courselib: every distance with np.bitwise_count, then a stable sort by (distance, index)."""
+    full = np.bitwise_count(q_codes[:, None, :] ^ db_codes[None, :, :]).sum(axis=2, dtype=np.int64)
+    idx = np.argsort(full, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(full, idx, axis=1), idx
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_bits", [16, 32, 64, 72, 128, 256])
+def test_knn_answer_key_many_ties(n_bits, threads):
+    # Biased bits and repeated rows give long runs of equal distances, so the lower-index rule decides most
+    # of each answer. From 64 bits on, 20,011 codes span more than one block of the kernel and end mid-step;
+    # n_bits covers every word width it reads (uint16, uint32, uint64, and bytes for 72 bits = 9 bytes).
+    import numba
+
+    rng = np.random.default_rng(n_bits)
+    db = pack_codes(random_bits(rng, 20_011, n_bits, p=0.95))
+    db[rng.integers(0, len(db), 5_000)] = db[rng.integers(0, len(db), 5_000)]
+    q = np.concatenate([pack_codes(random_bits(rng, 20, n_bits, p=0.95)), db[[3, 3, 17]]])
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for k in (1, 10, 257):
+            d, i = hamming_knn(q, db, k, backend="numba")
+            bd, bi = brute_force_knn(q, db, k)
+            fd, fi = faiss_search(q, db, k)
+            assert d.dtype == np.int32 and i.dtype == np.int64 and d.shape == (len(q), k)
+            np.testing.assert_array_equal(d, bd)
+            np.testing.assert_array_equal(i, bi)
+            np.testing.assert_array_equal(d, fd)
+            np.testing.assert_array_equal(i, fi)
+        assert (bd[:, -1] == bd[:, -2]).mean() > 0.5  # the ties are real: the tie rule was exercised
+        small = db[:40]
+        d, i = hamming_knn(q, small, len(small), backend="numba")  # k = n: the whole database, ordered
+        bd, bi = brute_force_knn(q, small, len(small))
+        np.testing.assert_array_equal(d, bd)
+        np.testing.assert_array_equal(i, bi)
+    finally:
+        numba.set_num_threads(before)
+    with pytest.raises(ValueError, match="k must be between 1 and the database size 40"):
+        hamming_knn(q, small, len(small) + 1)  # k larger than n: an error, not padding (faiss pads with -1)
+
+
 def test_knn_auto_backend_large_matches_numpy():
     rng = np.random.default_rng(4)
     db, q = pack_codes(random_bits(rng, 20000, 64)), pack_codes(random_bits(rng, 120, 64))

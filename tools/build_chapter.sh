@@ -15,6 +15,10 @@ toc="$out/_toc.yml"
   echo "root: book/index"
   echo "chapters:"
   for f in "$@"; do echo "  - file: ${f%.md}"; done
+  # The pages the index links to (glossary terms, notation, running the labs), unless asked for already.
+  for f in book/glossary.md book/notation.md book/labs.md; do
+    case " $* " in *" $f "*) ;; *) echo "  - file: ${f%.md}";; esac
+  done
   # The API reference pages (autodoc, no execution), so that {func}/{class}/{mod} roles resolve (nitpicky).
   for f in book/api/*.md; do
     case " $* " in *" $f "*) ;; *) [ "$f" = book/api/index.md ] || echo "  - file: ${f%.md}";; esac
