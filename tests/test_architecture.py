@@ -78,8 +78,9 @@ def test_courselib_imports_sit_at_the_top(path):
 
 def test_the_cli_is_the_only_command_line():
     """One command (``courselib``, sub-commands): no module of the package runs as a script of its own,
-    except the two entry points the sandbox itself executes inside the jail."""
-    allowed = {"sandbox.py", "cleanroom.py", "cli.py"}
+    except the entry points the grader starts as processes of their own: the sandbox's supervisor, the clean
+    room's driver and the sandboxed runner of students' programs (``testing.py``)."""
+    allowed = {"sandbox.py", "cleanroom.py", "cli.py", "testing.py"}
     for path in CONTENT + GRADING:
         if path.name in allowed:
             continue

@@ -198,7 +198,9 @@ def timing_tables_without_machine(html: str) -> list[str]:
 
 
 def test_timing_table_check_finds_a_table_without_its_machine():
-    cell = '<div class="cell_output"><div class="output"><table><tr><th>model</th><th>{}</th></tr></table>{}</div></div>'
+    cell = (
+        '<div class="cell_output"><div class="output"><table><tr><th>model</th><th>{}</th></tr></table>{}</div></div>'
+    )
     pre = '<div class="cell_output"><pre>n | float ms | binary ms\n10 | 1.0 | 0.2</pre>{}</div>'
     prose = "<div><table><tr><th>n</th><th>{}</th></tr></table></div><p>{}</p><h2>next</h2>"
     machine = "<p>Measured on: AMD EPYC (x86_64: avx2)</p>"

@@ -289,9 +289,11 @@ EXPECTED = {
     "nothing": ("missing", ALL),
     "deleted_cells": ("tampered", ("q2_test",)),  # tests restored, the wrong q2 fails as it should
     "edited_tests": ("tampered", ("q2_test",)),
-    "always_equal": ("tampered", ("q5_test",)),  # honest wrong q5 loses only q5
-    "patched_numpy": ("tampered", ("q1_test",)),  # honest wrong q1 loses only q1
-    "input_transformer": ("tampered", ("q6_test",)),  # honest wrong q6 loses only q6
+    # tricks in the student's own kernel change nothing the clean room judges: they are not evidence of
+    # tampering (that is an edited locked cell), only the honest wrong answer under them loses its part
+    "always_equal": ("graded", ("q5_test",)),
+    "patched_numpy": ("graded", ("q1_test",)),
+    "input_transformer": ("graded", ("q6_test",)),
     "reads_solutions": ("graded", ()),  # reads blocked: the answer cell runs on
     "writes_elsewhere": ("graded", ()),
     "network": ("graded", ()),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from courselib import grading
-from courselib.grading import cleanroom, grader, intake
+from courselib.grading import cleanroom, feedback, grader, intake, wire
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_binary_codes"
@@ -53,7 +53,8 @@ def test_collect_submissions_folder_and_zip(tmp_path):
         zf.writestr(f"cat_{LAB}.ipynb", "{}")
         zf.writestr("dan_notes.txt", "hi")
     found = grading.collect_submissions(LAB, z, tmp_path / "unz")
-    assert set(found) == {"cat", "dan"} and found["dan"] is None and found["cat"].name == f"cat_{LAB}.ipynb"
+    assert set(found) == {"cat"} and found["cat"].name == f"cat_{LAB}.ipynb"
+    assert [u.split(":")[0] for u in found.unmatched] == ["dan_notes.txt"]  # no student's notebook: listed
     # the folder layout inside a zip, under one top folder
     z2 = tmp_path / "tree.zip"
     with zipfile.ZipFile(z2, "w") as zf:
@@ -97,7 +98,7 @@ def test_plain_unpickler_refuses_student_objects():
         {1, 2},
         range(4),
     ]:
-        out = cleanroom.plain_loads(pickle.dumps(value, protocol=4))
+        out = wire.plain_loads(pickle.dumps(value, protocol=4))
         if isinstance(value, np.ndarray):
             assert np.array_equal(out, value) and out.dtype == value.dtype
         else:
@@ -112,7 +113,43 @@ def test_plain_unpickler_refuses_student_objects():
         [AlwaysEqual()],
     ]:
         with pytest.raises(pickle.UnpicklingError):
-            cleanroom.plain_loads(pickle.dumps(bad))
+            wire.plain_loads(pickle.dumps(bad))
+
+
+# Pickles a student's kernel could send to make the clean room allocate or compute without bound: each must be
+# refused before it costs anything (issue 24).
+ALLOCATION_BOMBS = {
+    "bytearray(n)": b"\x80\x04cbuiltins\nbytearray\nJ\x00\xca\x9a;\x85R.",
+    "bytes(n)": b"\x80\x04cbuiltins\nbytes\nJ\x00\xca\x9a;\x85R.",
+    "list(range(n))": b"\x80\x04cbuiltins\nlist\ncbuiltins\nrange\nJ\x00\xca\x9a;\x85R\x85R.",
+    "tuple(range(n))": b"\x80\x04cbuiltins\ntuple\ncbuiltins\nrange\nJ\x00\xca\x9a;\x85R\x85R.",
+    "ndarray(shape)": b"\x80\x04cnumpy\nndarray\nJ\x00\xca\x9a;\x85\x85R.",
+    "_reconstruct(shape)": b"\x80\x04cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xca\x9a;\x85U\x01b\x87R.",
+    "object scalar from bytes": b"\x80\x04cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\nX\x01\x00\x00\x00O\x85RC\x08AAAAAAAA\x86R.",
+    "os.system": b"\x80\x04cos\nsystem\nX\x04\x00\x00\x00true\x85R.",
+}
+
+
+@pytest.mark.parametrize("name", ALLOCATION_BOMBS)
+def test_plain_loads_refuses_allocation_bombs(name):
+    with pytest.raises(pickle.UnpicklingError):
+        wire.plain_loads(ALLOCATION_BOMBS[name])
+
+
+def test_shared_structure_is_walked_once_and_cycles_are_refused():
+    x = []
+    for _ in range(60):  # 2**60 paths through ~60 objects: each object visited once
+        x = [x, x]
+    data = pickle.dumps(x, protocol=5)
+    assert len(data) < 400
+    got = wire.rebuild(wire.plain_loads(data), None, None)
+    assert got[0] is got[1]  # the sharing is kept, not expanded
+    with pytest.raises(wire.WireError, match="more than 100 objects"):
+        wire.plain_loads(pickle.dumps([[i] for i in range(200)]), max_nodes=100)
+    loop = []
+    loop.append(loop)
+    with pytest.raises(wire.WireError, match="contains itself"):
+        wire.rebuild(wire.plain_loads(pickle.dumps(loop)), None, None)
 
 
 def test_solution_names():
@@ -174,7 +211,7 @@ def test_coalesce_streams_joins_split_prints_only():
         out("stream", name="stdout", text="c"),
     ]
     nb.cells.append(cell)
-    cleanroom.coalesce_streams(nb)
+    feedback.coalesce_streams(nb)
     got = [(o.output_type, o.get("name"), o.get("text")) for o in cell.outputs]
     assert got == [
         ("stream", "stdout", "a\n"),

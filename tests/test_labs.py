@@ -7,7 +7,9 @@ Each lab is graded in a scratch copy of the course (its own gradebook), so labs 
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,24 @@ from courselib import grading
 REPO = Path(__file__).resolve().parents[1]
 COURSE = REPO / "labs"
 LABS = grading.list_labs(COURSE)
+
+
+def hidden_secrets(course: Path, lab: str, min_len: int = 1) -> list[str]:
+    """Every line of the source's hidden-test regions (stripped, at least ``min_len`` characters) that the
+    source shows nowhere else."""
+    src = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
+    region = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+    texts = ["".join(c["source"]) for c in src["cells"]]
+    visible = "\n".join(region.sub("", t) for t in texts)
+    lines = {ln.strip() for t in texts for m in region.finditer(t) for ln in m.group(1).splitlines()}
+    return sorted(ln for ln in lines if len(ln) >= min_len and ln not in visible)
+
+
+def feedback_leaks(page: Path, secrets: list[str]) -> list[str]:
+    """The hidden-test markers and ``secrets`` a feedback page shows its reader (tags, styles, scripts removed)."""
+    text = re.sub(r"<(style|script)\b.*?</\1>", "", page.read_text(), flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return [s for s in ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS", *secrets) if s in text]
 
 
 def make_course(tmp_path: Path, lab: str) -> Path:
@@ -82,6 +102,45 @@ def test_solution_full_marks_blank_zero(tmp_path, lab):
     assert all(float(rows["blank"][g]) == 0.0 for g, _ in parts)
     assert rows["absent"]["status"] == "missing" and float(rows["absent"]["score"]) == 0.0
     assert (course / "feedback" / "solution" / lab / f"{lab}.html").exists()
+    secrets = hidden_secrets(course, lab, min_len=12)  # a traceback of library code may hold a short `else:`
+    for student in graded:  # nbgrader's feedback shows the hidden tests; courselib autograde's does not
+        assert feedback_leaks(course / "feedback" / student / lab / f"{lab}.html", secrets) == [], student
+
+
+@pytest.mark.slow
+def test_autograde_feedback_holds_no_hidden_test(tmp_path, capsys):
+    """``courselib autograde`` (plain nbgrader) says it is unsandboxed, writes feedback without any line of
+    the hidden tests, and withholds the feedback of a notebook whose own code printed them."""
+    from courselib.grading.cli import main
+
+    lab = "lab00_memory"
+    course = make_course(tmp_path, lab)
+    release = grading.release(lab, course)
+    subs = tmp_path / "submissions"
+    shutil.copytree(course / "source" / lab, subs / "solution" / lab)
+    shutil.copytree(release, subs / "blank" / lab)
+    snoop = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
+    snoop["cells"].append(  # the kernel ran the hidden tests before this cell: its history holds them
+        {"cell_type": "code", "metadata": {}, "source": 'print("\\n".join(In))', "outputs": [], "execution_count": None}
+    )
+    (subs / "snoop" / lab).mkdir(parents=True)
+    (subs / "snoop" / lab / f"{lab}.ipynb").write_text(json.dumps(snoop))
+
+    assert main(["--course-dir", str(course), "autograde", lab, str(subs)]) == 0
+    out = capsys.readouterr().out
+    assert "plain nbgrader, NOT sandboxed" in out and "autograded 3 submission(s)" in out
+    assert "WITHHELD the feedback of snoop" in out
+    secrets = hidden_secrets(course, lab)
+    assert len(secrets) > 20
+    pages = sorted((course / "feedback").rglob("*.html"))
+    assert [p.parent.parent.name for p in pages] == ["blank", "solution"]
+    for page in pages:
+        assert feedback_leaks(page, secrets) == [], page
+    solution = (course / "feedback" / "solution" / lab / f"{lab}.html").read_text()
+    assert "hidden tests: their code and the cell" in html.unescape(solution)
+    rows = {r["student_id"]: r for r in csv.DictReader((course / "grades" / f"{lab}.csv").open())}
+    assert float(rows["solution"]["score"]) == float(rows["solution"]["max_score"]) == 10
+    assert float(rows["blank"]["score"]) == 0.0
 
 
 @pytest.mark.slow

@@ -18,39 +18,50 @@ nothing there imports this subpackage (``tests/test_architecture.py`` checks it)
 - :mod:`~courselib.grading.mutants` -- mutation testing of the labs (plausible wrong answers)
 - :mod:`~courselib.grading.cli` -- the one ``courselib`` command and its sub-commands
 
-``from courselib import grading`` gives the common entry points below.
+``from courselib import grading`` gives the common entry points below. They are imported on first
+use (PEP 562), each from its submodule, and so are the submodules (``grading.batch``): ``import
+courselib.grading`` imports nothing heavy, and ``courselib --help`` or ``courselib labs`` never loads
+nbgrader, torch or Dask (``tests/test_grading_cli.py`` checks it).
 """
 
-from .batch import grade, summary_table
-from .course import (
-    GradingError,
-    autograde,
-    find_course_dir,
-    lab_parts,
-    lab_settings,
-    list_labs,
-    nbgrader,
-    release,
-    release_all,
-)
-from .gradebook import export_grades
-from .grader import STATUSES, Limits
-from .intake import collect_submissions
+from __future__ import annotations
 
-__all__ = [
-    "GradingError",
-    "find_course_dir",
-    "list_labs",
-    "lab_parts",
-    "lab_settings",
-    "nbgrader",
-    "release",
-    "release_all",
-    "autograde",
-    "export_grades",
-    "Limits",
-    "STATUSES",
-    "collect_submissions",
-    "grade",
-    "summary_table",
-]
+import importlib
+
+#: Where each public name lives: ``grading.grade`` imports :mod:`~courselib.grading.batch` the first time.
+_EXPORTS = {
+    "GradingError": "course",
+    "find_course_dir": "course",
+    "list_labs": "course",
+    "lab_parts": "course",
+    "lab_settings": "course",
+    "nbgrader": "course",
+    "release": "course",
+    "release_all": "course",
+    "autograde": "course",
+    "export_grades": "gradebook",
+    "Limits": "grader",
+    "STATUSES": "grader",
+    "collect_submissions": "intake",
+    "grade": "batch",
+    "summary_table": "batch",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
+    if not name.startswith("_"):  # a submodule: grading.batch, grading.quiz ...
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":  # the submodule exists, one of its imports is missing
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -85,7 +85,8 @@ def grade(
     Without bubblewrap, grading refuses and says which package to install.
 
     Returns a summary dict: ``{"csv": Path, "results": {student: result}, "graded_now": [...],
-    "reused": [...], "counts": {status: n}, "seconds": float, "workers": int}``.
+    "reused": [...], "counts": {status: n}, "seconds": float, "workers": int, "unmatched": [...]}``
+    (``unmatched``: the files intake gave to no student, :attr:`courselib.grading.intake.Submissions.unmatched`).
     """
     course = find_course_dir(course_dir)
     check_lab(lab, course)
@@ -117,6 +118,8 @@ def grade(
     try:
         os.chmod(base, 0o755)
         subs = collect_submissions(lab, submissions, base / "unzipped")
+        for line in subs.report():  # every file intake could not give to a student, by name
+            say(line)
         states = load_states(course, lab)
         jobs, reused = [], []
         for idx, (student, nb) in enumerate(sorted(subs.items())):
@@ -173,10 +176,11 @@ def grade(
             "seconds": time.monotonic() - t_start,
             "workers": workers,
             "cluster": cluster,
-            "verifiable": sorted(grader.verifiable),
+            "tiers": dict(grader.tiers),
             "parts": [g for g, _ in grader.parts],
             "leaderboard": leaderboard,
             "sandboxed": sandboxed,
+            "unmatched": subs.unmatched,
         }
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -198,13 +202,16 @@ def summary_table(summary: dict) -> str:
         f"graded now: {len(summary['graded_now'])}, reused from an earlier run: {len(summary['reused'])}, "
         f"{summary['workers']} worker(s), {summary['seconds']:.1f} s; grades: {summary['csv']}"
     )
-    if "parts" in summary:
-        unchecked = [g for g in summary["parts"] if g not in summary["verifiable"]]
+    if "tiers" in summary:
+        by = {t: [g for g in summary["parts"] if summary["tiers"].get(g) == t] for t in ("clean", "sealed", "manual")}
         lines.append(
-            f"parts checked in the clean room (visible and hidden tests): "
-            f"{len(summary['parts']) - len(unchecked)} of {len(summary['parts'])}"
-            + (f"; scored by their visible tests only: {', '.join(unchecked)}" if unchecked else "")
+            f"parts judged by their hidden tests in the clean room: {len(by['clean'])} of {len(summary['parts'])}"
+            + (f"; in a sealed run (nbgrader's way): {', '.join(by['sealed'])}" if by["sealed"] else "")
+            + (f"; graded by hand: {', '.join(by['manual'])}" if by["manual"] else "")
         )
+    if summary.get("unmatched"):
+        lines.append(f"not graded (no student's {NOTEBOOK_SUFFIX} of the lab): {len(summary['unmatched'])} file(s)")
+        lines += [f"  - {u}" for u in summary["unmatched"]]
     if not summary.get("sandboxed", True):
         lines.append(UNSANDBOXED_WARNING)
     return "\n".join(lines)

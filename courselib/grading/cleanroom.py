@@ -1,56 +1,44 @@
-"""The clean room: one trusted process that executes a submission once and grades it with the hidden tests.
+"""The clean room: the trusted process that runs a submission once and judges every part by its hidden tests.
 
-The student's code runs in exactly one process, a Jupyter kernel inside the sandbox
-(:mod:`courselib.grading.sandbox`). It executes the student's notebook with the *release* version of
-every test cell (the visible tests only): the hidden tests, their code and their expected values never
-enter that process, so nothing the student's code can read (its working directory, its own kernel's
-history, ``globals()``, ``/proc``) holds them. This module is the other side, the trusted driver
-(``python -m courselib.grading.cleanroom grade SPEC.json``), which
+The student's code runs in a Jupyter kernel inside the sandbox (:mod:`courselib.grading.sandbox`). It
+executes the student's notebook with the *release* version of every test cell (the visible tests only):
+the hidden tests, their code and their expected values never enter that process. This module is the other
+side, the trusted driver (``python -m courselib.grading.cleanroom grade SPEC.json RESULT.json``), which
 
 1. starts the sandboxed kernel and, while it boots, runs the lab's instructor set-up cells in its own
    namespace (the *clean room*, where no student code ever runs);
 2. executes the student's notebook in the kernel cell by cell (:class:`~courselib.grading.execute.LimitedExecute`:
-   nbgrader's executor with its cell timeout, plus an output limit), keeping the outputs (the visible
-   tests' results) for the feedback;
-3. runs every graded test cell of the *source* notebook (visible and hidden tests) in the clean room.
-   Each name the lab's solution cells define (``fit_means``, ``POPCOUNT8`` ...) is bound there to
+   nbgrader's executor with its cell timeout, plus an output limit), keeping the outputs for the feedback;
+3. judges every autograded part. A part in the **clean tier** is judged here: its test cell (visible, then
+   visible and hidden tests) runs in the clean room, where each name the lab's solution cells define is
+   bound to the student's value (fetched as plain data) or to a proxy of the student's function, whose
+   calls go to the kernel over one channel (:class:`KernelSession`, :mod:`courselib.grading.kernel` on the
+   other side). The student's process sees the *inputs* hidden tests pass to its functions, and nothing
+   else; the verdict is the clean room's. A part in the **sealed tier** (a test that changes the
+   environment, such as ``np.linalg.solve = None``, or whose answers cannot cross as plain data) is judged
+   by a second, fresh sandboxed kernel that runs the notebook with the hidden tests in place, as nbgrader
+   does (:func:`sealed_verdicts`); only pass or fail leaves it. Answers graded by hand wait for the
+   instructor (``needs_manual_grade``);
+4. writes the executed notebook (nbgrader's "autograded" notebook: visible tests only) and the HTML
+   feedback (:mod:`courselib.grading.feedback`: no hidden test code, no expected value, no hidden input).
 
-   - a proxy function when the student's object is callable: calling it pickles the arguments, sends
-     them to the kernel (a ``user_expressions`` request that calls a small helper the driver defines
-     there after the student's cells ran), runs the student's function and sends the pickled result back;
-   - the student's value otherwise;
-
-   so the student's process sees the *inputs* hidden tests pass to its functions, and nothing else.
-   Modules cross by value, arguments changed in place come back, functions a test passes are called
-   back here, and names a test swaps for the course library's versions are swapped in the kernel for
-   each call (:mod:`courselib.grading.wire`);
-4. scores every part by the clean room's verdict, writes the executed notebook (nbgrader's
-   "autograded" notebook: visible tests only) and the HTML feedback (:func:`feedback_notebook`: per
-   test cell pass or fail, points and the author's message, no hidden test code).
-
-Everything that comes back from the student's process goes through :class:`PlainUnpickler`, which
-rebuilds only plain data: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
-``tuple``, ``list``, ``dict``, ``set``, ``frozenset``, ``range``, ``slice``, numpy arrays/scalars
-of those; torch tensors, modules and generators arrive as tagged plain parts and are rebuilt here by
-:func:`courselib.grading.wire.rebuild` (modules only as library or instructor classes). An always-equal object, a
-subclass of ``int`` or an array subclass cannot cross; a student exception comes back as the nearest
-builtin exception class (``ValueError`` ...). So a test cell that passes in the clean room passed on
-genuine values with genuine numpy and courselib.
+Everything that comes back from the student's process is bounded: the channel reads at most
+``max_reply_bytes`` per answer before a deadline, :func:`courselib.grading.wire.plain_loads` decodes plain
+data only with a budget of objects, the kernel's output during the clean room's calls is drained and
+counted (past the output limit the submission is ``output-limit``), no ZeroMQ message larger than the
+output limit is accepted, and a call past its time is a ``timeout`` of that part only: the kernel is
+interrupted (or restarted and the notebook re-run) and the next part is judged.
 """
 
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
-import html
-import importlib
-import inspect
-import io
+import copy
 import json
-import linecache
 import os
-import pickle
+import signal
+import socket
 import sys
 import threading
 import time
@@ -58,96 +46,36 @@ import traceback
 from pathlib import Path
 
 import nbformat
-import numpy as np
 from IPython.core.inputtransformer2 import TransformerManager
+from jupyter_client import BlockingKernelClient
 from nbclient.exceptions import DeadKernelError
-from nbconvert.exporters import HTMLExporter
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-from nbformat.notebooknode import NotebookNode
+from nbclient.util import run_sync
 from traitlets.config import Config
 
-from . import wire
-from .execute import LimitedExecute
+from . import bans, wire
+from .execute import LimitedExecute, bounded_zmq_context, watch_oversize
+from .feedback import FEEDBACK_MODES, coalesce_streams, failure_message, feedback_notebook, render_feedback
 
 __all__ = [
-    "PlainUnpickler",
-    "plain_loads",
     "solution_names",
-    "KernelProxy",
+    "KernelSession",
     "grade_notebook",
-    "failure_message",
+    "score_parts",
+    "sealed_verdicts",
     "driver_args",
     "FEEDBACK_MODES",
+    "TIERS",
 ]
 
-#: Feedback modes a lab may choose in ``labs/course.toml`` (``[labs.<lab>] feedback = "full"``).
-FEEDBACK_MODES = ("redacted", "full")
+#: How a part is judged: by its hidden tests in the clean room, by its hidden tests in a sealed second
+#: kernel (nbgrader's way), or by the instructor.
+TIERS = ("clean", "sealed", "manual")
 
-_SAFE_BUILTINS = {
-    "set",
-    "frozenset",
-    "range",
-    "slice",
-    "complex",
-    "bytearray",
-    "list",
-    "dict",
-    "tuple",
-    "int",
-    "float",
-    "bool",
-    "str",
-    "bytes",
-}
-_SAFE_NUMPY = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.numeric", "_frombuffer"),
-}
+#: Calls a student's function may make to the test's own functions (callbacks) per call.
+CALLBACK_BUDGET = 1000
 
-
-class PlainUnpickler(pickle.Unpickler):
-    """Unpickle only plain data (builtins containers and numbers, numpy arrays and scalars).
-
-    Object arrays are refused too: their elements could be arbitrary student objects.
-    """
-
-    def find_class(self, module, name):
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return getattr(builtins, name)
-        if (module, name) in _SAFE_NUMPY:
-            return getattr(importlib.import_module(module), name)
-        if module.startswith("numpy") and name.endswith("DType"):  # numpy >= 2 dtype classes
-            obj = getattr(importlib.import_module(module), name)
-            if isinstance(obj, type) and issubclass(obj, np.dtype):
-                return obj
-        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
-
-
-def _check_plain(obj, depth=0):
-    if depth > 50:
-        raise pickle.UnpicklingError("nested too deeply")
-    if isinstance(obj, np.ndarray):
-        if type(obj) is not np.ndarray or obj.dtype.hasobject:
-            raise pickle.UnpicklingError("object or subclassed arrays are not plain data")
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    return obj
-
-
-def plain_loads(data: bytes):
-    """Load a pickle made of plain data only (see :class:`PlainUnpickler`); raise otherwise."""
-    return _check_plain(PlainUnpickler(io.BytesIO(data)).load())
+#: Seconds the kernel gets to answer again after an interrupt, before it is restarted.
+INTERRUPT_GRACE = 5.0
 
 
 def solution_names(sources: list[str]) -> list[str]:
@@ -177,291 +105,339 @@ def solution_names(sources: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# the helper the driver defines in the student's kernel once the student's cells have run
-KERNEL_HELPER = """
-def __courselib_rpc__(_req_b64, _wire={}):
-    import base64 as _b64, pickle as _pk
+# the student's exceptions, and the ways a call can end
+class CallTimeout(RuntimeError):
+    """A call into the student's kernel did not answer within its time."""
 
-    if not _wire:  # the same encoding code as the clean room's (courselib.grading.wire)
-        _wire["__name__"] = "__courselib_wire__"
-        exec(compile(WIRE_SOURCE, "<courselib wire>", "exec"), _wire)
-        _wire["handles"] = []
-    _ns = get_ipython().user_ns
-
-    def _callback(_i):  # a function of the test's: its calls run in the clean room
-        def _stub(*_a, **_k):
-            _msg = _b64.b64encode(_wire["dumps"](("callback", _i, _a, _k))).decode("ascii")
-            _ans = _pk.loads(_b64.b64decode(get_ipython().kernel.raw_input(_msg)))
-            if _ans[0] != "ok":
-                raise RuntimeError("a function of the test's failed")
-            return _wire["apply_copyback"](_a, _k, _rebuild(_pk.loads(_ans[1])))
-        return _stub
-
-    def _rebuild(_v):
-        return _wire["rebuild"](_v, _wire["any_class_resolver"](_ns), _ns.__getitem__, 0, _callback)
-
-    try:
-        _req = _rebuild(_pk.loads(_b64.b64decode(_req_b64)))
-        if _req[0] == "kinds":
-            _torch = __import__("sys").modules.get("torch")  # a model is callable, but crosses by value
-            _out = {_n: ("missing" if _n not in _ns else "value" if _torch and isinstance(_ns[_n], _torch.nn.Module)
-                         else "callable" if callable(_ns[_n]) else "value") for _n in _req[1]}
-        elif _req[0] == "get":
-            _out = _ns[_req[1]]
-        elif _req[0] in ("call", "handle"):
-            _, _name, _args, _kwargs, _over = _req
-            _fn = _ns[_name] if _req[0] == "call" else _wire["handles"][_name]
-            _missing = object()
-            _saved = {_k: _ns.get(_k, _missing) for _k in _over}
-            _ns.update(_over)  # the names a test swapped for the course library's versions
-            try:
-                _out = _wire["call_with_copyback"](_fn, _args, _kwargs)
-            finally:
-                for _k, _v in _saved.items():
-                    if _v is _missing:
-                        _ns.pop(_k, None)
-                    else:
-                        _ns[_k] = _v
-        elif _req[0] == "source":
-            import inspect as _inspect
-            _out = str(_inspect.getsource(_ns[_req[1]]))
-        else:
-            raise RuntimeError("bad request")
-        # a function the student's code returns stays here, as a handle the clean room can call
-        _rep = ("ok", _wire["dumps"](_out, _wire["handles"], lambda _f: _ns.get(_f.__qualname__) is _f))
-    except BaseException as _e:
-        try:
-            _mro = [_c.__name__ for _c in type(_e).__mro__ if _c.__module__ == "builtins"]
-            _msg = str(_e)[:2000]
-        except BaseException:
-            _mro, _msg = ["RuntimeError"], "unprintable exception"
-        _rep = ("raise", _mro, _msg)
-    return _b64.b64encode(_pk.dumps(_rep, protocol=4)).decode("ascii")
-""".replace("WIRE_SOURCE", repr(inspect.getsource(wire)))
+    courselib_timeout = True
 
 
-def _student_exception(mro: list, msg: str, name: str) -> BaseException:
+class KernelGone(RuntimeError):
+    """The student's kernel (or the helper serving the clean room in it) stopped answering."""
+
+
+def _student_exception(mro: list, message: str, name: str, hidden: bool) -> BaseException:
     for cls_name in mro:
         cls = getattr(builtins, str(cls_name), None)
         if isinstance(cls, type) and issubclass(cls, Exception) and cls is not Exception:
-            exc = cls(msg)
+            exc = cls(message)
             break
     else:
-        exc = RuntimeError(msg)
+        exc = RuntimeError(message)
     exc.courselib_student = name  # the message is the student's own
+    exc.courselib_hidden = hidden  # raised while hidden tests ran: the message may repeat a hidden input
     return exc
 
 
-class KernelProxy:
-    """Calls into the student's kernel: ``kinds`` / ``get`` / ``call`` requests as ``user_expressions``.
+# --------------------------------------------------------------------------------------------
+class KernelSession:
+    """The clean room's calls into the student's kernel, over one channel, each bounded.
 
-    One blocking client on the kernel's channels; a request that gets no reply within
-    ``call_timeout`` seconds marks the kernel dead (every later request fails at once).
+    :meth:`start` asks the kernel to run :func:`courselib.grading.kernel.serve` and accepts its connection
+    on a Unix socket in the sandbox's scratch folder; :meth:`request` sends one request and reads the
+    answer with :attr:`max_reply` bytes and :attr:`call_timeout` seconds at most, answering the student's
+    calls to the test's functions on the way (at most :data:`CALLBACK_BUDGET` per call). Meanwhile a thread
+    drains the kernel's output (prints of the student's functions) and counts it against
+    :attr:`output_limit`. A call past its time raises :class:`CallTimeout`; :meth:`recover` then interrupts
+    the kernel, or restarts it (``restart``: re-runs the notebook in a new kernel) when it does not answer.
     """
 
-    def __init__(self, km, call_timeout: float):
-        self.km, self.call_timeout, self.dead = km, call_timeout, None
-        self.kc = km.blocking_client()
-        self.kc.start_channels()
+    def __init__(self, km, work: Path, *, call_timeout: float, output_limit: int, max_reply: int, restart=None):
+        self.km, self.work = km, Path(work)
+        self.call_timeout, self.output_limit, self.max_reply = call_timeout, output_limit, max_reply
+        self.restart = restart
+        self.channel: wire.Channel | None = None
+        self.kc = None
+        self.number = 0
         self.calls = 0
-        #: the test's functions sent with the request under way (their calls come back as input requests)
-        self.callbacks: list | None = None
-        #: the proxies made by :meth:`function`, by the student's name (what a returned name stands for)
+        self.restarts = 0
+        self.dead: str | None = None
+        self.output_bytes = 0
+        self.output_exceeded = False
+        #: set while hidden tests run: a student's exception then shows its class only
+        self.hidden = False
+        #: proxies of the student's functions by name (what a returned name stands for)
         self.functions: dict[str, object] = {}
-        #: ``resolve_class`` for modules that come back (:func:`courselib.grading.wire.main_class_resolver`)
         self.resolve_class = wire.main_class_resolver({})
         #: the names a test has swapped for the course library's versions, sent with every call
         self.overrides = dict
+        #: ``{function: [argument keys]}`` whose in-place changes come back (``None``: all of them, and
+        #: :attr:`changed` records which did: the calibration learns the contract from the solution)
+        self.mutable: dict | None = None
+        self.changed: dict[str, set] = {}
+        self._callbacks: list | None = None
+        self._drain_stop = threading.Event()
+        self._drain: threading.Thread | None = None
 
-    def _call(self, kind: str, key, args, kwargs, name: str):
-        """Call the student's function ``key`` (a name, or the number of a handle) in the kernel; apply
-        what it changed in its arguments to ``args`` / ``kwargs`` and return its result."""
-        reply = self.request(kind, key, args, kwargs, self.overrides(), name=name)
-        return wire.apply_copyback(args, kwargs, reply)
+    # -- connection -----------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start the helper in the kernel and connect; ``False`` (and :attr:`dead` set) if it does not come."""
+        address = str(self.work / ".courselib-cleanroom.sock")
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(address)
+            os.chmod(address, 0o666)  # the kernel runs as another user
+            listener.listen(1)
+            listener.settimeout(self.call_timeout)
+            if self.kc is None:
+                self.kc = BlockingKernelClient(parent=self.km, context=bounded_zmq_context(self._max_message()))
+                self.kc.load_connection_info(self.km.get_connection_info())
+                self.kc.start_channels()
+                watch_oversize(self.kc.iopub_channel.socket, self._refused)
+                self._drain_stop.clear()
+                self._drain = threading.Thread(target=self._drain_output, daemon=True)
+                self._drain.start()
+            code = f"import courselib.grading.kernel as _courselib_kernel\n_courselib_kernel.serve({address!r})"
+            self.kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+            conn, _ = listener.accept()
+        except (OSError, TimeoutError) as exc:
+            self.dead = f"the clean room's helper did not start in the kernel ({type(exc).__name__})"
+            return False
+        finally:
+            listener.close()
+            try:
+                os.unlink(address)
+            except OSError:
+                pass
+        self.channel = wire.Channel(conn)
+        self.dead = None
+        return True
 
-    def _handle(self, number: int):
-        """A proxy for a function the student's code returned (it stays in the kernel)."""
-        return lambda *args, **kwargs: self._call("handle", number, args, kwargs, "function")
+    def _refused(self) -> None:  # a message over the size limit: more output than the limit, at once
+        self.output_exceeded = True
+
+    def _alive(self) -> bool:
+        try:
+            return bool(run_sync(self.km.is_alive)())
+        except Exception:
+            return False
+
+    def _max_message(self) -> int:
+        return max(4 * self.output_limit, 8 << 20)
+
+    def _drain_output(self) -> None:
+        """Read and count the kernel's output messages (never keep them) until :meth:`close`."""
+        counted = ("stream", "display_data", "execute_result", "update_display_data", "error")
+        while not self._drain_stop.is_set():
+            try:
+                msg = self.kc.iopub_channel.get_msg(timeout=0.2)
+            except Exception:  # queue.Empty, or the channel closed
+                continue
+            if msg.get("msg_type") in counted:
+                self.output_bytes += len(json.dumps(msg.get("content", {}), default=str))
+                if self.output_bytes > self.output_limit:
+                    self.output_exceeded = True
+
+    def close(self) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.send(wire.dumps(("done", 0)), time.monotonic() + 1.0)
+            except wire.ChannelError:
+                pass
+            self.channel.close()
+            self.channel = None
+        self._drain_stop.set()
+        if self._drain is not None:
+            self._drain.join(timeout=2.0)
+        if self.kc is not None:
+            try:
+                self.kc.stop_channels()
+            except Exception:
+                pass
+
+    # -- requests -------------------------------------------------------------------------------
+    def request(self, kind: str, *args, name: str = "", handle_of: str = ""):
+        """Send one request and return its rebuilt answer (raise the student's exception as the nearest
+        builtin class, :class:`CallTimeout`, or :class:`KernelGone`)."""
+        if self.dead or self.channel is None:
+            raise KernelGone(f"the student's process is not running ({self.dead})")
+        if self.output_exceeded:
+            raise KernelGone("the student's code printed more than the output limit")
+        self.number += 1
+        number = self.number
+        self.calls += 1
+        callbacks: list = []
+        payload = wire.dumps((kind, number, *args), callbacks)
+        deadline = time.monotonic() + self.call_timeout
+        self._callbacks, budget = callbacks or None, CALLBACK_BUDGET
+        try:
+            self.channel.send(payload, deadline)
+            while True:
+                msg = self._receive(deadline)
+                if msg[0] == "callback":
+                    budget -= 1
+                    self._answer_callback(msg, budget)
+                    continue
+                if msg[1] != number:  # the late answer of a call that timed out before
+                    continue
+                break
+        finally:
+            self._callbacks = None
+        if msg[0] == "raise":
+            if not (len(msg) == 4 and isinstance(msg[2], list) and isinstance(msg[3], str)):
+                raise KernelGone("bad reply from the student's process")
+            raise _student_exception(msg[2], msg[3], name or "function", self.hidden)
+        if msg[0] != "ok" or len(msg) != 3:
+            raise KernelGone("bad reply from the student's process")
+        try:
+            return wire.rebuild(msg[2], self.resolve_class, self._resolve_global, 0, self._handle(name or handle_of))
+        except (wire.WireError, ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise KernelGone(f"bad reply from the student's process: {exc}") from None
+
+    def _receive(self, deadline: float):
+        while True:
+            if self.output_exceeded:
+                raise KernelGone("the student's code printed more than the output limit")
+            if not self._alive():
+                self.dead = "the student's kernel died"
+                raise KernelGone(self.dead)
+            if time.monotonic() >= deadline:
+                raise CallTimeout(f"did not finish within {self.call_timeout:g} s")
+            if not self.channel.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+                continue
+            try:
+                data = self.channel.recv(self.max_reply, deadline)
+                msg = wire.plain_loads(data)
+            except wire.ChannelError as exc:
+                if "in time" in str(exc):
+                    raise CallTimeout(f"did not finish within {self.call_timeout:g} s") from None
+                self.dead = str(exc)
+                raise KernelGone(f"the student's process failed: {exc}") from None
+            except wire.WireError as exc:
+                raise KernelGone(f"bad reply from the student's process: {exc}") from None
+            if not (isinstance(msg, tuple) and len(msg) >= 2 and msg[0] in ("ok", "raise", "callback")):
+                raise KernelGone("bad reply from the student's process")
+            return msg
+
+    def _answer_callback(self, msg, budget: int) -> None:
+        """Run a call the student's code made to one of the test's functions, here, and answer it."""
+        try:
+            if budget < 0:
+                raise wire.WireError("too many calls to the test's functions")
+            if not (len(msg) == 4 and type(msg[1]) is int and isinstance(msg[2], tuple) and isinstance(msg[3], dict)):
+                raise wire.WireError("malformed callback")
+            req = wire.rebuild((msg[2], msg[3]), self.resolve_class, self._resolve_global)
+            fn = self._callbacks[msg[1]]
+            answer = ("ok", wire.call_with_copyback(fn, tuple(req[0]), dict(req[1])))
+        except BaseException:  # never the test's exception or its message: they may hold expected values
+            answer = ("raise",)
+        self.channel.send(wire.dumps(answer), time.monotonic() + self.call_timeout)
+
+    def _handle(self, origin: str):
+        """The proxy for a function the student's code returned (it stays in the kernel)."""
+
+        def make(number: int):
+            return lambda *a, **k: self.call("handle", number, a, k, f"{origin}()")
+
+        return make
 
     def _resolve_global(self, name: str):
         if name in self.functions:
             return self.functions[name]
         raise wire.WireError(f"the student's {name} cannot cross to the clean room")
 
-    def _execute(self, code: str, expressions: dict | None = None) -> dict:
-        msg_id = self.kc.execute(
-            code, silent=True, store_history=False, user_expressions=expressions or {}, allow_stdin=True
+    def call(self, kind: str, key, args, kwargs, name: str):
+        """Call the student's function ``key`` (a name, or the number of a handle); apply the in-place
+        changes to ``args``/``kwargs`` that its contract allows, and return its result."""
+        result, changed_args, changed_kwargs = self.request(
+            kind, key, args, kwargs, self.overrides(), name=name, handle_of=name
         )
-        deadline = time.monotonic() + self.call_timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the student's code did not answer in time")
-            if self.callbacks:
-                self._answer_callbacks()
-            try:
-                msg = self.kc.get_shell_msg(timeout=min(left, 0.02 if self.callbacks else 1.0))
-            except Exception:  # queue.Empty
-                if not self.km.is_alive():
-                    raise EOFError("the student's kernel died") from None
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                return msg["content"]
+        keys = {*changed_args, *changed_kwargs}
+        if self.mutable is None:
+            self.changed.setdefault(name, set()).update(str(k) for k in keys)
+        else:
+            allowed = set(self.mutable.get(name, ()))
+            changed_args = {k: v for k, v in changed_args.items() if str(k) in allowed}
+            changed_kwargs = {k: v for k, v in changed_kwargs.items() if str(k) in allowed}
+        return wire.apply_copyback(args, kwargs, (result, changed_args, changed_kwargs))
 
-    def _answer_callbacks(self) -> None:
-        """Run the calls the student's code made to the test's functions (input requests), here."""
-        while True:
-            try:
-                msg = self.kc.get_stdin_msg(timeout=0.0)
-            except Exception:  # queue.Empty
-                return
-            if msg["header"]["msg_type"] != "input_request":
-                continue
-            try:
-                req = wire.rebuild(
-                    plain_loads(base64.b64decode(msg["content"]["prompt"])),
-                    self.resolve_class,
-                    self._resolve_global,
-                )
-                if not (isinstance(req, tuple) and len(req) == 4 and req[0] == "callback" and type(req[1]) is int):
-                    raise wire.WireError("malformed callback")
-                fn = self.callbacks[req[1]]
-                args, kwargs = tuple(req[2]), dict(req[3])
-                answer = ("ok", wire.dumps(wire.call_with_copyback(fn, args, kwargs)))
-            except BaseException:  # never the test's exception or its message: they may hold expected values
-                answer = ("raise",)
-            self.kc.input(base64.b64encode(pickle.dumps(answer, protocol=4)).decode("ascii"))
-
-    def define_helper(self) -> bool:
-        try:
-            return self._execute(KERNEL_HELPER).get("status") == "ok"
-        except (TimeoutError, EOFError) as exc:
-            self.dead = str(exc)
-            return False
-
-    def request(self, *req, name: str = ""):
-        if self.dead:
-            raise RuntimeError(f"the student's process is not running ({self.dead})")
-        if self.callbacks is not None:
-            raise RuntimeError("a function of the test's called the student's code back (not supported)")
-        self.calls += 1
-        callbacks: list = []
-        payload = base64.b64encode(wire.dumps(req, callbacks)).decode("ascii")
-        self.callbacks = callbacks or None
-        try:
-            content = self._execute("", {"r": f"__courselib_rpc__({payload!r})"})
-            res = content.get("user_expressions", {}).get("r", {})
-            if res.get("status") != "ok":
-                raise ValueError("the student's kernel could not run the request")
-            text = ast.literal_eval(res["data"]["text/plain"])
-            msg = PlainUnpickler(io.BytesIO(base64.b64decode(text))).load()
-        except (TimeoutError, EOFError) as exc:
-            self.dead = str(exc) or type(exc).__name__
-            raise RuntimeError(f"the student's process failed: {self.dead}") from None
-        except (ValueError, KeyError, SyntaxError, TypeError, pickle.UnpicklingError) as exc:
-            raise RuntimeError(f"bad reply from the student's process: {type(exc).__name__}") from None
-        finally:
-            self.callbacks = None
-        if msg[0] == "ok":
-            try:
-                return wire.rebuild(plain_loads(msg[1]), self.resolve_class, self._resolve_global, 0, self._handle)
-            except (pickle.UnpicklingError, ImportError, AttributeError, TypeError, ValueError) as exc:
-                raise RuntimeError(f"bad reply from the student's process: {exc}") from None
-        if msg[0] == "raise":
-            raise _student_exception(msg[1], msg[2], name)
-        raise RuntimeError("bad reply")
-
-    def function(self, name, source: str | None = None):
-        """A proxy for the student's callable ``name``. With ``source`` (the student's own source text,
-        as ``inspect.getsource`` gives it in the kernel), ``inspect.getsource(proxy)`` returns it, so
-        tests that read the student's code (forbidden calls) read the student's code here too; the text
-        is only registered in :mod:`linecache`, never compiled or run."""
+    def function(self, name: str):
+        """A proxy for the student's callable ``name``."""
 
         def proxy(*args, **kwargs):
-            return self._call("call", name, args, kwargs, name)
+            return self.call("call", name, args, kwargs, name)
 
         proxy.__name__ = proxy.__qualname__ = name
         setattr(proxy, wire.REMOTE_ATTR, name)
         self.functions[name] = proxy
-        if source:
-            fake = f"<student's {name}>"
-            lines = source.splitlines(keepends=True)
-            linecache.cache[fake] = (len(source), None, lines, fake)
-            proxy.__code__ = proxy.__code__.replace(co_filename=fake, co_firstlineno=1)
         return proxy
 
-    def close(self):
+    # -- after a timeout ------------------------------------------------------------------------
+    def recover(self) -> bool:
+        """After a :class:`CallTimeout`: interrupt the kernel and wait for the helper; if it does not answer,
+        restart the kernel and re-run the notebook. Returns whether the kernel serves calls again."""
+        if self._alive() and self.channel is not None:
+            try:
+                run_sync(self.km.interrupt_kernel)()
+            except Exception:
+                pass
+            saved, self.call_timeout = self.call_timeout, INTERRUPT_GRACE
+            try:
+                self.request("kinds", [])
+                return True
+            except (CallTimeout, KernelGone):
+                pass
+            finally:
+                self.call_timeout = saved
+        if self.restart is None or self.output_exceeded:
+            return False
+        self.restarts += 1
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         try:
-            self.kc.stop_channels()
-        except Exception:
-            pass
+            self.restart()
+        except Exception as exc:
+            self.dead = f"the kernel could not be restarted ({type(exc).__name__})"
+            return False
+        return self.start()
 
 
 # --------------------------------------------------------------------------------------------
-# what a failing test cell may show
-def failure_message(exc: BaseException, names=()) -> str:
-    """What a student may read about a failing test: the author's assertion message, or the student's
-    own exception; never a traceback, and never the message of an exception raised by test code
-    (it could hold an expected value). ``names`` are the lab's answer names (a missing one is said)."""
-    student = getattr(exc, "courselib_student", None)
-    if student:
-        text = str(exc).strip()
-        return f"your {student} raised {type(exc).__name__}" + (f": {text[:500]}" if text else "")
-    if isinstance(exc, AssertionError):
-        text = str(exc).strip()
-        return text[:500] if text else "an assertion failed"
-    if isinstance(exc, NameError) and getattr(exc, "name", None) in names:  # a missing answer of the student's
-        return f"NameError: {exc.name!r} is not defined (its cell failed or was not run)"
-    return f"the test raised {type(exc).__name__}"
-
-
-def _cell_source(cell) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _error_names(cell) -> list[str]:
-    return [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-
-
-# --------------------------------------------------------------------------------------------
-def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str], tm) -> dict:
-    """Run the source test cells in the clean room against the student's names; per part the verdict."""
+def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[str], tm, on_timeout) -> dict:
+    """Run the clean tier's test cells in the clean room against the student's names; a verdict per part."""
     cells = spec["cells"]
+    clean = {p["grade_id"] for p in spec["parts"] if p["tier"] == "clean"}
     tests = [i for i, c in enumerate(cells) if c["kind"] == "test"]
-    results = {}
-    bound = {}
-    values = []  # the student's values not fetched yet (a module whose class an instructor cell defines later)
+    results: dict[str, dict] = {}
+    bound: dict = {}
+    values: list[
+        str
+    ] = []  # the student's values not fetched yet (a module whose class an instructor cell defines later)
+
+    def bind_student_names():
+        bound.clear()
+        values.clear()
+        if session is None or session.dead:
+            return
+        session.resolve_class = wire.main_class_resolver(ns)
+        # a name a test cell rebinds (course_versions(binarize_det=...)) is rebound in the kernel for each
+        # call too, so that the student's later parts use the course library's earlier ones there as well
+        session.overrides = lambda: {n: ns[n] for n in bound if n in ns and ns[n] is not bound[n]}
+        try:
+            kinds = session.request("kinds", names)
+        except Exception:
+            kinds = {}
+        for name, kind in kinds.items() if isinstance(kinds, dict) else []:
+            if kind == "callable" and name in names:
+                bound[name] = session.function(name)
+            elif kind == "value" and name in names:
+                values.append(name)
+        fetch_values()
 
     def fetch_values():
         for name in list(values):
             try:
-                bound[name] = proxy.request("get", name, name=name)
+                bound[name] = session.request("get", name, name=name)
                 values.remove(name)
+            except (CallTimeout, KernelGone):
+                break
             except Exception:
                 pass
-
-    if proxy is not None and not proxy.dead:
-        proxy.resolve_class = wire.main_class_resolver(ns)
-        # a name a test cell rebinds (course_versions(binarize_det=...)) is rebound in the kernel for each
-        # call too, so that the student's later parts use the course library's earlier ones there as well
-        proxy.overrides = lambda: {n: ns[n] for n in bound if n in ns and ns[n] is not bound[n]}
-        try:
-            kinds = proxy.request("kinds", names)
-        except Exception:
-            kinds = {}
-        for name, kind in kinds.items():
-            try:
-                if kind == "callable":
-                    try:
-                        src = proxy.request("source", name, name=name)
-                    except Exception:
-                        src = None
-                    bound[name] = proxy.function(name, src if isinstance(src, str) else None)
-                elif kind == "value":
-                    values.append(name)
-            except Exception:
-                pass
-        fetch_values()
 
     def run(src: str, label: str):
         try:
@@ -470,6 +446,7 @@ def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str]
         except BaseException as exc:  # every failure is a failed test
             return exc
 
+    bind_student_names()
     if not tests:
         return results
     for cell in cells[tests[0] : tests[-1] + 1]:
@@ -480,45 +457,57 @@ def _run_tests(spec: dict, ns: dict, proxy: KernelProxy | None, names: list[str]
         ns.update(bound)
         if cell["kind"] != "test":
             run(cell["source"], f"cell {cell.get('grade_id')}")
-            if values:
+            if values and session is not None:
                 fetch_values()
             continue
         gid = cell["grade_id"]
+        if gid not in clean:
+            continue
+        if session is not None:
+            session.hidden = False
         vis_exc = run(cell["release_source"], f"visible tests {gid}")
         for name in names:
             ns.pop(name, None)
         ns.update(bound)
-        full_exc = vis_exc if cell["release_source"] == cell["source"] else run(cell["source"], f"tests {gid}")
+        full_exc = None
+        if vis_exc is None and cell["release_source"] != cell["source"]:
+            if session is not None:
+                session.hidden = True
+            full_exc = run(cell["source"], f"tests {gid}")
+            if session is not None:
+                session.hidden = False
         exc = vis_exc or full_exc
-        res = {"visible": vis_exc is None, "passed": vis_exc is None and full_exc is None}
+        res = {"status": "passed" if exc is None else "failed"}
+        if not cell["release_source"].strip():
+            res["hidden_only"] = True
         if exc is not None:
             res["where"] = "visible" if vis_exc is not None else "hidden"
-            res["message"] = failure_message(exc, names)
+            if isinstance(exc, CallTimeout):
+                res["status"] = "timeout"
+                res["message"] = f"your code did not finish within {session.call_timeout:g} s" + (
+                    " on a hidden input" if res["where"] == "hidden" else ""
+                )
+            else:
+                res["message"] = failure_message(exc, names, hidden=res["where"] == "hidden")
             res["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
         results[gid] = res
+        if isinstance(exc, CallTimeout) and session is not None:
+            on_timeout(gid)
+            if session.recover():
+                bind_student_names()
     return results
 
 
-def grade_notebook(spec: dict) -> dict:
-    """Execute the submission in the sandboxed kernel once, grade it in the clean room, write the outputs.
-
-    ``spec`` (JSON from :class:`courselib.grading.grader.Grader`): ``notebook`` (the submission with its
-    locked cells restored from the release), ``cells`` (the source notebook's code cells classified as
-    ``test`` / ``solution`` / ``instructor``, each test with its ``release_source``), ``kernel_name``,
-    ``work`` (the kernel's working directory), ``ipc`` (prefix of its ZeroMQ ``ipc://`` sockets, or
-    ``None`` for TCP), ``cell_timeout``, ``startup_timeout``, ``output_bytes``, ``out`` (folder for
-    ``executed.ipynb``). Returns ``{"kernel": {grade_id: visible test passed in the kernel}, "clean":
-    {grade_id: verdict}, "flags": [...], "times": {...}}``.
-    """
-    times = {"start": time.monotonic()}
-    nb = nbformat.read(spec["notebook"], as_version=4)
+# --------------------------------------------------------------------------------------------
+def _executor(spec: dict, work: str, kernel_name: str) -> LimitedExecute:
     cfg = Config()
-    if spec.get("ipc"):
+    ipc = spec.get("ipc") if work == spec["work"] else spec.get("sealed_ipc")
+    if ipc:
         cfg.KernelManager.transport = "ipc"
-        cfg.KernelManager.ip = spec["ipc"]
+        cfg.KernelManager.ip = ipc
     ep = LimitedExecute(
         config=cfg,
-        kernel_name=spec["kernel_name"],
+        kernel_name=kernel_name,
         timeout=spec["cell_timeout"],
         startup_timeout=spec["startup_timeout"],
         interrupt_on_timeout=True,
@@ -526,19 +515,140 @@ def grade_notebook(spec: dict) -> dict:
         raise_on_iopub_timeout=False,
         shutdown_kernel="immediate",
         max_output_bytes=spec["output_bytes"],
-        extra_arguments=[] if spec.get("ipc") else ["--HistoryManager.enabled=False"],
+        extra_arguments=[] if ipc else ["--HistoryManager.enabled=False"],
     )
-    ep.nb = nb
+    # large enough for one flush of a print loop (ipykernel sends its buffer every 0.2 s), so the output limit
+    # sees the flood and interrupts the cell; a single larger message is refused and flagged (watch_oversize)
+    ep.max_message_bytes = max(4 * spec["output_bytes"], 64 << 20)
     ep.reset_execution_trackers()
-    ep.resources = {"metadata": {"path": spec["work"]}}
+    ep.resources = {"metadata": {"path": work}}
     ep.km = ep.create_kernel_manager()
+    return ep
+
+
+def _execute_all(ep: LimitedExecute, nb) -> bool:
+    """Execute every code cell of ``nb`` in the executor's kernel; ``False`` if the kernel died."""
+    ep.nb = nb
+    try:
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "code":
+                ep.execute_cell(cell, index, store_history=True)
+    except DeadKernelError:
+        return False
+    return True
+
+
+def _cell_flags(nb, ep=None) -> list[str]:
+    flags = ["output-limit"] if ep is not None and ep.oversized else []
+    for cell in nb.cells:
+        enames = [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        for ename, flag in (
+            ("CellTimeoutError", "timeout"),
+            ("MemoryError", "memory"),
+            ("OutputLimitExceeded", "output-limit"),
+            ("DeadKernelError", "crashed"),
+        ):
+            if ename in enames:
+                flags.append(flag)
+    return flags
+
+
+def sealed_verdicts(spec: dict) -> dict:
+    """Judge the sealed tier's parts nbgrader's way: a fresh sandboxed kernel runs the submission with the
+    *source* version of every test cell (hidden tests in place); a part passes when its cell raised nothing.
+
+    Only the verdicts leave: the executed notebook (which holds the hidden tests and whatever the student's
+    code printed next to them) is dropped, and no message is kept (the student's code ran beside the hidden
+    tests, so any text could carry them).
+    """
+    sealed = [p["grade_id"] for p in spec["parts"] if p["tier"] == "sealed"]
+    if not sealed:
+        return {}
+    nb = nbformat.read(spec["notebook"], as_version=4)
+    source = {c["grade_id"]: c["source"] for c in spec["cells"] if c["kind"] == "test"}
+    for cell in nb.cells:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if cell.cell_type == "code" and gid in source:
+            cell.source = source[gid]
+    ep = _executor(spec, spec["sealed_work"], spec.get("sealed_kernel_name") or spec["kernel_name"])
+    try:
+        ep.start_new_kernel(cwd=spec["sealed_work"])
+        ep.start_new_kernel_client()
+        alive = _execute_all(ep, nb)
+    finally:
+        try:
+            ep._cleanup_kernel()
+        except Exception:
+            pass
+    verdicts = {}
+    for cell in nb.cells:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid not in sealed:
+            continue
+        errors = [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        ran = alive and cell.get("execution_count") is not None
+        verdicts[gid] = {"status": "passed" if ran and not errors else "failed", "where": "hidden"}
+        if "CellTimeoutError" in errors:
+            verdicts[gid]["status"] = "timeout"
+    return verdicts
+
+
+def student_cells(nb) -> list[str]:
+    """The source of every code cell the student wrote: the answer cells and any cell they added."""
+    out = []
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if cell.cell_type == "code" and (not meta or meta.get("solution")):
+            out.append(cell.source)
+    return out
+
+
+def score_parts(parts: list[dict], clean: dict, sealed: dict, crashed: bool) -> dict:
+    """Every part's verdict: ``status``, ``score`` (``None`` while it waits for a manual grade), ``points``,
+    ``tier``, and ``where``/``message`` for a failure. Nothing the student's kernel reported about its own
+    visible tests counts: a clean part's score is the clean room's verdict, a sealed part's the sealed run's."""
+    out = {}
+    for p in parts:
+        gid, pts, tier = p["grade_id"], float(p["points"]), p["tier"]
+        if tier == "manual":
+            out[gid] = {"status": "pending", "score": None, "points": pts, "tier": tier}
+            continue
+        verdict = (clean if tier == "clean" else sealed).get(gid, {})
+        status = "failed" if crashed else verdict.get("status", "failed")
+        v = {"status": status, "score": pts if status == "passed" else 0.0, "points": pts, "tier": tier}
+        for key in ("where", "message", "traceback", "hidden_only"):
+            if key in verdict and status != "passed":
+                v[key] = verdict[key]
+        if crashed:
+            v["message"] = "the kernel died while the notebook ran"
+        out[gid] = v
+    return out
+
+
+def grade_notebook(spec: dict) -> dict:
+    """Execute the submission in the sandboxed kernel once, judge every part, write the outputs.
+
+    ``spec`` (JSON from :class:`courselib.grading.grader.Grader`): ``notebook`` (the submission with its
+    locked cells restored from the release), ``cells`` (the source notebook's code cells classified as
+    ``test`` / ``solution`` / ``instructor``, each test with its ``release_source``), ``parts`` (each with
+    ``grade_id``, ``points`` and ``tier``), ``mutable`` (the copy-back contract, ``None`` to learn it),
+    ``kernel_name``, ``work`` (the kernel's working directory), ``ipc``, ``sealed_work``/``sealed_ipc``/
+    ``sealed_kernel_name`` (the sealed run's), ``cell_timeout``, ``startup_timeout``, ``output_bytes``,
+    ``max_reply_bytes``, ``autograded`` and ``feedback_html`` (where to write them). Returns
+    ``{"verdicts": {grade_id: verdict}, "flags": [...], "times": {...}, "calls": n, "changed": {...}}``.
+    """
+    times = {"start": time.monotonic()}
+    nb = nbformat.read(spec["notebook"], as_version=4)
     flags: list[str] = []
     tm = TransformerManager()
     ns = {"__name__": "__main__", "__builtins__": builtins}
     cells = spec["cells"]
     names = solution_names([c["source"] for c in cells if c["kind"] == "solution"])
     first_test = min((i for i, c in enumerate(cells) if c["kind"] == "test"), default=len(cells))
-    proxy = None
+    ep = _executor(spec, spec["work"], spec["kernel_name"])
+    session = None
+    timeouts: list[str] = []
+    clean: dict = {}
     try:
         ep.start_new_kernel(cwd=spec["work"])
         times["kernel_launched"] = time.monotonic()
@@ -558,48 +668,51 @@ def grade_notebook(spec: dict) -> dict:
         setup.start()
         ep.start_new_kernel_client()
         times["kernel_ready"] = time.monotonic()
-        try:
-            for index, cell in enumerate(nb.cells):
-                if cell.cell_type == "code":
-                    ep.execute_cell(cell, index, store_history=True)
-        except DeadKernelError:
+        if not _execute_all(ep, nb):
             flags.append("crashed")
         times["executed"] = time.monotonic()
         setup.join()
         times["setup_joined"] = time.monotonic()
-        if "crashed" not in flags:
-            proxy = KernelProxy(ep.km, spec["cell_timeout"])
-            if not proxy.define_helper():
-                proxy.dead = proxy.dead or "the helper could not be defined"
-        clean = _run_tests(spec, ns, proxy, names, tm) if "crashed" not in flags else {}
+        flags += _cell_flags(nb, ep)
+        if "crashed" not in flags and any(p["tier"] == "clean" for p in spec["parts"]):
+
+            def restart():  # a fresh kernel that has run the notebook again (outputs of the first run kept)
+                run_sync(ep.km.restart_kernel)(now=True)
+                _execute_all(ep, copy.deepcopy(nb))
+
+            session = KernelSession(
+                ep.km,
+                Path(spec["work"]),
+                call_timeout=spec["cell_timeout"],
+                output_limit=spec["output_bytes"],
+                max_reply=spec["max_reply_bytes"],
+                restart=restart,
+            )
+            session.mutable = spec.get("mutable")
+            session.start()
+            bans.submission_code = student_cells(nb)  # stated bans are read from the submitted notebook
+            clean = _run_tests(spec, ns, session, names, tm, timeouts.append)
+            if session.output_exceeded:
+                flags.append("output-limit")
         times["clean_room"] = time.monotonic()
     finally:
-        if proxy is not None:
-            proxy.close()
+        if session is not None:
+            session.close()
         try:
             ep._cleanup_kernel()
         except Exception:
             pass
     times["kernel_stopped"] = time.monotonic()
-    kernel = {}
+    sealed = sealed_verdicts(spec) if "crashed" not in flags else {}
+    times["sealed"] = time.monotonic()
+    verdicts = score_parts(spec["parts"], clean, sealed, "crashed" in flags)
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        enames = _error_names(cell)
-        for ename, flag in (
-            ("CellTimeoutError", "timeout"),
-            ("MemoryError", "memory"),
-            ("OutputLimitExceeded", "output-limit"),
-            ("DeadKernelError", "crashed"),
-        ):
-            if ename in enames:
-                flags.append(flag)
-        if meta.get("grade") and cell.cell_type == "code":
-            kernel[meta["grade_id"]] = cell.get("execution_count") is not None and not enames
-    scores, notes, faked = score_parts(spec["parts"], spec.get("verifiable"), kernel, clean, "crashed" in flags)
-    for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade") and meta.get("grade_id") in scores:
-            meta["score"], meta["points"] = scores[meta["grade_id"]], float(dict(spec["parts"])[meta["grade_id"]])
+        v = verdicts.get(meta.get("grade_id"))
+        if v is not None and (meta.get("grade") or meta.get("task")):
+            meta["points"] = v["points"]
+            if v["score"] is not None:
+                meta["score"] = v["score"]
     for key in ("autograded", "feedback_html"):
         if spec.get(key):
             Path(spec[key]).parent.mkdir(parents=True, exist_ok=True)
@@ -607,141 +720,21 @@ def grade_notebook(spec: dict) -> dict:
     if spec.get("autograded"):
         nbformat.write(nb, spec["autograded"])
     if spec.get("feedback_html"):
-        fb = feedback_notebook(nb, spec["parts"], scores, clean, kernel, spec.get("feedback", "redacted"), spec, notes)
-        total, top = sum(scores.values()), sum(p for _, p in spec["parts"])
+        sources = {c["grade_id"]: c["source"] for c in cells if c["kind"] == "test"}
+        fb = feedback_notebook(nb, verdicts, spec.get("feedback", "redacted"), sources)
+        auto = [v for v in verdicts.values() if v["score"] is not None]
+        total, top = sum(v["score"] for v in auto), sum(v["points"] for v in verdicts.values())
         Path(spec["feedback_html"]).write_text(render_feedback(fb, spec["lab"], total, top))
     times["feedback"] = time.monotonic()
     return {
-        "kernel": kernel,
-        "clean": {g: {k: v for k, v in r.items() if k != "traceback"} for g, r in clean.items()},
-        "scores": scores,
-        "notes": notes,
-        "faked": faked,
+        "verdicts": {g: {k: v for k, v in r.items() if k != "traceback"} for g, r in verdicts.items()},
         "flags": sorted(set(flags)),
         "times": times,
-        "calls": proxy.calls if proxy else 0,
+        "calls": session.calls if session else 0,
+        "restarts": session.restarts if session else 0,
+        "timeouts": timeouts,
+        "changed": {k: sorted(v) for k, v in session.changed.items()} if session else {},
     }
-
-
-def score_parts(parts, verifiable, kernel: dict, clean: dict, crashed: bool):
-    """Part scores from the verdicts: on every part the clean room can check (``verifiable``; ``None``:
-    all, for the calibration), its verdict (visible and hidden tests) and the visible tests' result in
-    the kernel must both pass; on the others, the visible tests' result in the kernel. Returns
-    ``(scores, notes, faked)``, ``faked`` the parts whose visible tests passed in the kernel but failed
-    in the clean room (the student's code faked a pass)."""
-    scores, notes, faked = {}, {}, []
-    for gid, pts in parts:
-        verdict = clean.get(gid, {})
-        if crashed:
-            scores[gid] = 0.0
-        elif verifiable is None or gid in verifiable:
-            # the clean room's verdict on every test, and the visible tests in the kernel too (they see
-            # the student's real objects; failing there only ever costs the student)
-            scores[gid] = float(pts) if verdict.get("passed") and (verifiable is None or kernel.get(gid)) else 0.0
-            if kernel.get(gid) and not verdict.get("visible"):
-                faked.append(gid)
-        else:
-            scores[gid] = float(pts) if kernel.get(gid) else 0.0
-            notes[gid] = "scored by its visible tests only: the clean room cannot check this part"
-    return scores, notes, faked
-
-
-# --------------------------------------------------------------------------------------------
-# feedback
-def coalesce_streams(nb) -> None:
-    """Join consecutive ``stream`` outputs of the same name in every cell, in place.
-
-    How a kernel splits a cell's printing into messages depends on timing (``print("x")`` may arrive
-    as ``"x"`` and ``"\\n"``); joined, the autograded notebook and the feedback are the same on every run
-    and on every machine that grades the submission.
-    """
-    for cell in nb.cells:
-        merged = []
-        for out in cell.get("outputs", []):
-            prev = merged[-1] if merged else None
-            if (
-                prev is not None
-                and out.get("output_type") == "stream"
-                and prev.get("output_type") == "stream"
-                and prev.get("name") == out.get("name")
-            ):
-                prev["text"] = "".join(prev["text"]) + "".join(out["text"])
-            else:
-                merged.append(out)
-        if "outputs" in cell:
-            cell["outputs"] = merged
-
-
-def feedback_notebook(
-    executed, parts: list, scores: dict, clean: dict, kernel: dict, mode: str, spec: dict, notes: dict
-) -> NotebookNode:
-    """The notebook the feedback is rendered from: the executed notebook (visible tests and their
-    outputs as the kernel produced them) with, under every test cell, its verdict, points and message.
-
-    ``mode="redacted"`` (default): a failing part shows which tests failed (visible or hidden) and the
-    message of :func:`failure_message`, never hidden test code, expected values or a traceback of
-    hidden code. ``mode="full"``: the test cell shows its source version (hidden tests included) and
-    the clean room's traceback.
-    """
-    nb = nbformat.from_dict(json.loads(json.dumps(executed)))
-    points = dict(parts)
-    source_tests = {c["grade_id"]: c["source"] for c in spec["cells"] if c["kind"] == "test"}
-    for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if not (meta.get("grade") and meta.get("grade_id") in points):
-            continue
-        gid = meta["grade_id"]
-        meta["score"], meta["points"] = float(scores.get(gid, 0.0)), float(points[gid])
-        verdict = clean.get(gid, {})
-        score = float(scores.get(gid, 0.0))
-        passed = score >= points[gid] and bool(verdict.get("passed") or kernel.get(gid))
-        text = f"{'passed' if passed else 'failed'}: {score:g} / {points[gid]:g} points"
-        if not passed:
-            where = verdict.get("where")
-            if where == "visible" or (gid in kernel and not kernel[gid]):
-                text += " (the visible tests above failed)"
-            elif where == "hidden":
-                text += " (the visible tests passed; the hidden tests failed)"
-            if verdict.get("message"):
-                text += f"\nmessage: {verdict['message']}"
-        if notes.get(gid):
-            text += f"\nnote: {notes[gid]}"
-        if mode == "full":
-            cell.source = source_tests.get(gid, cell.source)
-            if verdict.get("traceback") and not passed:
-                text += "\n\n" + verdict["traceback"]
-        colour = "#2e7d32" if passed else "#c62828"
-        cell.outputs.append(
-            nbformat.v4.new_output(
-                "display_data",
-                data={
-                    "text/plain": text,
-                    "text/html": f'<pre style="color:{colour};font-weight:bold">{html.escape(text)}</pre>',
-                },
-            )
-        )
-    return nb
-
-
-_EXPORTER = None
-
-
-def render_feedback(nb: NotebookNode, lab: str, score: float, max_score: float) -> str:
-    """HTML with nbgrader's own feedback template (what ``nbgrader generate_feedback`` writes)."""
-    global _EXPORTER
-    if _EXPORTER is None:
-        root = Path(importlib.import_module("nbgrader").__file__).parent
-        c = Config()
-        c.HTMLExporter.template_name = "feedback"
-        c.HTMLExporter.extra_template_basedirs = [str(root / "server_extensions" / "formgrader" / "templates")]
-        c.HTMLExporter.extra_template_paths = [
-            str(root / "server_extensions" / "formgrader" / "static" / "node_modules" / "bootstrap" / "dist" / "css")
-        ]
-        _EXPORTER = HTMLExporter(config=c)
-        _EXPORTER.register_preprocessor(CSSHTMLHeaderPreprocessor(), enabled=True)
-    resources = {"nbgrader": {"notebook": lab, "score": score, "max_score": max_score, "late_penalty": 0}}
-    body, _ = _EXPORTER.from_notebook_node(nb, resources=resources)
-    return body
 
 
 def driver_args(spec_path, result_path) -> list[str]:
@@ -754,6 +747,7 @@ def driver_args(spec_path, result_path) -> list[str]:
 def main(argv=None) -> None:  # pragma: no cover - subprocess entry point
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["grade"] and len(argv) == 3:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         spec = json.loads(Path(argv[1]).read_text())
         res = grade_notebook(spec)
         res["times"]["written"] = time.monotonic()

@@ -8,7 +8,8 @@
                                             # class scale: parallel, sandboxed, limited, tamper-proof,
                                             # resumable autograding + feedback + grades/LAB.csv (+ lab hooks)
                                             # [--cluster tcp://SCHED:8786 | local:N] [--db postgresql://...]
-    courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde + feedback (trusted notebooks only)
+    courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde, unsandboxed (trusted notebooks only),
+                                            # feedback without the hidden tests
     courselib export LAB [--db URL]         # labs/grades/LAB.csv
     courselib leaderboard SUBMISSIONS OUT   # score the compression challenge, write the leaderboard
     courselib mutants LAB [--only ID ...] [--grader courselib]   # every wrong answer must lose points
@@ -21,8 +22,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import batch, course, gradebook, leaderboard, mutants, quiz
-from .grader import Limits
+from .. import grading
+from . import course
+
+# Each command imports what it runs when it runs, as an attribute of the lazy package (``grading.batch``,
+# ``grading.leaderboard`` ...): ``courselib --help`` and ``courselib labs`` import only this module and
+# ``course``, never nbgrader, torch, ExecuTorch or Dask (``tests/test_grading_cli.py`` checks it).
+LIMIT_FIELDS = ("cell_timeout", "notebook_timeout", "memory_mb", "output_kb")
+GRADERS = ("nbgrader", "courselib")
+"""``courselib mutants --grader`` choices: :data:`courselib.grading.mutants.GRADERS` (a test keeps them equal)."""
+
+
+class _LimitDefault:
+    """The default of one field of :class:`~courselib.grading.grader.Limits`, read when the help is shown."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __str__(self) -> str:
+        return str(getattr(grading.grader.Limits(), self.field))
 
 
 def _cmd_labs(args) -> int:
@@ -39,20 +57,18 @@ def _cmd_release(args) -> int:
 
 
 def _cmd_autograde(args) -> int:
+    print(course.AUTOGRADE_NOTICE, flush=True)
     graded = course.autograde(args.lab, args.submissions, args.course_dir)
     print(f"autograded {len(graded)} submission(s) of {args.lab}")
-    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir)}")
+    print(f"grades written to {grading.gradebook.export_grades(args.lab, args.course_dir)}")
     return 0
 
 
 def _cmd_grade(args) -> int:
-    limits = Limits(
-        cell_timeout=args.cell_timeout,
-        notebook_timeout=args.notebook_timeout,
-        memory_mb=args.memory_mb,
-        output_kb=args.output_kb,
-    )
-    summary = batch.grade(
+    course.check_lab(args.lab, course.find_course_dir(args.course_dir))  # before importing the grader
+    given = {f: getattr(args, f) for f in LIMIT_FIELDS if not isinstance(getattr(args, f), _LimitDefault)}
+    limits = grading.grader.Limits(**given)
+    summary = grading.batch.grade(
         args.lab,
         args.submissions,
         args.course_dir,
@@ -65,40 +81,47 @@ def _cmd_grade(args) -> int:
         db=args.db,
         sandboxed=not args.no_sandbox,
     )
-    print(batch.summary_table(summary))
+    print(grading.batch.summary_table(summary))
     if summary.get("leaderboard"):
         print(f"leaderboard: {summary['leaderboard']} (and .csv)")
     return 0
 
 
 def _cmd_export(args) -> int:
-    print(f"grades written to {gradebook.export_grades(args.lab, args.course_dir, db=args.db)}")
+    course.check_lab(args.lab, course.find_course_dir(args.course_dir))
+    print(f"grades written to {grading.gradebook.export_grades(args.lab, args.course_dir, db=args.db)}")
     return 0
 
 
 def _cmd_leaderboard(args) -> int:
-    rows = leaderboard.grade_challenge(args.submissions, args.out_dir, lab=args.lab)
+    board = grading.leaderboard
+    rows = board.grade_challenge(args.submissions, args.out_dir, lab=args.lab)
     for r in rows:
-        print(f"{r['student_id']}: {r['status']} score={leaderboard.format_cell('score', r['score']) or '-'}")
+        print(f"{r['student_id']}: {r['status']} score={board.format_cell('score', r['score']) or '-'}")
     return 0
 
 
 def _cmd_mutants(args) -> int:
-    rows = mutants.run_bank(args.lab, args.course_dir, only=args.only, grader=args.grader, workers=args.workers)
-    print(mutants.verdict_table(rows))
+    course.check_lab(args.lab, course.find_course_dir(args.course_dir))
+    rows = grading.mutants.run_bank(args.lab, args.course_dir, only=args.only, grader=args.grader, workers=args.workers)
+    print(grading.mutants.verdict_table(rows))
     bad = [r for r in rows if r["verdict"] not in ("killed", "full-marks")]
     print(f"{args.lab}: {len(rows) - 1} mutants, {len(rows) - 1 - len(bad)} killed, {len(bad)} not")
     return 1 if bad else 0
 
 
 def _cmd_quiz(args) -> int:
+    quiz = grading.quiz
     if args.quiz_command == "render":
         for p in quiz.write_pages(args.bank, args.answer_key, answers=args.answer_key is not None):
             print(p)
         return 0
     res = quiz.grade(quiz.read_answers(Path(args.answers)), chapter=args.chapter, path=args.bank)
     for qid, ok in res["results"].items():
-        print(f"{'ok   ' if ok else 'WRONG'} {qid}")
+        if qid in res["invalid"]:  # an ambiguous number ("1,234"): unscored, the student writes it again
+            print(f"UNREAD {qid}: {res['invalid'][qid]}")
+        else:
+            print(f"{'ok   ' if ok else 'WRONG'} {qid}")
     print(f"score: {res['score']}/{res['total']}")
     return 0
 
@@ -111,21 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("release", help="generate student versions (all labs by default)")
     p.add_argument("labs", nargs="*")
     p.set_defaults(func=_cmd_release)
-    p = sub.add_parser("autograde", help="autograde a folder <student>/<lab>/<lab>.ipynb and export grades")
+    p = sub.add_parser(
+        "autograde",
+        help="plain nbgrader, unsandboxed (trusted notebooks): autograde <student>/<lab>/<lab>.ipynb, export grades",
+    )
     p.add_argument("lab")
     p.add_argument("submissions")
     p.set_defaults(func=_cmd_autograde)
     p = sub.add_parser("grade", help="grade a folder (or LMS zip) of submissions: parallel, sandboxed, resumable")
     p.add_argument("lab")
-    p.add_argument("submissions", help="<student>/<lab>/<lab>.ipynb folders, or a zip of them")
-    p.add_argument("--workers", type=int, default=2, help="parallel submissions (default 2)")
-    d = Limits()
-    p.add_argument("--cell-timeout", type=int, default=d.cell_timeout, help=f"seconds per cell ({d.cell_timeout})")
     p.add_argument(
-        "--notebook-timeout", type=int, default=d.notebook_timeout, help=f"seconds per notebook ({d.notebook_timeout})"
+        "submissions",
+        help="<student>/<lab>/<lab>.ipynb folders or <student>_<lab>.ipynb files, or an LMS zip (Canvas, Moodle)",
     )
-    p.add_argument("--memory-mb", type=int, default=d.memory_mb, help=f"kernel memory, MiB ({d.memory_mb})")
-    p.add_argument("--output-kb", type=int, default=d.output_kb, help=f"output per cell, KiB ({d.output_kb})")
+    p.add_argument("--workers", type=int, default=2, help="parallel submissions (default 2)")
+    d = {f: _LimitDefault(f) for f in LIMIT_FIELDS}  # the grader's own defaults, read only by `grade --help`
+    p.add_argument("--cell-timeout", type=int, default=d["cell_timeout"], help="seconds per cell (%(default)s)")
+    p.add_argument(
+        "--notebook-timeout", type=int, default=d["notebook_timeout"], help="seconds per notebook (%(default)s)"
+    )
+    p.add_argument("--memory-mb", type=int, default=d["memory_mb"], help="kernel memory, MiB (%(default)s)")
+    p.add_argument("--output-kb", type=int, default=d["output_kb"], help="output per cell, KiB (%(default)s)")
     p.add_argument("--no-feedback", action="store_true", help="skip the HTML feedback")
     p.add_argument("--regrade", action="store_true", help="grade again even unchanged submissions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -154,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab")
     p.add_argument("--only", nargs="*", default=None, help="mutant ids (default: all)")
     p.add_argument(
-        "--grader", choices=mutants.GRADERS, default="nbgrader", help="grade with nbgrader (default) or courselib grade"
+        "--grader", choices=GRADERS, default="nbgrader", help="grade with nbgrader (default) or courselib grade"
     )
     p.add_argument("--workers", type=int, default=2, help="parallel submissions with --grader courselib")
     p.set_defaults(func=_cmd_mutants)

@@ -7,7 +7,9 @@ nbgrader does the work; this module only drives it:
   ``labs/release/<lab>/``; these student notebooks are build products, never edited by hand.
 - :func:`autograde` copies a folder of submissions laid out as ``<student>/<lab>/<lab>.ipynb`` into the
   course's ``submitted/`` folder and runs ``nbgrader autograde`` and ``nbgrader generate_feedback``
-  (trusted notebooks only: the class-scale, sandboxed path is :func:`courselib.grading.batch.grade`).
+  (trusted notebooks only: the hidden tests run in the student's process; the class-scale, sandboxed
+  path is :func:`courselib.grading.batch.grade`). Its feedback leaves the hidden tests out
+  (:func:`hide_hidden_tests`), which plain ``nbgrader generate_feedback`` shows verbatim.
 
 nbgrader runs the ``alembic`` executable by name to set up its gradebook, so every call here puts the
 running interpreter's ``bin`` folder first on ``PATH``.
@@ -15,8 +17,10 @@ running interpreter's ``bin`` folder first on ``PATH``.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +34,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 NOTEBOOK_SUFFIX = ".ipynb"
+HIDDEN_TESTS = tuple(f"{word} HIDDEN TESTS" for word in ("BEGIN", "END"))
+"""nbgrader's delimiters of a hidden-test region (``ClearHiddenTests``'s defaults, behind ``### ``); built, not
+written out, so that courselib's own files hold no marker (``tools/edition.py`` scans the published wheel)."""
 
 
 class GradingError(RuntimeError):
@@ -117,25 +124,136 @@ def release_all(course_dir: str | os.PathLike | None = None) -> list[Path]:
     return [release(lab, course) for lab in list_labs(course)]
 
 
-def lab_parts(lab: str, course_dir: str | os.PathLike | None = None) -> list[tuple[str, float]]:
-    """The graded parts of ``lab`` as ``(grade_id, points)`` in notebook order, read from the source."""
+def _part_cells(lab: str, course_dir) -> list[dict]:
     course = find_course_dir(course_dir)
     nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
-    parts = []
+    out = []
     for cell in nb["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade"):
-            parts.append((meta["grade_id"], float(meta.get("points", 0))))
-    return parts
+        if meta.get("grade") or meta.get("task"):
+            kind = "task" if meta.get("task") else "manual" if meta.get("solution") else "test"
+            out.append({"grade_id": meta["grade_id"], "points": float(meta.get("points", 0)), "kind": kind})
+    return out
+
+
+def lab_parts(lab: str, course_dir: str | os.PathLike | None = None) -> list[tuple[str, float]]:
+    """The graded parts of ``lab`` as ``(grade_id, points)`` in notebook order, read from the source: its
+    autograded test cells, its answers graded by hand (code or Markdown) and its task cells, as nbgrader
+    counts them into the maximum score."""
+    return [(c["grade_id"], c["points"]) for c in _part_cells(lab, course_dir)]
+
+
+def part_kinds(lab: str, course_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{grade_id: kind}`` for the parts of :func:`lab_parts`: ``"test"`` (autograded tests), ``"manual"``
+    (an answer graded by hand) or ``"task"`` (a task cell, graded by hand)."""
+    return {c["grade_id"]: c["kind"] for c in _part_cells(lab, course_dir)}
+
+
+def _split_hidden(source: str) -> tuple[str, list[str]]:
+    """``source`` without its hidden-test regions (markers included), and the regions' lines."""
+    kept, hidden, inside = [], [], False
+    for line in source.split("\n"):
+        if HIDDEN_TESTS[0] in line:
+            inside = True
+        elif HIDDEN_TESTS[1] in line:
+            inside = False
+        elif inside:
+            hidden.append(line)
+        else:
+            kept.append(line)
+    return "\n".join(kept), hidden
+
+
+HIDDEN_NOTE = "This test cell also runs hidden tests: their code and the cell's output are not shown here. Result: "
+
+
+def hide_hidden_tests(nb, resources):
+    """``nbgrader generate_feedback``'s preprocessor that keeps the hidden tests out of the feedback.
+
+    nbgrader's autograded notebook holds every test cell in its *source* version, hidden tests included,
+    and its own feedback shows them verbatim. Here, in every cell with a hidden-test region, the region
+    and its markers are removed from the source, and the cell's outputs (a traceback quotes the failing
+    hidden line; a hidden test may print) are replaced by one line: :data:`HIDDEN_NOTE` and ``passed``,
+    or ``failed`` with the exceptions' names. The score per cell still comes from nbgrader's gradebook.
+    A plain callable (nbconvert calls ``preprocessor(nb, resources)``), registered by :func:`autograde`.
+    """
+    from nbformat import NotebookNode  # in nbgrader's process, where nbformat is loaded anyway
+
+    for cell in nb.cells:
+        source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+        kept, _ = _split_hidden(source)
+        if kept == source:
+            continue
+        cell.source = kept
+        if cell.cell_type == "code":
+            errors = [o.get("ename", "error") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            verdict = f"failed ({', '.join(errors)})" if errors else "passed"
+            cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=HIDDEN_NOTE + verdict + "\n")]
+    return nb, resources
+
+
+#: ``nbgrader generate_feedback``'s preprocessors (nbgrader 0.9's own two, and :func:`hide_hidden_tests`).
+FEEDBACK_PREPROCESSORS = (
+    "nbgrader.preprocessors.GetGrades",
+    f"{__name__}.hide_hidden_tests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+)
+
+
+def hidden_test_lines(lab: str, course_dir: str | os.PathLike | None = None) -> list[str]:
+    """The lines of ``lab``'s hidden tests a student must never read: 12 characters or more, not comments,
+    and not also in the source outside the hidden regions (a line a solution holds is no secret)."""
+    course = find_course_dir(course_dir)
+    nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+    visible, hidden = [], []
+    for cell in nb["cells"]:
+        kept, lines = _split_hidden("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
+        visible.append(kept)
+        hidden += lines
+    visible_text = "\n".join(visible)
+    return sorted(
+        {s for s in (ln.strip() for ln in hidden) if len(s) >= 12 and not s.startswith("#") and s not in visible_text}
+    )
+
+
+def visible_text(page: str) -> str:
+    """An HTML page as a reader sees it: without styles, scripts and tags, entities decoded."""
+    page = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def feedback_leaks(page: str, secrets: list[str]) -> list[str]:
+    """The hidden-test markers and lines of ``secrets`` (:func:`hidden_test_lines`) an HTML page shows."""
+    text = visible_text(page)
+    return [s for s in (*HIDDEN_TESTS, *secrets) if s in text]
+
+
+AUTOGRADE_NOTICE = (
+    "courselib autograde: plain nbgrader, NOT sandboxed: each notebook runs in its own kernel with the hidden "
+    "tests, so student code can read them (use `courselib grade` for untrusted submissions); the feedback leaves "
+    "the hidden tests out"
+)
 
 
 def autograde(
-    lab: str, submissions_dir: str | os.PathLike, course_dir: str | os.PathLike | None = None, *, feedback: bool = True
+    lab: str,
+    submissions_dir: str | os.PathLike,
+    course_dir: str | os.PathLike | None = None,
+    *,
+    feedback: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Autograde every ``<student>/<lab>/<lab>.ipynb`` under ``submissions_dir`` with nbgrader.
+    """Autograde every ``<student>/<lab>/<lab>.ipynb`` under ``submissions_dir`` with plain nbgrader.
 
     Returns the student ids that were graded. Students whose folder lacks the notebook are
     skipped here (``export_grades`` reports them as ``missing``).
+
+    nbgrader runs each notebook with its hidden tests in one kernel, unsandboxed: for trusted notebooks
+    (the labs' own tests, a comparison with :func:`courselib.grading.batch.grade`). ``feedback`` writes
+    ``feedback/<student>/<lab>/<lab>.html`` with nbgrader's template, without the hidden tests
+    (:func:`hide_hidden_tests`). Student code that read the hidden tests could still print them in a later
+    cell: a feedback page that shows a hidden-test marker or line (:func:`feedback_leaks`) is deleted and
+    named through ``log`` (default: printed), never handed out.
     """
     course = find_course_dir(course_dir)
     check_lab(lab, course)
@@ -154,10 +272,21 @@ def autograde(
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(nb.parent, dest)
         graded.append(student_dir.name)
+    say = log or print
+    secrets = hidden_test_lines(lab, course) if feedback else []
+    preprocessors = [f"--GenerateFeedback.preprocessors={p}" for p in FEEDBACK_PREPROCESSORS]
     for student in graded:
         nbgrader(["autograde", lab, "--create", "--force", f"--student={student}"], course)
         if feedback:
-            nbgrader(["generate_feedback", lab, "--force", f"--student={student}"], course)
+            nbgrader(["generate_feedback", lab, "--force", f"--student={student}", *preprocessors], course)
+            page = course / "feedback" / student / lab / f"{lab}.html"
+            found = feedback_leaks(page.read_text(errors="replace"), secrets) if page.exists() else []
+            if found:
+                page.unlink()
+                say(
+                    f"courselib autograde: WITHHELD the feedback of {student}: it showed {len(found)} hidden-test "
+                    f"line(s), e.g. {found[0][:80]!r} (printed by the student's code?); {page} deleted"
+                )
     return graded
 
 

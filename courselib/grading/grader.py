@@ -1,15 +1,23 @@
-"""Grading one submission: tamper check, one sandboxed execution, the clean room's verdict, feedback.
+"""Grading one submission: tamper check, one sandboxed execution, every part judged by its hidden tests, feedback.
 
 :class:`Grader` holds the read-only context of one run (the lab's source and release, the limits, the
-sandbox settings, the feedback mode); :meth:`Grader.grade_one` grades one :class:`Job` and returns a
-result dict. It is the one code path for grading a submission, whichever scheduler calls it
+sandbox settings, the feedback mode, each part's tier); :meth:`Grader.grade_one` grades one :class:`Job` and
+returns a result dict. It is the one code path for grading a submission, whichever scheduler calls it
 (:mod:`courselib.grading.worker`). The student's notebook runs once, in a sandboxed kernel, with the
-*release* version of its test cells (visible tests only); the hidden tests run only in the trusted
-clean room (:mod:`courselib.grading.cleanroom`), which calls the student's functions in that kernel.
+*release* version of its test cells (visible tests only); the hidden tests run only in the trusted clean room
+(:mod:`courselib.grading.cleanroom`), which calls the student's functions in that kernel, or, for a part in
+the sealed tier, in a second sandboxed kernel whose only output is pass or fail.
+
+Each part's tier (:data:`~courselib.grading.cleanroom.TIERS`) is decided once per lab (:meth:`Grader.calibrate`):
+answers graded by hand are ``manual``; a test cell that changes the environment the student's code runs in
+(:func:`environment_changes`) is ``sealed``; every other test cell is ``clean`` if the lab's solution passes it
+there exactly as a submission is graded, else ``sealed``; a part the solution fails in both is an error of the
+lab, reported before any submission is graded.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -22,18 +30,24 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from IPython.core.inputtransformer2 import TransformerManager
+
 import courselib
 
 from . import forkserver, sandbox
-from .cleanroom import FEEDBACK_MODES, driver_args
-from .course import NOTEBOOK_SUFFIX, GradingError, lab_parts, lab_settings, nbgrader_env
+from .cleanroom import driver_args
+from .course import NOTEBOOK_SUFFIX, GradingError, lab_parts, lab_settings, nbgrader_env, part_kinds
+from .feedback import FEEDBACK_MODES
 from .gradebook import lab_state_dir
 from .intake import check_notebook
 
 STATUSES = ("graded", "timeout", "memory", "output-limit", "crashed", "invalid-notebook", "tampered", "missing")
 """Submission statuses, in the order of precedence used when several apply."""
 
-GRADER_VERSION = "courselib-grade-2"
+GRADER_VERSION = "courselib-grade-3"
+
+#: Largest answer the student's kernel may send to the clean room for one call (bytes).
+MAX_REPLY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,7 @@ def _notebook_cells(nb: dict, release_nb: dict | None = None) -> list[dict]:
             continue
         meta = cell.get("metadata", {}).get("nbgrader", {})
         src = _source(cell)
-        if meta.get("grade"):
+        if meta.get("grade") and not meta.get("solution"):
             gid = meta["grade_id"]
             out.append({"kind": "test", "grade_id": gid, "source": src, "release_source": released.get(gid, src)})
         elif meta.get("solution"):
@@ -154,6 +168,64 @@ def _notebook_cells(nb: dict, release_nb: dict | None = None) -> list[dict]:
         elif meta.get("locked"):
             out.append({"kind": "instructor", "grade_id": meta.get("grade_id"), "source": src})
     return out
+
+
+_PATCHERS = {"setattr", "delattr", "patch", "monkeypatch", "setitem"}
+
+
+def environment_changes(source: str, modules: set[str]) -> list[str]:
+    """What a test cell changes in the environment the student's code runs in, as short descriptions.
+
+    A test that assigns to (or deletes) an attribute of an imported module (``np.linalg.solve = None``),
+    patches with ``setattr``/``unittest.mock``/``monkeypatch``, or edits ``sys.modules`` or ``builtins``
+    changes what the student's function sees when it runs *in the same process*. In the clean room the
+    change would stay on the clean room's side, so such a part is judged in the sealed tier. ``modules`` are
+    the names bound by the notebook's imports (``np``, ``numpy``, ``linalg``...).
+    """
+    try:
+        tree = ast.parse(TransformerManager().transform_cell(source))
+    except SyntaxError:
+        return []
+    found = []
+
+    def root(node):
+        while isinstance(node, (ast.Attribute, ast.Subscript)):
+            node = node.value
+        return node.id if isinstance(node, ast.Name) else None
+
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for t in targets:
+            if isinstance(t, (ast.Attribute, ast.Subscript)) and root(t) in modules | {
+                "sys",
+                "builtins",
+                "__builtins__",
+            }:
+                found.append(f"line {node.lineno}: {ast.unparse(t)} changed")
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in _PATCHERS:
+                found.append(f"line {node.lineno}: {name}(...)")
+    return found
+
+
+def imported_names(sources: list[str]) -> set[str]:
+    """The names that ``import`` statements bind in the given cells (module aliases and imported names)."""
+    tm, names = TransformerManager(), set()
+    for src in sources:
+        try:
+            tree = ast.parse(tm.transform_cell(src))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
 
 
 def restore_locked_cells(nb: dict, release_nb: dict) -> dict:
@@ -216,6 +288,20 @@ class Grader:
         self.cells = _notebook_cells(self.source_nb, self.release_nb)
         self.preload = forkserver.preload_statements([c["source"] for c in self.cells if c["kind"] != "solution"])
         self.parts = lab_parts(lab, course)
+        self.kinds = part_kinds(lab, course)
+        modules = imported_names([c["source"] for c in self.cells])
+        #: why a part is sealed from the start (it changes the student's environment)
+        self.env_changes = {
+            c["grade_id"]: changes
+            for c in self.cells
+            if c["kind"] == "test" and (changes := environment_changes(c["source"], modules))
+        }
+        self.tiers = {
+            g: "manual" if self.kinds.get(g) != "test" else "sealed" if g in self.env_changes else "clean"
+            for g, _ in self.parts
+        }
+        #: the copy-back contract: which arguments each of the student's functions may change in place
+        self.mutable: dict | None = None
         self.feedback_mode = str(lab_settings(lab, course).get("feedback", "redacted"))
         if self.feedback_mode not in FEEDBACK_MODES:
             raise GradingError(
@@ -227,7 +313,6 @@ class Grader:
             if p.name != f"{lab}{NOTEBOOK_SUFFIX}" and not p.name.startswith(".")
         ]
         self.template = base / "template"
-        self.verifiable: set[str] = set()
 
     def env(self, jupyter_dir: Path | None = None, runtime: Path | None = None) -> dict:
         env = nbgrader_env()
@@ -262,13 +347,14 @@ class Grader:
 
     def tampering(self, nb: dict) -> list[str]:
         """Locked cells of a submission that were edited, retyped or deleted (compared by grade_id
-        with both the release and the source version; nbgrader restores them from its checksums)."""
+        with both the release and the source version; nbgrader restores them from its checksums, and so
+        does :func:`restore_locked_cells`). Answer cells, graded by hand or not, are the student's to edit."""
 
         def locked(cells):
             out = {}
             for cell in cells:
                 meta = cell.get("metadata", {}).get("nbgrader", {})
-                if meta.get("locked") or meta.get("grade"):
+                if (meta.get("locked") or meta.get("grade")) and not meta.get("solution"):
                     src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
                     out[meta.get("grade_id")] = (cell["cell_type"], src.strip(), meta.get("points"))
             return out
@@ -304,9 +390,12 @@ class Grader:
         return work
 
     # ------------------------------------------------------------------ one execution + the clean room
-    def run_notebook(self, root: Path, nb: dict, *, verifiable, feedback_html: Path | None, autograded: Path | None):
+    def run_notebook(
+        self, root: Path, nb: dict, *, tiers, mutable, feedback_html: Path | None, autograded: Path | None
+    ):
         """Execute ``nb`` (locked cells already restored from the release) once in a sandboxed kernel and
-        grade it in the clean room (:func:`courselib.grading.cleanroom.grade_notebook`, in its own process).
+        judge it (:func:`courselib.grading.cleanroom.grade_notebook`, in its own process), each part in its
+        tier (``tiers``), with the copy-back contract ``mutable`` (``None``: learn it).
 
         Returns ``(exit code or None on timeout, result dict or None, log, seconds the process took)``.
         """
@@ -314,10 +403,17 @@ class Grader:
         work = self.make_work(root, data)
         (root / "restored.ipynb").write_bytes(data)  # the trusted copy the driver reads
         jupyter = root / "jupyter"
-        kernel_name = "python3"
+        kernel_name = sealed_kernel = "python3"
+        sealed_work = None
+        if any(t == "sealed" for t in tiers.values()):
+            sealed_work = self.make_work(root / "sealed", data)
         if self.sandboxed:
-            kernel_name = "courselib-sandbox"
+            kernel_name, sealed_kernel = "courselib-sandbox", "courselib-sandbox-sealed"
             sandbox.write_kernelspec(jupyter, kernel_name, self.sandbox_config(work, root / "sandbox.json"))
+            if sealed_work is not None:
+                sandbox.write_kernelspec(
+                    jupyter, sealed_kernel, self.sandbox_config(sealed_work, root / "sandbox-sealed.json")
+                )
         clean = root / "clean"
         clean.mkdir(exist_ok=True)
         for extra in self.release_extras:
@@ -326,14 +422,18 @@ class Grader:
             "lab": self.lab,
             "notebook": str(root / "restored.ipynb"),
             "cells": self.cells,
-            "parts": self.parts,
-            "verifiable": None if verifiable is None else sorted(verifiable),
+            "parts": [{"grade_id": g, "points": p, "tier": tiers[g]} for g, p in self.parts],
+            "mutable": mutable,
             "kernel_name": kernel_name,
             "work": str(work),
             "ipc": str(work / "k") if self.sandboxed else None,
+            "sealed_work": str(sealed_work) if sealed_work else None,
+            "sealed_ipc": str(sealed_work / "k") if self.sandboxed and sealed_work else None,
+            "sealed_kernel_name": sealed_kernel,
             "cell_timeout": self.limits.cell_timeout,
             "startup_timeout": min(120, self.limits.notebook_timeout),
             "output_bytes": self.limits.output_kb * 1024,
+            "max_reply_bytes": MAX_REPLY_BYTES,
             "feedback": self.feedback_mode,
             "feedback_html": str(feedback_html) if feedback_html else None,
             "autograded": str(autograded) if autograded else None,
@@ -383,40 +483,67 @@ class Grader:
             ).encode()
         )
 
-    def calibrate(self) -> None:
-        """Which parts the clean room can check: those the lab's solution passes there (cached per
-        source notebook, limits and courselib version in ``grades/.state/<lab>/_calibration.json``)."""
-        cache = lab_state_dir(self.course, self.lab) / "_calibration.json"
-        key = self._calibration_key()
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                self.verifiable = set(cached["verifiable"])
-                return
-        except (OSError, ValueError, KeyError):
-            pass
+    def solution_notebook(self) -> dict:
+        """The release notebook with the source's solutions filled in (what calibration grades)."""
         solutions = {c["grade_id"]: c["source"] for c in self.cells if c["kind"] == "solution"}
         nb = json.loads(json.dumps(self.release_nb))
         for cell in nb["cells"]:
             gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
             if gid in solutions:
                 cell["source"] = solutions[gid]
-        root = self.base / "calibration"
-        root.mkdir(parents=True, exist_ok=True)
-        _code, res, _log, _ = self.run_notebook(
-            root, restore_locked_cells(nb, self.release_nb), verifiable=None, feedback_html=None, autograded=None
-        )
-        clean = (res or {}).get("clean", {})
-        self.verifiable = {g for g, _ in self.parts if clean.get(g, {}).get("passed")}
-        shutil.rmtree(root, ignore_errors=True)
-        if res is not None:
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f".{os.getpid()}.calibration.tmp")
-                tmp.write_text(json.dumps({"key": key, "verifiable": sorted(self.verifiable)}))
-                os.replace(tmp, cache)
-            except OSError:
-                pass
+        return restore_locked_cells(nb, self.release_nb)
+
+    def calibrate(self) -> None:
+        """Each part's tier and the copy-back contract, from the lab's solution graded exactly as a submission
+        is (feedback included). A test part stays ``clean`` when the solution passes it in the clean room and
+        moves to ``sealed`` otherwise; the solution must pass every sealed part in a sealed run. The contract
+        is what the solution's functions change in place. Cached per source notebook, limits and courselib
+        version in ``grades/.state/<lab>/_calibration.json``; raises :class:`GradingError` when the solution
+        fails a part in every tier (the lab is broken, not the submissions).
+        """
+        cache = lab_state_dir(self.course, self.lab) / "_calibration.json"
+        key = self._calibration_key()
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                self.tiers, self.mutable = dict(cached["tiers"]), dict(cached["mutable"])
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        tiers, mutable, res = dict(self.tiers), None, None
+        for _attempt in range(2):  # the second run only when parts moved to the sealed tier
+            root = self.base / "calibration"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            feedback = root / "feedback.html"
+            _code, res, log, _ = self.run_notebook(
+                root, self.solution_notebook(), tiers=tiers, mutable=mutable, feedback_html=feedback, autograded=None
+            )
+            if res is None:
+                raise GradingError(f"{self.lab}: the lab's solution could not be graded: {log.strip()[-500:]}")
+            failed = {g for g, v in res["verdicts"].items() if v["status"] not in ("passed", "pending")}
+            if mutable is None:
+                mutable = res.get("changed", {})
+            moved = {g for g in failed if tiers[g] == "clean"}
+            broken = failed - moved
+            if broken:
+                raise GradingError(
+                    f"{self.lab}: the lab's solution fails {', '.join(sorted(broken))} in every tier; fix the lab"
+                )
+            if not moved:
+                break
+            tiers.update(dict.fromkeys(moved, "sealed"))
+        else:
+            raise GradingError(f"{self.lab}: calibration did not settle: {sorted(failed)}")
+        shutil.rmtree(self.base / "calibration", ignore_errors=True)
+        self.tiers, self.mutable = tiers, mutable
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{os.getpid()}.calibration.tmp")
+            tmp.write_text(json.dumps({"key": key, "tiers": tiers, "mutable": mutable}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ one submission
     def grade_one(self, job: Job) -> dict:
@@ -452,7 +579,8 @@ class Grader:
         code, res, log, took = self.run_notebook(
             root,
             restore_locked_cells(nb, self.release_nb),
-            verifiable=self.verifiable,
+            tiers=self.tiers,
+            mutable=self.mutable,
             feedback_html=feedback,
             autograded=course / "autograded" / job.student / self.lab / nbname,
         )
@@ -465,19 +593,22 @@ class Grader:
             result.update(status="crashed", notes=["the grader's clean room failed", last])
             return self._finish(result, t0)
         flags += res["flags"]
-        if self.sandboxed and sandbox.oom_kills(root / "sandbox.json"):  # the cgroup's memory limit killed it
+        verdicts = res["verdicts"]
+        oom = self.sandboxed and any(sandbox.oom_kills(root / f) for f in ("sandbox.json", "sandbox-sealed.json"))
+        if oom:  # the cgroup's memory limit killed a kernel
             flags.append("memory")
             result["notes"].append(f"the kernel exceeded {self.limits.memory_mb} MiB of resident memory")
-            res["scores"] = {}
+            verdicts = {g: {**v, "score": 0.0 if v["score"] is not None else None} for g, v in verdicts.items()}
         if "crashed" in res["flags"]:
             result["notes"].append("the kernel died")
-        for gid in res["faked"]:
-            flags.append("tampered")
-            result["notes"].append(f"{gid}: passed in the student's kernel, failed in the clean room")
-        unverified = sorted(res["notes"])
-        if unverified:
-            result["notes"].append("scored by their visible tests only: " + ", ".join(unverified))
-        result["parts"] = {g: float(res["scores"].get(g, 0.0)) for g, _ in self.parts}
+        for gid in res.get("timeouts", []):
+            result["notes"].append(f"{gid}: a call did not finish in {self.limits.cell_timeout} s (timeout)")
+        if res.get("restarts"):
+            result["notes"].append(f"the kernel was restarted {res['restarts']} time(s) after a timeout")
+        result["parts"] = {g: float(verdicts[g]["score"] or 0.0) for g, _ in self.parts}
+        result["part_status"] = {g: verdicts[g]["status"] for g, _ in self.parts}
+        result["tiers"] = {g: verdicts[g]["tier"] for g, _ in self.parts}
+        result["pending"] = [g for g, _ in self.parts if verdicts[g]["status"] == "pending"]
         result["status"] = next((s for s in STATUSES if s in flags), "graded")
         tm = res["times"]
         t_end = time.monotonic()

@@ -1,4 +1,4 @@
-"""Submissions in: nbgrader's folder layout or an LMS zip, student ids, notebook validity.
+"""Submissions in: nbgrader's folder layout or an LMS download, student ids, notebook validity.
 
 Everything a student uploaded is hostile input, read by the grader as root before any sandbox:
 
@@ -9,7 +9,14 @@ Everything a student uploaded is hostile input, read by the grader as root befor
 - in a folder, a notebook that is a symbolic link (or sits under one), is not a regular file or is
   larger than :data:`MAX_NOTEBOOK_BYTES` is never read: the student's entry becomes a small
   *refusal* placeholder, graded ``invalid-notebook`` with the reason (:func:`check_notebook`).
-  A link could otherwise point at the solution notebook, another student's work or ``/dev/zero``.
+  A link could otherwise point at the solution notebook, another student's work or ``/dev/zero``;
+- a notebook's work is bounded before any per-cell work: :func:`check_notebook` refuses more than
+  :data:`MAX_NOTEBOOK_BYTES`, :data:`MAX_CELLS` cells, :data:`MAX_OUTPUTS` outputs or
+  :data:`MAX_JSON_VALUES` JSON values before nbformat reads and validates it.
+
+Which file belongs to which student is never guessed silently (:func:`collect_submissions`): a name
+that fits no layout is listed in :attr:`Submissions.unmatched`, and two notebooks for one student stop
+the run with an error that names both.
 """
 
 from __future__ import annotations
@@ -21,17 +28,59 @@ import stat
 import zipfile
 from pathlib import Path
 
-import nbformat
-
 from .course import NOTEBOOK_SUFFIX, GradingError
 
 _STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
 MAX_NOTEBOOK_BYTES = 32 << 20
 """Largest notebook accepted (32 MiB: a lab notebook with its figures is well under 5 MiB)."""
+MAX_CELLS = 5_000
+"""Most cells a notebook may have (a lab has well under 100); more is refused before any per-cell work."""
+MAX_OUTPUTS = 10_000
+"""Most outputs, over all cells, a submitted notebook may carry (grading executes it afresh anyway)."""
+MAX_JSON_VALUES = 500_000
+"""Most JSON values (objects, arrays, strings, numbers) in a notebook: nbformat's work grows with them."""
 MAX_ZIP_BYTES = 4 << 30
 """Largest total uncompressed size of an LMS zip."""
 MAX_ZIP_ENTRIES = 100_000
 _REFUSED_KEY = "courselib_intake_refused"
+
+# Canvas "Download Submissions": <lastfirst>_[LATE_]<user id>_<submission id>_<original name>, where the
+# original name of a resubmission may end in -1, -2 ... before its extension.
+_CANVAS = re.compile(r"^(?P<name>[^_]+)_(?:(?P<late>[Ll][Aa][Tt][Ee])_)?(?P<id>\d+)_(?P<sub>\d+)_(?P<file>.+)$")
+# Moodle "Download all submissions": <Full Name>_<participant id>_assignsubmission_<plugin>[_] as a folder
+# holding the original files, or <Full Name>_<participant id>_assignsubmission_<plugin>_<original name>
+# flattened (Moodle writes underscores of the full name as spaces, so the name holds none).
+_MOODLE = re.compile(r"^(?P<name>[^_]+)_(?P<id>\d+)_assignsubmission_(?P<plugin>[a-z]+)(?:_(?P<file>.*))?$")
+_LAYOUTS = {
+    "folders": "folders <student>/<lab>/<lab>.ipynb",
+    "flat": "flat <student>_<lab>.ipynb files",
+    "canvas": "Canvas download names (student id = Canvas user id)",
+    "moodle": "Moodle download names (student id = Moodle participant id)",
+}
+
+
+class Submissions(dict):
+    """What :func:`collect_submissions` found: ``{student id: notebook path, or None when missing}``.
+
+    A plain dict of the students, with two attributes: ``unmatched``, one line per file or folder that
+    intake did not grade, naming it and saying why (``courselib grade`` prints them and lists them in its
+    summary), and ``layouts``, the layouts recognised (``"folders"``, ``"flat"``, ``"canvas"``,
+    ``"moodle"``).
+    """
+
+    def __init__(self, items=(), *, unmatched=(), layouts=()):
+        super().__init__(items)
+        self.unmatched = list(unmatched)
+        self.layouts = list(layouts)
+
+    def report(self) -> list[str]:
+        """What intake found, as lines for the instructor: the layouts, then every file not graded."""
+        kinds = ", ".join(_LAYOUTS[k] for k in self.layouts) or "nothing recognised"
+        lines = [f"intake: {len(self)} student(s) from {kinds}"]
+        if self.unmatched:
+            lines.append(f"intake: {len(self.unmatched)} file(s) or folder(s) not graded:")
+            lines += [f"  - {u}" for u in self.unmatched]
+        return lines
 
 
 def _refusal(reason: str) -> bytes:
@@ -72,78 +121,214 @@ def _safe_extract(zpath: Path, dest: Path) -> Path:
     return dest
 
 
-def _folder_entry(nb: Path, student: str, lab: str, unpack_dir: Path | None) -> Path | None:
-    """``nb`` if it is safe to read, else a refusal placeholder under ``unpack_dir`` (or ``None``)."""
-    why = None
-    for p in (nb.parent.parent, nb.parent, nb):
+def _unsafe(nb: Path, root: Path) -> str | None:
+    """Why ``nb`` must not be read (a link on the way from ``root``, not a regular file, too large), or None."""
+    p = nb
+    while p != root and root in p.parents:
         if p.is_symlink():
-            why = f"{p.name} is a symbolic link"
-            break
-    if why is None:
-        try:
-            st = os.lstat(nb)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            why = "not a regular file"
-        elif st.st_size > MAX_NOTEBOOK_BYTES:
-            why = f"{st.st_size} bytes, more than {MAX_NOTEBOOK_BYTES}"
-    if why is None:
-        return nb
-    if unpack_dir is None:
-        return None
-    out = Path(unpack_dir) / "refused" / student / lab / nb.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(_refusal(why))
-    return out
+            return f"{p.name} is a symbolic link"
+        p = p.parent
+    try:
+        st = os.lstat(nb)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size > MAX_NOTEBOOK_BYTES:
+        return f"{st.st_size} bytes, more than {MAX_NOTEBOOK_BYTES}"
+    return None
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted, without hidden files and macOS's ``__MACOSX`` (never submissions)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX")))
+
+
+def _is_lab_file(name: str, lab: str) -> bool:
+    """An LMS upload of the lab's notebook: ``<lab>.ipynb``, ``<lab>-<n>.ipynb`` (Canvas numbers a resubmitted
+    file's name) or either after a prefix the student added (``jane_<lab>.ipynb``, ``Copy of <lab>.ipynb``)."""
+    pattern = r"(?:.*[ _-])?" + re.escape(lab) + r"(?:-\d+)?" + re.escape(NOTEBOOK_SUFFIX)
+    return re.fullmatch(pattern, name) is not None
+
+
+def _parse_flat(name: str, lab: str) -> tuple[str, str, bool] | None:
+    """``(layout, student id, is the lab's notebook)`` of a loose file's name, or None if it fits no layout."""
+    m = _MOODLE.match(name)
+    if m and m["file"]:
+        return "moodle", m["id"], m["plugin"] == "file" and _is_lab_file(m["file"], lab)
+    m = _CANVAS.match(name)
+    if m:
+        return "canvas", m["id"], _is_lab_file(m["file"], lab)
+    suffix = f"_{lab}{NOTEBOOK_SUFFIX}"
+    if name.endswith(suffix) and _STUDENT_ID.match(name[: -len(suffix)]):
+        return "flat", name[: -len(suffix)], True
+    return None
 
 
 def collect_submissions(
     lab: str, submissions: str | os.PathLike, unpack_dir: str | os.PathLike | None = None
-) -> dict[str, Path | None]:
-    """Map each student id to their notebook ``<student>/<lab>/<lab>.ipynb`` (``None``: missing).
+) -> Submissions:
+    """Map each student id to their notebook of ``lab`` (``None``: missing); list what fits no student.
 
-    ``submissions`` is nbgrader's folder layout, or a ``.zip`` (an LMS download): either that
-    layout inside the archive (possibly under one top folder), or flat files named
-    ``<student>_<lab>.ipynb`` / ``<student>_<anything>`` (nbgrader ``zip_collect`` style; a
-    student's file counts only if its name ends with ``<lab>.ipynb``). Nothing else is guessed:
-    a student folder without the expected notebook name is ``missing``.
+    ``submissions`` is a folder or a ``.zip`` (an LMS download, unpacked safely into ``unpack_dir``,
+    possibly under one top folder). Every entry of it is read as one of these layouts (they may mix):
+
+    - nbgrader's folders ``<student>/<lab>/<lab>.ipynb`` (a student folder without that exact notebook
+      is ``missing``; the notebooks it holds under other names are listed as unmatched);
+    - flat files ``<student>_<lab>.ipynb``, matched by the lab's name at the *end*, so the student id
+      may contain ``_``: ``s_1001_lab00_memory.ipynb`` is student ``s_1001``, ``mary_ann_lab00_memory.ipynb``
+      student ``mary_ann``, next to ``mary_lab00_memory.ipynb``;
+    - Canvas's *Download Submissions*: ``<lastfirst>_<user id>_<submission id>_<original name>``, or
+      ``<lastfirst>_LATE_<user id>_<submission id>_<original name>`` for a late one, e.g.
+      ``smithjane_LATE_123456_7890123_lab00_memory-1.ipynb``. The student id is the Canvas **user id**
+      (``123456``: unique and stable, where two students can share a ``lastfirst``);
+    - Moodle's *Download all submissions*: a folder ``<Full Name>_<participant id>_assignsubmission_file_``
+      (newer Moodle drops the last ``_``) holding the original files, e.g.
+      ``Jane Smith_4711_assignsubmission_file_/lab00_memory.ipynb``, or the flattened
+      ``Jane Smith_4711_assignsubmission_file_lab00_memory.ipynb``. The student id is the Moodle
+      **participant id** (``4711``, the grading worksheet's "Participant 4711"; a team submission gives
+      the group's id).
+
+    In both LMS layouts the student is known from the LMS's name, and the original name must end in
+    ``<lab>.ipynb``, or ``<lab>-<n>.ipynb`` (Canvas's name for a resubmitted file), after nothing or
+    after a space, ``_`` or ``-`` (``jane_lab00_memory.ipynb``): any other file is listed, not graded.
+
+    Nothing is merged or dropped silently:
+
+    - two notebooks that map to the same student (a student folder and a flat file, two Canvas
+      resubmissions in one download, ...) raise :class:`~courselib.grading.course.GradingError` naming
+      both files: which one counts is the instructor's decision, so remove the other and grade again;
+    - a file or folder that fits no layout, or a file of a known student that is not the lab's notebook
+      (a PDF next to it, ``Copy of lab00_memory.ipynb``, a Moodle online-text submission), is listed
+      with the reason in the result's :attr:`Submissions.unmatched` (``courselib grade`` prints them
+      and its summary lists them) and not graded; a student whose files are all unmatched is ``missing``.
+
+    Hidden entries (names starting with ``.``) and macOS's ``__MACOSX`` folders are skipped unlisted.
     """
     submissions = Path(submissions)
     if submissions.is_file() and zipfile.is_zipfile(submissions):
         if unpack_dir is None:
             raise GradingError("a zip of submissions needs an unpack_dir")
         root = _safe_extract(submissions, Path(unpack_dir))
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(entries) == 1 and entries[0].is_dir() and not (entries[0] / lab).is_dir():
+        entries = _entries(root)
+        if (
+            len(entries) == 1
+            and entries[0].is_dir()
+            and not (entries[0] / lab).is_dir()
+            and not _MOODLE.match(entries[0].name)
+        ):
             root = entries[0]
-        files = [p for p in root.iterdir() if p.is_file()]
-        if files and not any(p.is_dir() and (p / lab).is_dir() for p in root.iterdir()):
-            out: dict[str, Path | None] = {}
-            for f in sorted(files):
-                student = f.name.split("_", 1)[0]
-                if not _STUDENT_ID.match(student):
-                    continue
-                good = f.name == f"{student}_{lab}{NOTEBOOK_SUFFIX}" or f.name.endswith(f"_{lab}{NOTEBOOK_SUFFIX}")
-                if good:
-                    out[student] = f
-                else:
-                    out.setdefault(student, None)
-            return out
-        submissions = root
-    if not submissions.is_dir():
+    elif submissions.is_dir():
+        root = submissions
+    else:
         raise GradingError(f"{submissions} is not a folder (or a zip of submissions)")
-    out = {}
-    for d in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):  # links too
-        if not _STUDENT_ID.match(d.name):
+    return _scan(root, lab, unpack_dir)
+
+
+def _scan(root: Path, lab: str, unpack_dir) -> Submissions:
+    nbname = f"{lab}{NOTEBOOK_SUFFIX}"
+    found: dict[str, list[Path]] = {}  # student -> their notebooks of the lab (more than one: a collision)
+    known: set[str] = set()  # every student seen, with or without a notebook
+    unmatched: list[str] = []
+    layouts: set[str] = set()
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    for entry in _entries(root):
+        name = entry.name
+        if entry.is_dir():  # a link to a folder too: read as a student's, refused below
+            m = _MOODLE.match(name)
+            if m and not m["file"]:
+                layouts.add("moodle")
+                known.add(m["id"])
+                if m["plugin"] != "file":
+                    unmatched.append(f"{name}/: a Moodle {m['plugin']} submission, not a file")
+                    continue
+                for f in _entries(entry):
+                    if not f.is_dir() and _is_lab_file(f.name, lab):
+                        found.setdefault(m["id"], []).append(f)
+                    else:
+                        unmatched.append(f"{rel(f)}{'/' if f.is_dir() else ''}: not {nbname}")
+                continue
+            if _STUDENT_ID.match(name):
+                layouts.add("folders")
+                known.add(name)
+                nb = entry / lab / nbname
+                if os.path.lexists(nb):
+                    found.setdefault(name, []).append(nb)
+                else:
+                    for d in (entry, entry / lab):
+                        if d.is_dir() and not d.is_symlink() and not entry.is_symlink():
+                            unmatched += [
+                                f"{rel(f)}: not {lab}/{nbname}" for f in _entries(d) if f.name.endswith(NOTEBOOK_SUFFIX)
+                            ]
+                continue
+            unmatched.append(f"{name}/: not a student id ({_STUDENT_ID.pattern}) or an LMS download folder")
             continue
-        nb = d / lab / f"{lab}{NOTEBOOK_SUFFIX}"
-        out[d.name] = _folder_entry(nb, d.name, lab, unpack_dir) if os.path.lexists(nb) else None
+        parsed = _parse_flat(name, lab)
+        if parsed is None:
+            unmatched.append(f"{name}: fits no layout (<student>_{nbname}, Canvas or Moodle download names)")
+            continue
+        layout, student, is_notebook = parsed
+        layouts.add(layout)
+        known.add(student)
+        if is_notebook:
+            found.setdefault(student, []).append(entry)
+        else:
+            unmatched.append(f"{name}: a file of student {student} ({layout}), not {nbname}")
+    clashes = {s: ps for s, ps in found.items() if len(ps) > 1}
+    if clashes:
+        detail = "; ".join(f"student {s}: {', '.join(rel(p) for p in ps)}" for s, ps in sorted(clashes.items()))
+        raise GradingError(
+            f"{len(clashes)} student(s) have more than one notebook of {lab} in {root}: {detail}. "
+            "Keep one notebook per student (remove or rename the others) and grade again"
+        )
+    out = Submissions(layouts=[k for k in _LAYOUTS if k in layouts])
+    for student in sorted(known):
+        nb = found.get(student, [None])[0]
+        if nb is None:
+            out[student] = None
+            continue
+        why = _unsafe(nb, root)
+        if why is None:
+            out[student] = nb
+        elif unpack_dir is None:
+            out[student] = None
+            unmatched.append(f"{rel(nb)}: refused, not read ({why})")
+        else:
+            refused = Path(unpack_dir) / "refused" / student / lab / nb.name
+            refused.parent.mkdir(parents=True, exist_ok=True)
+            refused.write_bytes(_refusal(why))
+            out[student] = refused
+    out.unmatched = unmatched
     return out
 
 
+def _more_values_than(obj, limit: int) -> bool:
+    """Whether the parsed JSON ``obj`` holds more than ``limit`` values (stops counting at the limit)."""
+    stack, n = [obj], 0
+    while stack:
+        o = stack.pop()
+        n += 1
+        if n > limit:
+            return True
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return False
+
+
 def check_notebook(data: bytes) -> str | None:
-    """Why ``data`` is not a valid notebook (``None`` if it is one); also the reason intake refused it."""
+    """Why ``data`` is not a valid notebook (``None`` if it is one); also the reason intake refused it.
+
+    The work is bounded before nbformat reads and validates the notebook cell by cell: more than
+    :data:`MAX_NOTEBOOK_BYTES` bytes, :data:`MAX_CELLS` cells, :data:`MAX_OUTPUTS` outputs or
+    :data:`MAX_JSON_VALUES` values is refused after one JSON parse and a count that stops at the limit
+    (a 100 000-cell notebook would otherwise cost seconds of the grading process's CPU in nbformat's
+    validation, before any limit of the sandbox applies).
+    """
     if len(data) > MAX_NOTEBOOK_BYTES:
         return f"refused: {len(data)} bytes, more than {MAX_NOTEBOOK_BYTES}"
     try:
@@ -151,10 +336,23 @@ def check_notebook(data: bytes) -> str | None:
         raw = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         return f"not JSON: {exc}"[:300]
+    except RecursionError:
+        return "not JSON: nested too deeply"
     if isinstance(raw, dict) and set(raw) == {_REFUSED_KEY}:
         return f"refused at intake: {raw[_REFUSED_KEY]}"[:300]
     if not isinstance(raw, dict) or "cells" not in raw:
         return "JSON but not a notebook (no cells)"
+    cells = raw["cells"]
+    if isinstance(cells, list):
+        if len(cells) > MAX_CELLS:
+            return f"refused: {len(cells)} cells, more than {MAX_CELLS}"
+        n_out = sum(len(c["outputs"]) for c in cells if isinstance(c, dict) and isinstance(c.get("outputs"), list))
+        if n_out > MAX_OUTPUTS:
+            return f"refused: {n_out} outputs, more than {MAX_OUTPUTS}"
+    if _more_values_than(raw, MAX_JSON_VALUES):
+        return f"refused: more than {MAX_JSON_VALUES} JSON values"
+    import nbformat  # here: nbformat imports jsonschema's format checkers, seconds of CPU a folder scan never needs
+
     try:
         nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)

@@ -25,16 +25,20 @@ come back with the reply and are applied to the caller's own objects (:func:`cal
 :func:`apply_copyback`), so both sides see the effects of one call as if it had run locally; a result
 that *is* one of the arguments comes back as that argument (``(ARG_TAG, index)``).
 
-The clean room reads replies with :func:`courselib.grading.cleanroom.plain_loads` first (plain data
-only), then :func:`rebuild` with a strict ``resolve_class``: a module is rebuilt only as a class of
+The clean room reads a reply in three bounded steps: :class:`Channel` receives at most ``max_bytes``
+(the size is checked before anything is read, and a reply that trickles in slower than the deadline is
+abandoned); :func:`plain_loads` unpickles plain data only, with no constructor whose argument is a size
+(``bytearray(n)``, ``list(range(n))`` and ``np.ndarray(shape)`` cannot be called) and a budget of
+:data:`MAX_NODES` distinct objects, each visited once (a DAG such as ``x = [x, x]`` nested 40 times costs
+40 visits, not 2**40); then :func:`rebuild`, which keeps that sharing, with a strict ``resolve_class``: a module is rebuilt only as a class of
 ``torch.nn``, of a courselib content module, or a class that trusted notebook code (the lab's
 instructor and test cells) defined in the clean room. A student's own ``nn.Module`` subclass cannot
 cross, since its code would have to run in the clean room. So a hidden test receives genuine modules
 whose forward pass is library or instructor code, holding the student's weights.
 
-This module is self-contained (the standard library and numpy; torch imported when used) because its
-source is also defined in the student's kernel, by the driver (:data:`SOURCE`), so that the same code
-encodes and rebuilds on both sides.
+This module is self-contained (the standard library and numpy; torch imported when used): the student's
+side (:mod:`courselib.grading.kernel`) imports it too, so that the same code encodes and rebuilds on both
+sides.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ import importlib
 import inspect
 import io
 import pickle
+import socket
+import struct
 import sys
+import time
 import types
 
 import numpy as np
@@ -59,8 +66,232 @@ PRUNE_TAG = "__courselib_pruning_method__"
 REMOTE_ATTR = "__courselib_remote__"
 
 
+#: Distinct objects one reply may hold (containers, arrays and scalars), each counted once.
+MAX_NODES = 1_000_000
+
+
 class WireError(pickle.UnpicklingError):
     """A value that cannot be rebuilt on this side (a class that is not allowed, a malformed part)."""
+
+
+class ChannelError(OSError):
+    """The other side of a :class:`Channel` went away, sent a frame over the size limit, or was too slow."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the channel: length-prefixed frames on a Unix socket, bounded in size and time
+# --------------------------------------------------------------------------------------------------
+class Channel:
+    """One duplex connection between the clean room and the student's kernel.
+
+    Frames are ``multiprocessing.connection``'s (a 4-byte big-endian length, or ``-1`` and an 8-byte one,
+    then the payload), read and written with socket deadlines: :meth:`recv` checks the announced length
+    against ``max_bytes`` before reading the payload, and gives up at ``deadline`` even while a frame
+    trickles in, so the other side can cost the reader at most ``max_bytes`` of memory and the time it
+    was granted.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send(self, data: bytes, deadline: float | None = None) -> None:
+        n = len(data)
+        head = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+        self._io(lambda: self.sock.sendall(head + data), deadline)
+
+    def poll(self, timeout: float) -> bool:
+        """Whether a frame has started to arrive within ``timeout`` seconds."""
+        import select
+
+        return bool(select.select([self.sock], [], [], max(0.0, timeout))[0])
+
+    def recv(self, max_bytes: int, deadline: float) -> bytes:
+        head = self._read(4, deadline)
+        (n,) = struct.unpack("!i", head)
+        if n == -1:
+            (n,) = struct.unpack("!Q", self._read(8, deadline))
+        if not 0 <= n <= max_bytes:
+            raise ChannelError(f"a frame of {n} bytes (the limit is {max_bytes})")
+        return self._read(n, deadline)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            chunk = self._io(lambda at=got: self.sock.recv_into(view[at:], n - at), deadline)
+            if not chunk:
+                raise ChannelError("the other side closed the channel")
+            got += chunk
+        return bytes(buf)
+
+    def _io(self, op, deadline: float | None):
+        left = None if deadline is None or deadline == float("inf") else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise ChannelError("the other side did not answer in time")
+        self.sock.settimeout(left)
+        try:
+            return op()
+        except TimeoutError:
+            raise ChannelError("the other side did not answer in time") from None
+        except OSError as exc:
+            raise ChannelError(f"the channel failed: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------------
+# plain data: the only thing the clean room unpickles from the student's side
+# --------------------------------------------------------------------------------------------------
+def _plain_tuple(items):
+    if type(items) not in (tuple, list):
+        raise WireError("tuple() of something that is not a tuple or list")
+    return tuple(items)
+
+
+def _plain_bytearray(data=b"", *rest):
+    if rest or type(data) is not bytes:  # bytearray(n) would allocate n bytes
+        raise WireError("bytearray() of something that is not bytes")
+    return bytearray(data)
+
+
+def _plain_complex(*args):
+    if len(args) > 2 or not all(type(a) in (int, float) for a in args):
+        raise WireError("complex() of something that is not a number")
+    return complex(*args)
+
+
+def _plain_slice(*args):
+    if len(args) > 3 or not all(a is None or type(a) is int for a in args):
+        raise WireError("malformed slice")
+    return slice(*args)
+
+
+def _plain_range(*args):
+    if len(args) > 3 or not all(type(a) is int for a in args):
+        raise WireError("malformed range")
+    return range(*args)
+
+
+def _plain_dtype(spec, align=False, copy=False):
+    if isinstance(spec, bytes) and len(spec) <= 32:  # numpy's typecode in _reconstruct's arguments
+        spec = spec.decode("ascii", "replace")
+    if not isinstance(spec, str) or len(spec) > 32:
+        raise WireError("malformed dtype")
+    return _checked_dtype(np.dtype(spec, bool(align), bool(copy)))
+
+
+def _checked_dtype(dtype):
+    """Numbers, booleans, strings, bytes and dates only: an object dtype would read pointers from the bytes."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biufcSUVMm":
+        raise WireError("a dtype that is not plain data")
+    return dtype
+
+
+class _Ndarray:
+    """Stands for ``numpy.ndarray`` as an argument of ``_reconstruct`` (calling it would allocate a shape)."""
+
+
+def _plain_reconstruct(subtype, shape, dtype):
+    if subtype is not _Ndarray or tuple(shape) != (0,):  # numpy pickles an empty array, then its state
+        raise WireError("an array rebuilt from a shape")
+    return np.ndarray.__new__(
+        np.ndarray, (0,), _plain_dtype(dtype) if isinstance(dtype, (str, bytes)) else _checked_dtype(dtype)
+    )
+
+
+def _plain_frombuffer(buf, dtype, shape, order):
+    if not isinstance(buf, (bytes, bytearray)):
+        raise WireError("malformed array")
+    return np.frombuffer(buf, dtype=_checked_dtype(dtype)).reshape(shape, order=order)
+
+
+def _plain_scalar(dtype, data=b""):
+    if type(data) is not bytes or len(data) != _checked_dtype(dtype).itemsize:
+        raise WireError("malformed scalar")
+    return _NUMPY_SCALAR(dtype, data)
+
+
+_NUMPY_SCALAR = getattr(np, "_core", np).multiarray.scalar
+
+
+_PLAIN_GLOBALS = {
+    ("builtins", "tuple"): _plain_tuple,
+    ("builtins", "bytearray"): _plain_bytearray,
+    ("builtins", "complex"): _plain_complex,
+    ("builtins", "slice"): _plain_slice,
+    ("builtins", "range"): _plain_range,
+    ("numpy", "dtype"): _plain_dtype,
+    ("numpy", "ndarray"): _Ndarray,
+}
+for _mod in ("numpy.core", "numpy._core"):
+    _PLAIN_GLOBALS[(f"{_mod}.multiarray", "_reconstruct")] = _plain_reconstruct
+    _PLAIN_GLOBALS[(f"{_mod}.multiarray", "scalar")] = _plain_scalar
+    _PLAIN_GLOBALS[(f"{_mod}.numeric", "_frombuffer")] = _plain_frombuffer
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickle plain data only: builtins containers, numbers, strings and bytes, numpy arrays and scalars.
+
+    The pickle opcodes build lists, dicts, sets, tuples, strings and bytes from what the pickle holds, so
+    their cost is bounded by its length; the few constructors a plain pickle calls are replaced by checked
+    versions that take no size (:data:`_PLAIN_GLOBALS`), and everything else is refused.
+    """
+
+    def find_class(self, module, name):
+        found = _PLAIN_GLOBALS.get((module, name))
+        if found is not None:
+            return found
+        raise WireError(f"{module}.{name} is not plain data")
+
+    def persistent_load(self, pid):
+        raise WireError("persistent references are not plain data")
+
+
+_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, range, slice, np.generic)
+
+
+def check_plain(obj, max_nodes: int = MAX_NODES):
+    """Raise :class:`WireError` unless ``obj`` is plain data of at most ``max_nodes`` distinct objects.
+
+    Each object is visited once (a memo of ids), so shared parts cost nothing extra; object and
+    subclassed arrays are refused (their elements or methods could be anything).
+    """
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if len(seen) > max_nodes:
+            raise WireError(f"more than {max_nodes} objects")
+        t = type(v)
+        if t in (list, tuple, set, frozenset):
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif t is np.ndarray:
+            if v.dtype.hasobject:
+                raise WireError("object arrays are not plain data")
+        elif not (t in _LEAVES or isinstance(v, np.generic) and t.__module__ == "numpy"):
+            raise WireError(f"a {t.__name__} is not plain data")
+    return obj
+
+
+def plain_loads(data: bytes, max_nodes: int = MAX_NODES):
+    """Load a pickle made of plain data only (:class:`PlainUnpickler`, :func:`check_plain`); raise otherwise."""
+    try:
+        obj = PlainUnpickler(io.BytesIO(data)).load()
+    except WireError:
+        raise
+    except Exception as exc:  # a malformed pickle: any error of the unpickler is a refusal
+        raise WireError(f"malformed reply: {type(exc).__name__}") from None
+    return check_plain(obj, max_nodes)
 
 
 def _torch():
@@ -80,7 +311,7 @@ class WirePickler(pickle.Pickler):
     """
 
     def __init__(self, file, callbacks: list | None = None, by_name=None):
-        super().__init__(file, protocol=4)
+        super().__init__(file, protocol=5)
         self.callbacks, self.by_name = callbacks, by_name
 
     def reducer_override(self, obj):
@@ -178,16 +409,35 @@ def _shadows_code(cls, name: str) -> bool:
     )
 
 
-def rebuild(obj, resolve_class, resolve_global, depth: int = 0, callback=None):
+def rebuild(obj, resolve_class, resolve_global, depth: int = 0, callback=None, memo: dict | None = None):
     """Rebuild the tagged parts of ``obj`` (tensors, modules, generators, names); everything else as it is.
 
     ``resolve_class(module, qualname)`` returns the ``nn.Module`` subclass to build (or raises
     :class:`WireError`); ``resolve_global(name)`` the object a notebook name stands for on this side;
     ``callback(number)`` the stub for a callback (the kernel's side; ``None``: callbacks are refused).
+    Every container is rebuilt once (``memo``), so a value that shares parts is rebuilt in linear time and
+    keeps its sharing; a container that contains itself is refused.
     """
     if depth > 60:
         raise WireError("nested too deeply")
-    again = lambda v: rebuild(v, resolve_class, resolve_global, depth + 1, callback)  # noqa: E731
+    memo = {} if memo is None else memo
+    key = id(obj)
+    if key in memo:
+        if memo[key] is _BUILDING:
+            raise WireError("a value that contains itself")
+        return memo[key]
+    if not isinstance(obj, (tuple, list, dict)):
+        return obj
+    memo[key] = _BUILDING
+    again = lambda v: rebuild(v, resolve_class, resolve_global, depth + 1, callback, memo)  # noqa: E731
+    memo[key] = out = _rebuild_container(obj, again, resolve_class, resolve_global, callback)
+    return out
+
+
+_BUILDING = object()
+
+
+def _rebuild_container(obj, again, resolve_class, resolve_global, callback):
     if isinstance(obj, tuple) and obj and isinstance(obj[0], str):
         if obj[0] == TENSOR_TAG:
             return _rebuild_tensor(obj)
@@ -215,9 +465,7 @@ def rebuild(obj, resolve_class, resolve_global, depth: int = 0, callback=None):
         return tuple(again(v) for v in obj)
     if isinstance(obj, list):
         return [again(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: again(v) for k, v in obj.items()}
-    return obj
+    return {k: again(v) for k, v in obj.items()}
 
 
 def _rebuild_tensor(obj):

@@ -1,0 +1,128 @@
+"""The student's side of the clean room: the loop that answers its calls, inside the sandboxed kernel.
+
+Once the student's notebook has run, the clean room (:mod:`courselib.grading.cleanroom`) sends the kernel
+one execute request, ``import courselib.grading.kernel as k; k.serve(ADDRESS)``. :func:`serve` connects
+to the Unix socket ``ADDRESS`` that the clean room listens on (in the sandbox's scratch folder, the only
+folder both sides see) and answers requests until the clean room sends ``done`` or closes the socket:
+
+- ``("kinds", names)``: for each name, whether the notebook defines it as a function (``"callable"``), a
+  value or a model (``"value"``), or not at all (``"missing"``);
+- ``("get", name)``: the value;
+- ``("call", name, args, kwargs, overrides)`` and ``("handle", number, ...)``: call the student's function
+  (or a function one of its calls returned) with the test's arguments, the names in ``overrides`` bound
+  to the course library's versions for the call, and answer with the result and the arguments it changed
+  in place (:func:`courselib.grading.wire.call_with_copyback`);
+
+each request numbered, and each answer ``("ok", number, value)`` or ``("raise", number, exception class
+names, message)``. A function of the test's that the student's code calls (a callback) is a request the
+other way, ``("callback", i, args, kwargs)``, answered by the clean room on the same connection.
+
+This module runs in the student's process, so nothing it sends is trusted: the clean room reads every
+answer with a size limit and a deadline, decodes plain data only (:func:`courselib.grading.wire.plain_loads`)
+and judges it with the hidden tests, which never reach this process. What comes the other way (the tests'
+arguments and their callbacks' answers) is the clean room's own, so it is unpickled here as it is.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+from . import wire
+
+__all__ = ["serve"]
+
+#: Largest request the kernel accepts (the tests' arguments): the clean room is trusted, this only
+#: stops a broken connection from allocating without bound.
+MAX_REQUEST = 1 << 34
+
+
+def _kind(value) -> str:
+    torch = wire._torch()
+    if torch is not None and isinstance(value, torch.nn.Module):  # a model is callable, but crosses by value
+        return "value"
+    return "callable" if callable(value) else "value"
+
+
+def _exception(exc: BaseException, number: int) -> tuple:
+    try:
+        names = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
+        message = str(exc)[:2000]
+    except BaseException:  # an exception whose str() raises
+        names, message = ["RuntimeError"], "unprintable exception"
+    return ("raise", number, names, message)
+
+
+def serve(address: str, namespace: dict | None = None) -> None:
+    """Answer the clean room's requests on the Unix socket ``address`` until it is done.
+
+    ``namespace`` is the notebook's (default: the running IPython's ``user_ns``).
+    """
+    if namespace is None:
+        namespace = get_ipython().user_ns  # noqa: F821 - defined in a Jupyter kernel
+    ns = namespace
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    channel = wire.Channel(sock)
+    handles: list = []
+    resolve = wire.any_class_resolver(ns)
+
+    def receive():
+        return pickle.loads(channel.recv(MAX_REQUEST, float("inf")))  # the clean room's own bytes
+
+    def callback(index: int):
+        def stub(*args, **kwargs):
+            channel.send(wire.dumps(("callback", index, args, kwargs)))
+            answer = receive()
+            if answer[0] != "ok":
+                raise RuntimeError("a function of the test's failed")
+            return wire.apply_copyback(args, kwargs, rebuild(answer[1]))
+
+        return stub
+
+    def rebuild(value):
+        return wire.rebuild(value, resolve, ns.__getitem__, 0, callback)
+
+    def by_name(function) -> bool:  # the student's own top-level functions travel by name
+        return ns.get(getattr(function, "__qualname__", None)) is function
+
+    while True:
+        try:
+            request = rebuild(receive())
+        except KeyboardInterrupt:  # an interrupt that arrived between two calls: the clean room asks again
+            continue
+        except (wire.ChannelError, EOFError):
+            return
+        kind, number = request[0], request[1]
+        if kind == "done":
+            channel.close()
+            return
+        try:
+            if kind == "kinds":
+                out = {n: _kind(ns[n]) if n in ns else "missing" for n in request[2]}
+            elif kind == "get":
+                out = ns[request[2]]
+            elif kind in ("call", "handle"):
+                _, _, key, args, kwargs, overrides = request
+                function = ns[key] if kind == "call" else handles[key]
+                missing = object()
+                saved = {k: ns.get(k, missing) for k in overrides}
+                ns.update(overrides)  # the names a test swapped for the course library's versions
+                try:
+                    out = wire.call_with_copyback(function, args, kwargs)
+                finally:
+                    for k, v in saved.items():
+                        if v is missing:
+                            ns.pop(k, None)
+                        else:
+                            ns[k] = v
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+            # a function the student's code returns stays here, as a handle the clean room can call
+            reply = wire.dumps(("ok", number, out), handles, by_name)
+        except BaseException as exc:  # the student's exception, or a value that cannot be encoded
+            reply = pickle.dumps(_exception(exc, number), protocol=5)
+        try:
+            channel.send(reply)
+        except wire.ChannelError:
+            return

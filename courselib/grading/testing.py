@@ -1,0 +1,135 @@
+"""What a lab's tests need beyond calling the student's functions: gradients, and programs run on hidden inputs.
+
+Under ``courselib grade`` a test cell runs in the clean room, where the student's functions are proxies
+(:mod:`courselib.grading.cleanroom`): calling one runs it in the student's kernel and brings back plain values.
+Two things a test may need do not fit that:
+
+- the **gradient** of a student's function (a loss must be differentiable, with the right gradient):
+  :func:`gradient` asks the student's kernel to differentiate there, and compares what comes back;
+- a **program the student exported** (an ExecuTorch ``.pte``, an ONNX file) run on hidden inputs: it is
+  untrusted code for a runtime, so :func:`run_program` runs it in a sandboxed process of its own (the
+  clean room's runner: never the trusted process, never the student's kernel, which must not see the
+  hidden inputs' answers), and only its outputs come back, as a plain array of bounded size.
+
+Outside the clean room (plain ``nbgrader autograde``, the student's own Jupyter) both run in the current
+process, so a test cell means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["gradient", "run_program", "runner"]
+
+#: Set by the clean room: ``{"argv_prefix": [...], "work": folder, "timeout": seconds}``, how to start a
+#: sandboxed runner process (``None`` outside the clean room: programs run in this process).
+runner: dict | None = None
+
+#: Largest output a program may return to the clean room (bytes).
+MAX_OUTPUT_BYTES = 64 << 20
+
+
+def local_gradient(fn, args: tuple, kwargs: dict, wrt: tuple[int, ...]):
+    """``fn(*args, **kwargs)`` and the gradients of its sum with respect to the positional arguments ``wrt``
+    (fresh leaf copies of them, so the caller's tensors are untouched): ``(value, [gradient or None, ...])``."""
+    import torch
+
+    args = list(args)
+    for i in wrt:
+        args[i] = torch.as_tensor(args[i]).detach().clone().requires_grad_(True)
+    out = fn(*args, **kwargs)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return out, [None for _ in wrt]
+    grads = torch.autograd.grad(out.sum(), [args[i] for i in wrt], allow_unused=True)
+    return out.detach(), [None if g is None else g.detach() for g in grads]
+
+
+def gradient(fn, *args, wrt=(0,), **kwargs):
+    """The value of ``fn(*args, **kwargs)`` and the gradients of its sum with respect to the positional
+    arguments listed in ``wrt``: ``(value, [gradient, ...])``, a gradient ``None`` where the value does not
+    depend on that argument (or is not a tensor that requires grad).
+
+    On a student's function in the clean room, the kernel differentiates (the function runs there) and the
+    values come back; elsewhere it runs here. The caller's tensors are never modified.
+    """
+    wrt = tuple(int(i) for i in wrt)
+    remote = getattr(fn, "__courselib_gradient__", None)
+    if remote is not None:
+        return remote(args, kwargs, wrt)
+    return local_gradient(fn, args, kwargs, wrt)
+
+
+def run_program(program, X, *, suffix: str = ".pte", timeout: float = 120.0) -> np.ndarray:
+    """The outputs of a runtime program (``bytes`` or a path) on the inputs ``X`` (an array or tensor).
+
+    In the clean room the program runs in a sandboxed runner process (:data:`runner`) with its own time
+    limit, and its outputs come back as a plain ``float`` array of at most :data:`MAX_OUTPUT_BYTES`;
+    elsewhere it runs in this process (:func:`courselib.deploy.load_program`). ``suffix`` names the runtime
+    (``".pte"`` ExecuTorch, ``".onnx"`` ONNX Runtime).
+    """
+    if suffix not in (".pte", ".onnx"):
+        raise ValueError(f"suffix must be '.pte' or '.onnx', got {suffix!r}")
+    data = Path(program).read_bytes() if isinstance(program, (str, os.PathLike)) else bytes(program)
+    X = np.ascontiguousarray(np.asarray(X.detach().numpy() if hasattr(X, "detach") else X, dtype=np.float32))
+    if runner is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"program{suffix}"
+            path.write_bytes(data)
+            return _outputs(path, X)
+    work = Path(runner["work"])
+    for name in ("program.pte", "program.onnx", "x.npy", "out.npy"):
+        (work / name).unlink(missing_ok=True)
+    prog = work / f"program{suffix}"
+    prog.write_bytes(data)
+    np.save(work / "x.npy", X, allow_pickle=False)
+    for p in (prog, work / "x.npy"):
+        os.chmod(p, 0o644)
+    cmd = [
+        *runner["argv_prefix"],
+        "-m",
+        "courselib.grading.testing",
+        str(prog),
+        str(work / "x.npy"),
+        str(work / "out.npy"),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=min(timeout, runner.get("timeout", timeout)))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the program did not finish within {timeout:g} s") from None
+    out = work / "out.npy"
+    if proc.returncode != 0 or not out.exists():
+        raise AssertionError("the program failed in the runtime (it could not be loaded or run on these inputs)")
+    if out.stat().st_size > MAX_OUTPUT_BYTES:
+        raise AssertionError("the program's output is larger than the runner's limit")
+    got = np.load(out, allow_pickle=False)
+    if got.dtype.kind not in "fiu":
+        raise AssertionError("the program's output is not numeric")
+    return got
+
+
+def _outputs(path: Path, X: np.ndarray) -> np.ndarray:
+    try:  # an optional extra: imported when a program is run, not with every lab's tests
+        deploy = importlib.import_module("courselib.deploy")
+    except ImportError as exc:
+        raise ImportError(
+            f"run_program needs the deploy extra (pip install 'ondevice-ml-courselib[deploy]'): {exc}"
+        ) from None
+    program = deploy.load_program(path)
+    return deploy.program_outputs(program, X, batch_size=min(len(X), program.batch_size or len(X)))
+
+
+def main(argv: list[str]) -> int:  # pragma: no cover - the sandboxed runner
+    prog, x, out = (Path(a) for a in argv)
+    np.save(out, np.asarray(_outputs(prog, np.load(x, allow_pickle=False)), dtype=np.float32), allow_pickle=False)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
