@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import sandbox
 from .cluster import make_context
 from .cluster import schedule as cluster_schedule
-from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook
+from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook, release
 from .gradebook import ensure_assignment, export_grades, lab_state_dir, load_states, merge_results
 from .grader import GRADER_VERSION, STATUSES, Grader, Job, Limits, hidden_paths, sha256
 from .intake import collect_submissions
@@ -182,6 +182,34 @@ def grade(
             "sandboxed": sandboxed,
             "unmatched": subs.unmatched,
         }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def calibrate(
+    lab: str, course_dir: str | os.PathLike | None = None, *, limits: Limits | None = None, sandboxed: bool = True
+) -> dict:
+    """Grade the lab's solution the way every submission is graded and say how each part will be judged.
+
+    Returns ``{"tiers": {grade_id: "clean" | "sealed" | "manual"}, "reasons": {grade_id: why}, "parts":
+    [(grade_id, points)]}``: ``clean`` parts are judged by their hidden tests in the clean room, ``sealed``
+    ones in a sealed second kernel with the hidden tests in place (the reason says why: a test that changes
+    the environment, or one the solution fails in the clean room, with its message), ``manual`` ones by hand.
+    Raises :class:`GradingError` when the solution fails a part in every tier. The result is cached with the
+    lab's grading state, so the next :func:`grade` starts without calibrating again.
+    """
+    course = find_course_dir(course_dir)
+    check_lab(lab, course)
+    if sandboxed and not sandbox.available():
+        raise GradingError(f"cannot calibrate: {sandbox.unavailable_reason()}")
+    if not (course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").exists():
+        release(lab, course)
+    base = Path(tempfile.mkdtemp(prefix=f"cg-{os.getpid()}-"))
+    try:
+        os.chmod(base, 0o755)
+        grader = Grader(lab, course, limits or Limits(), base, hidden_paths(course, [base]), False, sandboxed)
+        prepare_grader(grader)
+        return {"tiers": dict(grader.tiers), "reasons": dict(grader.tier_reasons), "parts": list(grader.parts)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -52,7 +52,7 @@ from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from traitlets.config import Config
 
-from . import bans, wire
+from . import bans, testing, wire
 from .execute import LimitedExecute, bounded_zmq_context, watch_oversize
 from .feedback import FEEDBACK_MODES, coalesce_streams, failure_message, feedback_notebook, render_feedback
 
@@ -76,6 +76,30 @@ CALLBACK_BUDGET = 1000
 
 #: Seconds the kernel gets to answer again after an interrupt, before it is restarted.
 INTERRUPT_GRACE = 5.0
+
+#: Memory the driver may allocate beyond what it has mapped when it starts (its imports): an address-space
+#: limit (``RLIMIT_AS``, soft: the kernels it starts lift it for themselves), so that nothing a submission
+#: sends or prints makes the trusted process grow without bound.
+DRIVER_MEMORY_BYTES = 2 << 30
+
+
+def limit_driver(cpu_seconds: int) -> None:
+    """Bound this driver: ``RLIMIT_AS`` at its current size plus :data:`DRIVER_MEMORY_BYTES`, and
+    ``RLIMIT_CPU`` at ``cpu_seconds`` (the sandbox's own limits bound the student's processes)."""
+    import resource
+
+    size = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                size = int(line.split()[1]) << 10
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = size + DRIVER_MEMORY_BYTES
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard == resource.RLIM_INFINITY or cpu_seconds < hard:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, hard))
 
 
 def solution_names(sources: list[str]) -> list[str]:
@@ -327,11 +351,20 @@ class KernelSession:
             answer = ("raise",)
         self.channel.send(wire.dumps(answer), time.monotonic() + self.call_timeout)
 
+    def gradient(self, key, args, kwargs, wrt, name: str):
+        """:func:`courselib.grading.testing.gradient` of the student's function ``key``, computed in the kernel."""
+        value, grads = self.request("grad", key, args, kwargs, tuple(wrt), self.overrides(), rng_states(), name=name)
+        return value, list(grads)
+
     def _handle(self, origin: str):
         """The proxy for a function the student's code returned (it stays in the kernel)."""
 
         def make(number: int):
-            return lambda *a, **k: self.call("handle", number, a, k, f"{origin}()")
+            def handle(*a, **k):
+                return self.call("handle", number, a, k, f"{origin}()")
+
+            handle.__courselib_gradient__ = lambda a, k, w: self.gradient(number, a, k, w, f"{origin}()")
+            return handle
 
         return make
 
@@ -344,7 +377,7 @@ class KernelSession:
         """Call the student's function ``key`` (a name, or the number of a handle); apply the in-place
         changes to ``args``/``kwargs`` that its contract allows, and return its result."""
         result, changed_args, changed_kwargs = self.request(
-            kind, key, args, kwargs, self.overrides(), name=name, handle_of=name
+            kind, key, args, kwargs, None, self.overrides(), rng_states(), name=name, handle_of=name
         )
         keys = {*changed_args, *changed_kwargs}
         if self.mutable is None:
@@ -363,6 +396,7 @@ class KernelSession:
 
         proxy.__name__ = proxy.__qualname__ = name
         setattr(proxy, wire.REMOTE_ATTR, name)
+        proxy.__courselib_gradient__ = lambda a, k, w: self.gradient(name, a, k, w, name)
         self.functions[name] = proxy
         return proxy
 
@@ -395,6 +429,21 @@ class KernelSession:
             self.dead = f"the kernel could not be restarted ({type(exc).__name__})"
             return False
         return self.start()
+
+
+def rng_states() -> dict:
+    """The clean room's global random generators, for the kernel to use during a call (one way only: what the
+    student's code does to its generators never reaches the clean room's, so it cannot choose a test's draws)."""
+    import random
+
+    states = {"random": random.getstate()}
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        states["numpy"] = np_random.get_state()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        states["torch"] = torch.get_rng_state()
+    return states
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,6 +740,7 @@ def grade_notebook(spec: dict) -> dict:
             session.mutable = spec.get("mutable")
             session.start()
             bans.submission_code = student_cells(nb)  # stated bans are read from the submitted notebook
+            testing.runner = spec.get("runner")  # students' programs run in a sandboxed runner
             clean = _run_tests(spec, ns, session, names, tm, timeouts.append)
             if session.output_exceeded:
                 flags.append("output-limit")
@@ -747,10 +797,14 @@ def driver_args(spec_path, result_path) -> list[str]:
 def main(argv=None) -> None:  # pragma: no cover - subprocess entry point
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["grade"] and len(argv) == 3:
+        import resource
+
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         spec = json.loads(Path(argv[1]).read_text())
+        limit_driver(int(spec.get("driver_cpu_seconds", 3600)))
         res = grade_notebook(spec)
         res["times"]["written"] = time.monotonic()
+        res["driver_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         Path(argv[2]).write_text(json.dumps(res))
         sys.stdout.flush()
         sys.stderr.flush()

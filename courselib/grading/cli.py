@@ -11,6 +11,7 @@
     courselib autograde LAB SUBMISSIONS     # plain nbgrader autograde, unsandboxed (trusted notebooks only),
                                             # feedback without the hidden tests
     courselib export LAB [--db URL]         # labs/grades/LAB.csv
+    courselib tiers LAB                     # how each part is judged: clean room, sealed run, by hand
     courselib leaderboard SUBMISSIONS OUT   # score the compression challenge, write the leaderboard
     courselib mutants LAB [--only ID ...] [--grader courselib]   # every wrong answer must lose points
     courselib quiz render|grade ...         # the concept-check question bank
@@ -47,6 +48,17 @@ def _cmd_labs(args) -> int:
     for lab in course.list_labs(args.course_dir):
         parts = course.lab_parts(lab, args.course_dir)
         print(f"{lab}: {len(parts)} graded parts, {sum(p for _, p in parts):g} points")
+    return 0
+
+
+def _cmd_tiers(args) -> int:
+    course.check_lab(args.lab, course.find_course_dir(args.course_dir))  # before importing the grader
+    report = grading.batch.calibrate(args.lab, args.course_dir, sandboxed=not args.no_sandbox)
+    print(f"{args.lab}: how each part is judged (the lab's solution graded as every submission is)")
+    for gid, points in report["parts"]:
+        tier = report["tiers"][gid]
+        why = report["reasons"].get(gid, "")
+        print(f"  {gid:<24} {points:>5g} pts  {tier:<7}" + (f"  {why}" if why else ""))
     return 0
 
 
@@ -131,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--course-dir", default=None, help="the nbgrader course folder (default: ./ or ./labs)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("labs", help="list the labs and their points").set_defaults(func=_cmd_labs)
+    p = sub.add_parser(
+        "tiers",
+        help="grade the lab's solution as a submission and say how each part is judged "
+        "(clean room, sealed run, by hand) and why",
+    )
+    p.add_argument("lab")
+    p.add_argument("--no-sandbox", action="store_true", help="run the solution unsandboxed (trusted code)")
+    p.set_defaults(func=_cmd_tiers)
     p = sub.add_parser("release", help="generate student versions (all labs by default)")
     p.add_argument("labs", nargs="*")
     p.set_defaults(func=_cmd_release)

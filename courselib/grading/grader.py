@@ -302,6 +302,8 @@ class Grader:
         }
         #: the copy-back contract: which arguments each of the student's functions may change in place
         self.mutable: dict | None = None
+        #: why a part is not in the clean tier (what calibration found), for the instructor
+        self.tier_reasons = {g: "changes the environment: " + "; ".join(c) for g, c in self.env_changes.items()}
         self.feedback_mode = str(lab_settings(lab, course).get("feedback", "redacted"))
         if self.feedback_mode not in FEEDBACK_MODES:
             raise GradingError(
@@ -403,6 +405,12 @@ class Grader:
         work = self.make_work(root, data)
         (root / "restored.ipynb").write_bytes(data)  # the trusted copy the driver reads
         jupyter = root / "jupyter"
+        runner_work = self.make_work(root / "runner", None)  # students' programs run on hidden inputs here
+        runner = {"argv_prefix": [sys.executable], "work": str(runner_work), "timeout": self.limits.cell_timeout}
+        if self.sandboxed:
+            runner["argv_prefix"] = sandbox.command(
+                self.sandbox_config(runner_work, root / "sandbox-runner.json"), [sys.executable]
+            )
         kernel_name = sealed_kernel = "python3"
         sealed_work = None
         if any(t == "sealed" for t in tiers.values()):
@@ -434,6 +442,8 @@ class Grader:
             "startup_timeout": min(120, self.limits.notebook_timeout),
             "output_bytes": self.limits.output_kb * 1024,
             "max_reply_bytes": MAX_REPLY_BYTES,
+            "driver_cpu_seconds": 2 * self.limits.notebook_timeout + 60,
+            "runner": runner,
             "feedback": self.feedback_mode,
             "feedback_html": str(feedback_html) if feedback_html else None,
             "autograded": str(autograded) if autograded else None,
@@ -507,6 +517,7 @@ class Grader:
             cached = json.loads(cache.read_text())
             if cached.get("key") == key:
                 self.tiers, self.mutable = dict(cached["tiers"]), dict(cached["mutable"])
+                self.tier_reasons = dict(cached.get("reasons", {}))
                 return
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -525,6 +536,10 @@ class Grader:
             if mutable is None:
                 mutable = res.get("changed", {})
             moved = {g for g in failed if tiers[g] == "clean"}
+            for g in moved:
+                v = res["verdicts"][g]
+                why = v.get("message") or v["status"]
+                self.tier_reasons[g] = f"the solution fails it in the clean room ({v.get('where', '')} tests: {why})"
             broken = failed - moved
             if broken:
                 raise GradingError(
@@ -540,7 +555,7 @@ class Grader:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(f".{os.getpid()}.calibration.tmp")
-            tmp.write_text(json.dumps({"key": key, "tiers": tiers, "mutable": mutable}))
+            tmp.write_text(json.dumps({"key": key, "tiers": tiers, "mutable": mutable, "reasons": self.tier_reasons}))
             os.replace(tmp, cache)
         except OSError:
             pass
@@ -621,6 +636,7 @@ class Grader:
             "teardown": round(t_end - tm["feedback"], 3),  # result written, the driver's exit
         }
         result["proxy_calls"] = res.get("calls", 0)
+        result["driver_maxrss_mb"] = res.get("driver_maxrss_mb")
         return self._finish(result, t0)
 
     def _finish(self, result: dict, t0: float, root: Path | None = None) -> dict:

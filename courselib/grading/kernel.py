@@ -8,10 +8,13 @@ folder both sides see) and answers requests until the clean room sends ``done`` 
 - ``("kinds", names)``: for each name, whether the notebook defines it as a function (``"callable"``), a
   value or a model (``"value"``), or not at all (``"missing"``);
 - ``("get", name)``: the value;
-- ``("call", name, args, kwargs, overrides)`` and ``("handle", number, ...)``: call the student's function
-  (or a function one of its calls returned) with the test's arguments, the names in ``overrides`` bound
-  to the course library's versions for the call, and answer with the result and the arguments it changed
-  in place (:func:`courselib.grading.wire.call_with_copyback`);
+- ``("call", name, args, kwargs, overrides, rng)`` and ``("handle", number, ...)``: call the student's
+  function (or a function one of its calls returned) with the test's arguments, the names in ``overrides``
+  bound to the course library's versions for the call and the global random generators set to the clean
+  room's states ``rng`` (a test that seeds NumPy, ``random`` or torch before a call seeds it here too), and
+  answer with the result and the arguments it changed in place (:func:`courselib.grading.wire.call_with_copyback`);
+- ``("grad", name or number, args, kwargs, wrt, rng)``: the value of the call and the gradients of its sum
+  with respect to the arguments ``wrt`` (:func:`courselib.grading.testing.local_gradient`);
 
 each request numbered, and each answer ``("ok", number, value)`` or ``("raise", number, exception class
 names, message)``. A function of the test's that the student's code calls (a callback) is a request the
@@ -29,6 +32,7 @@ import pickle
 import socket
 
 from . import wire
+from .testing import local_gradient
 
 __all__ = ["serve"]
 
@@ -51,6 +55,22 @@ def _exception(exc: BaseException, number: int) -> tuple:
     except BaseException:  # an exception whose str() raises
         names, message = ["RuntimeError"], "unprintable exception"
     return ("raise", number, names, message)
+
+
+def set_rng(states: dict) -> None:
+    """Set the global random generators to the clean room's states (those the clean room has imported)."""
+    if "random" in states:
+        import random
+
+        random.setstate(states["random"])
+    if "numpy" in states:
+        import numpy as np
+
+        np.random.set_state(states["numpy"])
+    if "torch" in states:
+        import torch
+
+        torch.set_rng_state(states["torch"])
 
 
 def serve(address: str, namespace: dict | None = None) -> None:
@@ -102,14 +122,18 @@ def serve(address: str, namespace: dict | None = None) -> None:
                 out = {n: _kind(ns[n]) if n in ns else "missing" for n in request[2]}
             elif kind == "get":
                 out = ns[request[2]]
-            elif kind in ("call", "handle"):
-                _, _, key, args, kwargs, overrides = request
-                function = ns[key] if kind == "call" else handles[key]
+            elif kind in ("call", "handle", "grad"):
+                _, _, key, args, kwargs, extra, overrides, rng = request
+                function = ns[key] if isinstance(key, str) else handles[key]
                 missing = object()
                 saved = {k: ns.get(k, missing) for k in overrides}
                 ns.update(overrides)  # the names a test swapped for the course library's versions
+                set_rng(rng)
                 try:
-                    out = wire.call_with_copyback(function, args, kwargs)
+                    if kind == "grad":
+                        out = local_gradient(function, args, kwargs, extra)
+                    else:
+                        out = wire.call_with_copyback(function, args, kwargs)
                 finally:
                     for k, v in saved.items():
                         if v is missing:

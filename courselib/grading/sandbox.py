@@ -648,6 +648,9 @@ def _copy_tree(src: str, dst: str, uid: int, gid: int) -> None:
 
 
 def _enter(config_path: str, cmd: list[str]) -> int:  # pragma: no cover - runs as the supervisor
+    # the clean room's driver limits its own address space (a soft limit): not this sandbox's, which has its own
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     cfg = SandboxConfig.load(config_path)
     bwrap = shutil.which("bwrap")
     if bwrap is None:

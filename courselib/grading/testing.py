@@ -18,6 +18,7 @@ process, so a test cell means the same thing everywhere.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import subprocess
 import sys
@@ -29,7 +30,9 @@ import numpy as np
 __all__ = ["gradient", "run_program", "runner"]
 
 #: Set by the clean room: ``{"argv_prefix": [...], "work": folder, "timeout": seconds}``, how to start a
-#: sandboxed runner process (``None`` outside the clean room: programs run in this process).
+#: sandboxed runner process (``None`` outside the clean room: programs run in this process). The program and
+#: its inputs are written to ``work`` (copied into the sandbox when it starts); the outputs come back on the
+#: runner's standard output.
 runner: dict | None = None
 
 #: Largest output a program may return to the clean room (bytes).
@@ -84,31 +87,27 @@ def run_program(program, X, *, suffix: str = ".pte", timeout: float = 120.0) -> 
             path.write_bytes(data)
             return _outputs(path, X)
     work = Path(runner["work"])
-    for name in ("program.pte", "program.onnx", "x.npy", "out.npy"):
-        (work / name).unlink(missing_ok=True)
     prog = work / f"program{suffix}"
     prog.write_bytes(data)
     np.save(work / "x.npy", X, allow_pickle=False)
     for p in (prog, work / "x.npy"):
         os.chmod(p, 0o644)
-    cmd = [
-        *runner["argv_prefix"],
-        "-m",
-        "courselib.grading.testing",
-        str(prog),
-        str(work / "x.npy"),
-        str(work / "out.npy"),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=min(timeout, runner.get("timeout", timeout)))
+    cmd = [*runner["argv_prefix"], "-m", "courselib.grading.testing", str(prog), str(work / "x.npy")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:  # the outputs come back on stdout, at most MAX_OUTPUT_BYTES of them
+        out, _ = proc.communicate(timeout=min(timeout, runner.get("timeout", timeout)))
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise AssertionError(f"the program did not finish within {timeout:g} s") from None
-    out = work / "out.npy"
-    if proc.returncode != 0 or not out.exists():
+    if proc.returncode != 0 or not out:
         raise AssertionError("the program failed in the runtime (it could not be loaded or run on these inputs)")
-    if out.stat().st_size > MAX_OUTPUT_BYTES:
+    if len(out) > MAX_OUTPUT_BYTES:
         raise AssertionError("the program's output is larger than the runner's limit")
-    got = np.load(out, allow_pickle=False)
+    try:
+        got = np.load(io.BytesIO(out), allow_pickle=False)
+    except ValueError:
+        raise AssertionError("the runner's output could not be read") from None
     if got.dtype.kind not in "fiu":
         raise AssertionError("the program's output is not numeric")
     return got
@@ -126,8 +125,12 @@ def _outputs(path: Path, X: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - the sandboxed runner
-    prog, x, out = (Path(a) for a in argv)
-    np.save(out, np.asarray(_outputs(prog, np.load(x, allow_pickle=False)), dtype=np.float32), allow_pickle=False)
+    prog, x = (Path(a) for a in argv)
+    out = np.asarray(_outputs(prog, np.load(x, allow_pickle=False)), dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, out, allow_pickle=False)
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.flush()
     return 0
 
 
