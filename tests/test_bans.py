@@ -88,3 +88,26 @@ def test_a_missing_definition_fails_and_outside_the_clean_room_the_source_is_rea
     submission()
     bans.submission_code = None
     assert "sorted" in bans.names_used(local)
+
+
+def test_rebind_changes_the_callers_names_and_the_kernels_for_the_block():
+    from courselib.grading import testing
+
+    ns = {"X_val": 1, "__builtins__": __builtins__}
+    code = (
+        "from courselib.grading.testing import rebind, kernel_overrides\n"
+        "with rebind(X_val=2, extra=3):\n"
+        "    inside = (X_val, extra, dict(kernel_overrides))\n"
+        "    try:\n"
+        "        with rebind(X_val=4):\n"
+        "            nested = (X_val, dict(kernel_overrides))\n"
+        "            raise ValueError\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "    after_nested = (X_val, dict(kernel_overrides))\n"
+    )
+    exec(code, ns)
+    assert ns["inside"] == (2, 3, {"X_val": 2, "extra": 3})
+    assert ns["nested"] == (4, {"X_val": 4, "extra": 3})
+    assert ns["after_nested"] == (2, {"X_val": 2, "extra": 3})
+    assert ns["X_val"] == 1 and "extra" not in ns and testing.kernel_overrides == {}

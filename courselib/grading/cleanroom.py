@@ -466,7 +466,10 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
         session.resolve_class = wire.main_class_resolver(ns)
         # a name a test cell rebinds (course_versions(binarize_det=...)) is rebound in the kernel for each
         # call too, so that the student's later parts use the course library's earlier ones there as well
-        session.overrides = lambda: {n: ns[n] for n in bound if n in ns and ns[n] is not bound[n]}
+        session.overrides = lambda: {
+            **{n: ns[n] for n in bound if n in ns and ns[n] is not bound[n]},
+            **testing.kernel_overrides,
+        }
         try:
             kinds = session.request("kinds", names)
         except Exception:

@@ -6,6 +6,9 @@ Two things a test may need do not fit that:
 
 - the **gradient** of a student's function (a loss must be differentiable, with the right gradient):
   :func:`gradient` asks the student's kernel to differentiate there, and compares what comes back;
+- names of the notebook bound to **other values for a call** (the course library's version of an earlier part,
+  a validation set replaced by NaNs that a model trained on it would show): :func:`rebind` changes them in
+  the test's namespace and, in the clean room, in the student's kernel for every call made meanwhile;
 - a **program the student exported** (an ExecuTorch ``.pte``, an ONNX file) run on hidden inputs: it is
   untrusted code for a runtime, so :func:`run_program` runs it in a sandboxed process of its own (the
   clean room's runner: never the trusted process, never the student's kernel, which must not see the
@@ -17,6 +20,7 @@ process, so a test cell means the same thing everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["gradient", "run_program", "runner"]
+__all__ = ["gradient", "run_program", "rebind", "runner"]
 
 #: Set by the clean room: ``{"argv_prefix": [...], "work": folder, "timeout": seconds}``, how to start a
 #: sandboxed runner process (``None`` outside the clean room: programs run in this process). The program and
@@ -35,8 +39,35 @@ __all__ = ["gradient", "run_program", "runner"]
 #: runner's standard output.
 runner: dict | None = None
 
+#: Set by the clean room: names rebound for the calls into the student's kernel (:func:`rebind`).
+kernel_overrides: dict = {}
+
 #: Largest output a program may return to the clean room (bytes).
 MAX_OUTPUT_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def rebind(**names):
+    """Inside the block, the notebook's ``names`` are bound to the given values: in the test's namespace, and in
+    the clean room also in the student's kernel during every call made inside the block (so a student's function
+    that reads the global ``X_val`` reads the test's value). The old bindings come back when the block ends,
+    even after a failure."""
+    g = sys._getframe(2).f_globals  # the test cell's namespace (contextmanager adds one frame)
+    missing = object()
+    saved = {k: g.get(k, missing) for k in names}
+    outer = dict(kernel_overrides)
+    g.update(names)
+    kernel_overrides.update(names)
+    try:
+        yield
+    finally:
+        kernel_overrides.clear()
+        kernel_overrides.update(outer)
+        for k, v in saved.items():
+            if v is missing:
+                g.pop(k, None)
+            else:
+                g[k] = v
 
 
 def local_gradient(fn, args: tuple, kwargs: dict, wrt: tuple[int, ...]):
