@@ -23,9 +23,9 @@ from tqdm import tqdm
 from . import sandbox
 from .cluster import make_context
 from .cluster import schedule as cluster_schedule
-from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook, release
+from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_hook, lab_notebooks, release
 from .gradebook import ensure_assignment, export_grades, lab_state_dir, load_states, merge_results
-from .grader import GRADER_VERSION, STATUSES, Grader, Job, Limits, hidden_paths, sha256
+from .grader import GRADER_VERSION, STATUSES, AssignmentGrader, Job, Limits, hidden_paths, sha256
 from .intake import collect_submissions
 from .worker import prepare_grader, schedule_local
 
@@ -107,7 +107,8 @@ def grade(
         say(UNSANDBOXED_WARNING)
     t_start = time.monotonic()
     ensure_assignment(lab, course, db=db)
-    source_sha = sha256((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_bytes())
+    notebooks = lab_notebooks(lab, course)
+    source_sha = sha256(b"".join((course / "source" / lab / f"{nb}{NOTEBOOK_SUFFIX}").read_bytes() for nb in notebooks))
     settings = json.dumps(
         {"v": GRADER_VERSION, "limits": asdict(limits), "source": source_sha, "sandboxed": sandboxed}, sort_keys=True
     )
@@ -117,20 +118,20 @@ def grade(
     base = Path(tempfile.mkdtemp(prefix=f"cg-{os.getpid()}-"))
     try:
         os.chmod(base, 0o755)
-        subs = collect_submissions(lab, submissions, base / "unzipped")
+        subs = collect_submissions(lab, submissions, base / "unzipped", notebooks=notebooks)
         for line in subs.report():  # every file intake could not give to a student, by name
             say(line)
         states = load_states(course, lab)
         jobs, reused = [], []
         for idx, (student, nb) in enumerate(sorted(subs.items())):
-            key = sha256(settings.encode() + b"\0" + (nb.read_bytes() if nb is not None else b"<missing>"))
+            key = sha256(settings.encode() + b"\0" + _submission_bytes(nb, notebooks))
             if not regrade and states.get(student, {}).get("key") == key:
                 reused.append(student)
             else:
                 jobs.append(Job(idx, student, nb, key))
         sub_path = Path(submissions).resolve()
         extra_hide = [sub_path if sub_path.is_dir() else sub_path.parent, base]
-        grader = Grader(lab, course, limits, base, hidden_paths(course, extra_hide), feedback, sandboxed)
+        grader = AssignmentGrader(lab, course, limits, base, hidden_paths(course, extra_hide), feedback, sandboxed)
         results = {s: states[s] for s in reused}
         if reused:  # the gradebook may lag behind the state files if a run was killed: re-merge (idempotent)
             merge_results(course, lab, grader.parts, [states[s] for s in reused], state_dir, db=db)
@@ -186,6 +187,18 @@ def grade(
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _submission_bytes(found: Path | None, notebooks: list[str]) -> bytes:
+    """What a submission's grading key hashes: its notebook, or every notebook of its folder, in order."""
+    if found is None:
+        return b"<missing>"
+    if found.is_dir():
+        return b"\0".join(
+            (found / f"{nb}{NOTEBOOK_SUFFIX}").read_bytes() if (found / f"{nb}{NOTEBOOK_SUFFIX}").is_file() else b"-"
+            for nb in notebooks
+        )
+    return found.read_bytes()
+
+
 def calibrate(
     lab: str, course_dir: str | os.PathLike | None = None, *, limits: Limits | None = None, sandboxed: bool = True
 ) -> dict:
@@ -202,12 +215,12 @@ def calibrate(
     check_lab(lab, course)
     if sandboxed and not sandbox.available():
         raise GradingError(f"cannot calibrate: {sandbox.unavailable_reason()}")
-    if not (course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").exists():
+    if not all((course / "release" / lab / f"{nb}{NOTEBOOK_SUFFIX}").exists() for nb in lab_notebooks(lab, course)):
         release(lab, course)
     base = Path(tempfile.mkdtemp(prefix=f"cg-{os.getpid()}-"))
     try:
         os.chmod(base, 0o755)
-        grader = Grader(lab, course, limits or Limits(), base, hidden_paths(course, [base]), False, sandboxed)
+        grader = AssignmentGrader(lab, course, limits or Limits(), base, hidden_paths(course, [base]), False, sandboxed)
         prepare_grader(grader)
         return {"tiers": dict(grader.tiers), "reasons": dict(grader.tier_reasons), "parts": list(grader.parts)}
     finally:

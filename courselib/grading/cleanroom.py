@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import copy
+import io
 import json
 import os
 import signal
@@ -73,6 +75,9 @@ TIERS = ("clean", "sealed", "manual")
 
 #: Calls a student's function may make to the test's own functions (callbacks) per call.
 CALLBACK_BUDGET = 1000
+
+#: What a sync marker in the kernel's output starts with (:meth:`KernelSession.sync`).
+SYNC_PREFIX = "courselib-sync-"
 
 #: Seconds the kernel gets to answer again after an interrupt, before it is restarted.
 INTERRUPT_GRACE = 5.0
@@ -178,6 +183,9 @@ class KernelSession:
         self.dead: str | None = None
         self.output_bytes = 0
         self.output_exceeded = False
+        #: bytes the kernel wrote to standard error (nbgrader scores a test cell with any of it 0)
+        self.stderr_bytes = 0
+        self._tokens_seen: set[str] = set()
         #: set while hidden tests run: a student's exception then shows its class only
         self.hidden = False
         #: proxies of the student's functions by name (what a returned name stands for)
@@ -252,9 +260,16 @@ class KernelSession:
             except Exception:  # queue.Empty, or the channel closed
                 continue
             if msg.get("msg_type") in counted:
-                self.output_bytes += len(json.dumps(msg.get("content", {}), default=str))
+                content = msg.get("content", {})
+                self.output_bytes += len(json.dumps(content, default=str))
                 if self.output_bytes > self.output_limit:
                     self.output_exceeded = True
+                if msg.get("msg_type") == "stream":
+                    text = str(content.get("text", ""))
+                    if content.get("name") == "stderr":
+                        self.stderr_bytes += len(text)
+                    elif SYNC_PREFIX in text:
+                        self._tokens_seen.update(t for t in text.split() if t.startswith(SYNC_PREFIX))
 
     def close(self) -> None:
         if self.channel is not None:
@@ -400,6 +415,18 @@ class KernelSession:
         self.functions[name] = proxy
         return proxy
 
+    def sync(self, timeout: float = 5.0) -> None:
+        """Wait until everything the kernel printed so far has been drained (counted, stderr included)."""
+        token = f"{SYNC_PREFIX}{os.urandom(8).hex()}"
+        try:
+            self.request("sync", f"\n{token}\n")
+        except (CallTimeout, KernelGone):
+            return
+        deadline = time.monotonic() + timeout
+        while token not in self._tokens_seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._tokens_seen.discard(token)
+
     # -- after a timeout ------------------------------------------------------------------------
     def recover(self) -> bool:
         """After a :class:`CallTimeout`: interrupt the kernel and wait for the helper; if it does not answer,
@@ -446,11 +473,35 @@ def rng_states() -> dict:
     return states
 
 
+def nbgrader_grade(points: float, exc: BaseException | None, value, stderr: str) -> float:
+    """A test cell's score as nbgrader computes it (:func:`nbgrader.utils.determine_grade`) from what the cell
+    produced: 0 after an error or any output on standard error, the value of its last expression if that is a
+    number (partial credit), else full marks."""
+    from IPython.lib.pretty import pretty
+    from nbgrader.utils import determine_grade
+
+    outputs = []
+    if stderr:
+        outputs.append(nbformat.v4.new_output("stream", name="stderr", text=stderr))
+    if exc is not None:
+        outputs.append(nbformat.v4.new_output("error", ename=type(exc).__name__, evalue="", traceback=[]))
+    elif value is not None:
+        outputs.append(nbformat.v4.new_output("execute_result", data={"text/plain": pretty(value)}, execution_count=1))
+    cell = nbformat.v4.new_code_cell(metadata={"nbgrader": {"grade": True, "solution": False, "points": points}})
+    cell.outputs = outputs
+    try:
+        score, _ = determine_grade(cell)
+    except ValueError:  # a partial credit above the part's points: nbgrader refuses the cell too
+        return 0.0
+    return float(score)
+
+
 # --------------------------------------------------------------------------------------------
 def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[str], tm, on_timeout) -> dict:
     """Run the clean tier's test cells in the clean room against the student's names; a verdict per part."""
     cells = spec["cells"]
     clean = {p["grade_id"] for p in spec["parts"] if p["tier"] == "clean"}
+    points = {p["grade_id"]: float(p["points"]) for p in spec["parts"]}
     tests = [i for i, c in enumerate(cells) if c["kind"] == "test"]
     results: dict[str, dict] = {}
     bound: dict = {}
@@ -492,11 +543,17 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
                 pass
 
     def run(src: str, label: str):
+        """Run a cell as IPython would: (exception or None, the last expression's value, stderr text)."""
+        err = io.StringIO()
         try:
-            exec(compile(tm.transform_cell(src), f"<{label}>", "exec"), ns)
-            return None
+            tree = ast.parse(tm.transform_cell(src))
+            last = ast.Expression(tree.body.pop().value) if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+            with contextlib.redirect_stderr(err):
+                exec(compile(tree, f"<{label}>", "exec"), ns)
+                value = eval(compile(last, f"<{label}>", "eval"), ns) if last is not None else None
+            return None, value, err.getvalue()
         except BaseException as exc:  # every failure is a failed test
-            return exc
+            return exc, None, err.getvalue()
 
     bind_student_names()
     if not tests:
@@ -517,7 +574,8 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
             continue
         if session is not None:
             session.hidden = False
-        vis_exc = run(cell["release_source"], f"visible tests {gid}")
+            stderr_before, calls_before = session.stderr_bytes, session.calls
+        vis_exc, value, stderr = run(cell["release_source"], f"visible tests {gid}")
         for name in names:
             ns.pop(name, None)
         ns.update(bound)
@@ -525,11 +583,23 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
         if vis_exc is None and cell["release_source"] != cell["source"]:
             if session is not None:
                 session.hidden = True
-            full_exc = run(cell["source"], f"tests {gid}")
+            full_exc, value, stderr = run(cell["source"], f"tests {gid}")
             if session is not None:
                 session.hidden = False
         exc = vis_exc or full_exc
-        res = {"status": "passed" if exc is None else "failed"}
+        if session is not None and session.calls > calls_before and not isinstance(exc, CallTimeout):
+            session.sync()  # what the student's code printed during the calls has been read
+            if session.stderr_bytes > stderr_before:
+                stderr += "(the student's code wrote to standard error)"
+        score = nbgrader_grade(points[gid], exc, value, stderr)
+        res = {"status": "passed" if score >= points[gid] else "partial" if score > 0 else "failed", "score": score}
+        if exc is None and score < points[gid]:
+            res["where"] = "hidden" if cell["release_source"] != cell["source"] else "visible"
+            res["message"] = (
+                "the tests wrote to standard error (nbgrader scores such a test 0)"
+                if stderr
+                else f"partial credit: {score:g} of {points[gid]:g} points"
+            )
         if not cell["release_source"].strip():
             res["hidden_only"] = True
         if exc is not None:
@@ -539,8 +609,10 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
                 res["message"] = f"your code did not finish within {session.call_timeout:g} s" + (
                     " on a hidden input" if res["where"] == "hidden" else ""
                 )
-            else:
+            elif res["where"] == "visible" or getattr(exc, "courselib_student", None):
                 res["message"] = failure_message(exc, names, hidden=res["where"] == "hidden")
+            # else: a hidden test's own message or exception is never shown (it is the hidden test's text and
+            # may hold its inputs and expected values); the feedback says the hidden tests failed
             res["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
         results[gid] = res
         if isinstance(exc, CallTimeout) and session is not None:
@@ -632,6 +704,8 @@ def sealed_verdicts(spec: dict) -> dict:
             ep._cleanup_kernel()
         except Exception:
             pass
+    from nbgrader.utils import determine_grade
+
     verdicts = {}
     for cell in nb.cells:
         gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
@@ -639,9 +713,14 @@ def sealed_verdicts(spec: dict) -> dict:
             continue
         errors = [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         ran = alive and cell.get("execution_count") is not None
-        verdicts[gid] = {"status": "passed" if ran and not errors else "failed", "where": "hidden"}
-        if "CellTimeoutError" in errors:
-            verdicts[gid]["status"] = "timeout"
+        score = float(determine_grade(cell)[0] or 0.0) if ran else 0.0  # nbgrader's rule, on nbgrader's run
+        points = float(cell.metadata["nbgrader"]["points"])
+        status = "passed" if score >= points else "partial" if score > 0 else "failed"
+        verdicts[gid] = {
+            "status": "timeout" if "CellTimeoutError" in errors else status,
+            "score": score,
+            "where": "hidden",
+        }
     return verdicts
 
 
@@ -655,19 +734,23 @@ def student_cells(nb) -> list[str]:
     return out
 
 
-def score_parts(parts: list[dict], clean: dict, sealed: dict, crashed: bool) -> dict:
+def score_parts(parts: list[dict], clean: dict, sealed: dict, crashed: bool, unanswered=(), deleted=()) -> dict:
     """Every part's verdict: ``status``, ``score`` (``None`` while it waits for a manual grade), ``points``,
     ``tier``, and ``where``/``message`` for a failure. Nothing the student's kernel reported about its own
     visible tests counts: a clean part's score is the clean room's verdict, a sealed part's the sealed run's."""
     out = {}
     for p in parts:
         gid, pts, tier = p["grade_id"], float(p["points"]), p["tier"]
-        if tier == "manual":
+        if gid in unanswered:  # an answer graded by hand, left as released: nbgrader scores it 0
+            out[gid] = {"status": "failed", "score": 0.0, "points": pts, "tier": tier, "message": "not answered"}
+            continue
+        if tier == "manual" or gid in deleted:  # nbgrader leaves a deleted test cell to the instructor too
             out[gid] = {"status": "pending", "score": None, "points": pts, "tier": tier}
             continue
         verdict = (clean if tier == "clean" else sealed).get(gid, {})
         status = "failed" if crashed else verdict.get("status", "failed")
-        v = {"status": status, "score": pts if status == "passed" else 0.0, "points": pts, "tier": tier}
+        score = float(verdict.get("score", pts if status == "passed" else 0.0)) if not crashed else 0.0
+        v = {"status": status, "score": score, "points": pts, "tier": tier}
         for key in ("where", "message", "traceback", "hidden_only"):
             if key in verdict and status != "passed":
                 v[key] = verdict[key]
@@ -758,7 +841,9 @@ def grade_notebook(spec: dict) -> dict:
     times["kernel_stopped"] = time.monotonic()
     sealed = sealed_verdicts(spec) if "crashed" not in flags else {}
     times["sealed"] = time.monotonic()
-    verdicts = score_parts(spec["parts"], clean, sealed, "crashed" in flags)
+    verdicts = score_parts(
+        spec["parts"], clean, sealed, "crashed" in flags, spec.get("unanswered", ()), spec.get("deleted", ())
+    )
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         v = verdicts.get(meta.get("grade_id"))
@@ -786,6 +871,7 @@ def grade_notebook(spec: dict) -> dict:
         "calls": session.calls if session else 0,
         "restarts": session.restarts if session else 0,
         "timeouts": timeouts,
+        "deleted": list(spec.get("deleted", ())),
         "changed": {k: sorted(v) for k, v in session.changed.items()} if session else {},
     }
 

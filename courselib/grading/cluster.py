@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .course import NOTEBOOK_SUFFIX, GradingError
-from .grader import Grader, Job, Limits, hidden_paths
+from .grader import AssignmentGrader, Job, Limits, hidden_paths
 from .worker import prepare_grader, run_job
 
 __all__ = ["GradingContext", "make_context", "grade_task", "connect", "schedule"]
@@ -67,10 +68,10 @@ def make_context(lab: str, course: Path, limits: Limits, feedback: bool, sandbox
     return GradingContext(lab, files, limits, feedback, sandboxed, h.hexdigest())
 
 
-_GRADERS: dict[str, Grader] = {}  # one prepared grader per context, per worker process
+_GRADERS: dict[str, AssignmentGrader] = {}  # one prepared grader per context, per worker process
 
 
-def _worker_grader(ctx: GradingContext) -> Grader:
+def _worker_grader(ctx: GradingContext) -> AssignmentGrader:
     grader = _GRADERS.get(ctx.digest)
     if grader is None:
         base = Path(tempfile.mkdtemp(prefix=f"cg-{os.getpid()}-"))  # removed by the next run if we die
@@ -80,24 +81,37 @@ def _worker_grader(ctx: GradingContext) -> Grader:
             dest = course / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        grader = Grader(ctx.lab, course, ctx.limits, base, hidden_paths(course, [base]), ctx.feedback, ctx.sandboxed)
+        grader = AssignmentGrader(
+            ctx.lab, course, ctx.limits, base, hidden_paths(course, [base]), ctx.feedback, ctx.sandboxed
+        )
         _GRADERS[ctx.digest] = grader = prepare_grader(grader)
     return grader
 
 
-def grade_task(ctx: GradingContext, idx: int, student: str, notebook: bytes | None, key: str) -> dict:
-    """The Dask task: grade one submission (``notebook``'s bytes, ``None`` if missing) on this worker."""
+def grade_task(ctx: GradingContext, idx: int, student: str, notebook: bytes | dict | None, key: str) -> dict:
+    """The Dask task: grade one submission on this worker: ``notebook``'s bytes, or ``{file name: bytes}`` of
+    an assignment of several notebooks, ``None`` if missing."""
     grader = _worker_grader(ctx)
     path = None
     if notebook is not None:
         incoming = grader.base / "incoming"
         incoming.mkdir(exist_ok=True)
-        path = incoming / f"{idx}-{student}{NOTEBOOK_SUFFIX}"
-        path.write_bytes(notebook)
+        if isinstance(notebook, dict):
+            path = incoming / f"{idx}-{student}"
+            path.mkdir()
+            for name, data in notebook.items():
+                if Path(name).name != name or not name.endswith(NOTEBOOK_SUFFIX):
+                    raise GradingError(f"a submission file named {name!r}")
+                (path / name).write_bytes(data)
+        else:
+            path = incoming / f"{idx}-{student}{NOTEBOOK_SUFFIX}"
+            path.write_bytes(notebook)
     try:
         res = run_job(grader, Job(idx, student, path, key))
     finally:
-        if path is not None:
+        if path is not None and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path is not None:
             path.unlink(missing_ok=True)
     res["worker"] = os.uname().nodename + f":{os.getpid()}"
     return res
@@ -155,6 +169,15 @@ def _crashed(grader_ctx: GradingContext, job: Job, note: str) -> dict:
     }
 
 
+def _submission_files(found: Path | None) -> bytes | dict | None:
+    """What a task carries of a submission: its notebook's bytes, or a folder's notebooks by name."""
+    if found is None:
+        return None
+    if found.is_dir():
+        return {f.name: f.read_bytes() for f in sorted(found.glob(f"*{NOTEBOOK_SUFFIX}"))}
+    return found.read_bytes()
+
+
 def schedule(ctx: GradingContext, jobs: list[Job], cluster: str, *, log=None):
     """Grade ``jobs`` on the Dask cluster ``cluster``; yield ``(job, result)`` as each finishes.
 
@@ -170,7 +193,7 @@ def schedule(ctx: GradingContext, jobs: list[Job], cluster: str, *, log=None):
         say(f"courselib grade: {len(jobs)} submission(s) on Dask {client.scheduler.address} ({n_workers} workers)")
         futures = {}
         for job in jobs:
-            data = job.notebook.read_bytes() if job.notebook is not None else None
+            data = _submission_files(job.notebook)
             fut = client.submit(
                 grade_task,
                 ctx,

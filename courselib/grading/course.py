@@ -58,9 +58,35 @@ def find_course_dir(course_dir: str | os.PathLike | None = None) -> Path:
 
 
 def list_labs(course_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names of the labs under ``source/`` (folders holding ``<name>/<name>.ipynb``), sorted."""
+    """Names of the assignments under ``source/`` (folders holding at least one notebook), sorted. A lab of
+    this course is ``source/<lab>/<lab>.ipynb``; another course's assignment may hold several notebooks
+    (nbgrader's ``source/ps1/problem1.ipynb``, ``problem2.ipynb``)."""
     src = find_course_dir(course_dir) / "source"
-    return sorted(p.name for p in src.iterdir() if (p / f"{p.name}{NOTEBOOK_SUFFIX}").exists())
+    return sorted(p.name for p in src.iterdir() if p.is_dir() and _notebooks_in(p))
+
+
+def _notebooks_in(folder: Path) -> list[str]:
+    return sorted(f.stem for f in folder.glob(f"*{NOTEBOOK_SUFFIX}") if f.is_file() and not f.name.startswith("."))
+
+
+def lab_notebooks(lab: str, course_dir: str | os.PathLike | None = None) -> list[str]:
+    """The notebooks of an assignment (their names without ``.ipynb``), sorted: ``[lab]`` for a lab of this
+    course, ``["problem1", "problem2"]`` for nbgrader's example ``ps1``."""
+    return _notebooks_in(find_course_dir(course_dir) / "source" / lab)
+
+
+def part_key(lab: str, notebook: str, grade_id: str, notebooks: list[str]) -> str:
+    """The name of a part in results and grade sheets: its ``grade_id`` when the assignment is the one notebook
+    named like it (every lab of this course), else ``<notebook>:<grade_id>`` (grade ids repeat across notebooks)."""
+    return grade_id if notebooks == [lab] else f"{notebook}:{grade_id}"
+
+
+def split_part(lab: str, key: str, notebooks: list[str]) -> tuple[str, str]:
+    """``(notebook, grade_id)`` of a part named by :func:`part_key`."""
+    if notebooks == [lab]:
+        return lab, key
+    notebook, _, grade_id = key.partition(":")
+    return notebook, grade_id
 
 
 def nbgrader_env() -> dict[str, str]:
@@ -113,8 +139,9 @@ def release(lab: str, course_dir: str | os.PathLike | None = None, *, db: str | 
     check_lab(lab, course)
     nbgrader(["generate_assignment", lab, "--force", *([f"--db={db}"] if db else [])], course)
     out = course / "release" / lab
-    if not (out / f"{lab}{NOTEBOOK_SUFFIX}").exists():
-        raise GradingError(f"nbgrader did not write {out / (lab + NOTEBOOK_SUFFIX)}")
+    missing = [nb for nb in lab_notebooks(lab, course) if not (out / f"{nb}{NOTEBOOK_SUFFIX}").exists()]
+    if missing:
+        raise GradingError(f"nbgrader did not write {', '.join(str(out / (nb + NOTEBOOK_SUFFIX)) for nb in missing)}")
     return out
 
 
@@ -124,9 +151,9 @@ def release_all(course_dir: str | os.PathLike | None = None) -> list[Path]:
     return [release(lab, course) for lab in list_labs(course)]
 
 
-def _part_cells(lab: str, course_dir) -> list[dict]:
-    course = find_course_dir(course_dir)
-    nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+def notebook_parts(nb: dict) -> list[dict]:
+    """The graded cells of one notebook (a parsed ``.ipynb``): ``grade_id``, ``points`` and ``kind``
+    (``"test"``: autograded tests; ``"manual"``: an answer graded by hand; ``"task"``: a task cell)."""
     out = []
     for cell in nb["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -136,10 +163,22 @@ def _part_cells(lab: str, course_dir) -> list[dict]:
     return out
 
 
+def _part_cells(lab: str, course_dir) -> list[dict]:
+    course = find_course_dir(course_dir)
+    notebooks = lab_notebooks(lab, course)
+    out = []
+    for notebook in notebooks:
+        nb = json.loads((course / "source" / lab / f"{notebook}{NOTEBOOK_SUFFIX}").read_text())
+        for part in notebook_parts(nb):
+            out.append({**part, "grade_id": part_key(lab, notebook, part["grade_id"], notebooks)})
+    return out
+
+
 def lab_parts(lab: str, course_dir: str | os.PathLike | None = None) -> list[tuple[str, float]]:
-    """The graded parts of ``lab`` as ``(grade_id, points)`` in notebook order, read from the source: its
+    """The graded parts of ``lab`` as ``(key, points)`` in notebook order, read from the source: its
     autograded test cells, its answers graded by hand (code or Markdown) and its task cells, as nbgrader
-    counts them into the maximum score."""
+    counts them into the maximum score. ``key`` is the ``grade_id``, prefixed by ``<notebook>:`` in an
+    assignment of several notebooks (:func:`part_key`)."""
     return [(c["grade_id"], c["points"]) for c in _part_cells(lab, course_dir)]
 
 
@@ -204,9 +243,13 @@ def hidden_test_lines(lab: str, course_dir: str | os.PathLike | None = None) -> 
     """The lines of ``lab``'s hidden tests a student must never read: 12 characters or more, not comments,
     and not also in the source outside the hidden regions (a line a solution holds is no secret)."""
     course = find_course_dir(course_dir)
-    nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+    cells = [
+        cell
+        for notebook in lab_notebooks(lab, course)
+        for cell in json.loads((course / "source" / lab / f"{notebook}{NOTEBOOK_SUFFIX}").read_text())["cells"]
+    ]
     visible, hidden = [], []
-    for cell in nb["cells"]:
+    for cell in cells:
         kept, lines = _split_hidden("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
         visible.append(kept)
         hidden += lines
@@ -263,14 +306,15 @@ def autograde(
     if not (course / "release" / lab).exists():
         release(lab, course)
     graded = []
+    notebooks = lab_notebooks(lab, course)
     for student_dir in sorted(p for p in submissions_dir.iterdir() if p.is_dir()):
-        nb = student_dir / lab / f"{lab}{NOTEBOOK_SUFFIX}"
-        if not nb.exists():
+        folder = student_dir / lab
+        if not any((folder / f"{nb}{NOTEBOOK_SUFFIX}").exists() for nb in notebooks):
             continue
         dest = course / "submitted" / student_dir.name / lab
-        if dest.resolve() != nb.parent.resolve():
+        if dest.resolve() != folder.resolve():
             shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(nb.parent, dest)
+            shutil.copytree(folder, dest)
         graded.append(student_dir.name)
     say = log or print
     secrets = hidden_test_lines(lab, course) if feedback else []
@@ -279,14 +323,14 @@ def autograde(
         nbgrader(["autograde", lab, "--create", "--force", f"--student={student}"], course)
         if feedback:
             nbgrader(["generate_feedback", lab, "--force", f"--student={student}", *preprocessors], course)
-            page = course / "feedback" / student / lab / f"{lab}.html"
-            found = feedback_leaks(page.read_text(errors="replace"), secrets) if page.exists() else []
-            if found:
-                page.unlink()
-                say(
-                    f"courselib autograde: WITHHELD the feedback of {student}: it showed {len(found)} hidden-test "
-                    f"line(s), e.g. {found[0][:80]!r} (printed by the student's code?); {page} deleted"
-                )
+            for page in sorted((course / "feedback" / student / lab).glob("*.html")):
+                found = feedback_leaks(page.read_text(errors="replace"), secrets)
+                if found:
+                    page.unlink()
+                    say(
+                        f"courselib autograde: WITHHELD the feedback of {student}: it showed {len(found)} hidden-test "
+                        f"line(s), e.g. {found[0][:80]!r} (printed by the student's code?); {page} deleted"
+                    )
     return graded
 
 

@@ -3,7 +3,9 @@
 The feedback is the executed notebook (the student's cells and the *visible* tests, with the outputs
 the student's kernel produced) with, under every graded cell, its verdict: points, pass or fail, how it
 was checked, and a message that never holds hidden test code, an expected value or a hidden input
-(:func:`failure_message`). It is rendered with nbgrader's own feedback template, so it looks like what
+(:func:`failure_message`): a visible test's assertion message (the student can read that test), the
+class of an exception the student's own code raised, and for a hidden test only *that* it failed (or timed
+out, or met the student's exception): its own message is the hidden test's text and is never shown. It is rendered with nbgrader's own feedback template, so it looks like what
 ``nbgrader generate_feedback`` writes.
 """
 
@@ -84,7 +86,7 @@ def verdict_text(v: dict) -> tuple[str, bool]:
         return f"waiting for a grade: {points:g} points, graded by hand", True
     score = float(v.get("score") or 0.0)
     passed = v["status"] == "passed"
-    text = f"{'passed' if passed else 'failed'}: {score:g} / {points:g} points"
+    text = f"{'passed' if passed else 'partial credit' if v['status'] == 'partial' else 'failed'}: {score:g} / {points:g} points"
     if not passed:
         where = v.get("where")
         if v["status"] == "timeout":
@@ -116,15 +118,23 @@ def feedback_notebook(executed, verdicts: dict, mode: str, test_sources: dict) -
     and the clean room's traceback.
     """
     nb = nbformat.from_dict(json.loads(json.dumps(executed)))
+    cells = []
     for cell in nb.cells:
+        cells.append(cell)
         meta = cell.get("metadata", {}).get("nbgrader", {})
         v = verdicts.get(meta.get("grade_id")) if meta.get("grade") or meta.get("task") else None
         if v is None:
             continue
         meta["points"] = float(v["points"])
-        if v.get("score") is not None:
-            meta["score"] = float(v["score"])
-        if cell.cell_type != "code":  # Markdown answers and tasks: nbgrader's template shows the score
+        meta["score"] = float(v["score"]) if v.get("score") is not None else 0.0  # nbgrader's template needs one
+        if v.get("score") is None:  # waiting for the instructor: say so under the cell, whatever its kind
+            cells.append(
+                nbformat.v4.new_markdown_cell(
+                    f"*Waiting for a grade by hand ({float(v['points']):g} points); the score above is 0 until then.*"
+                )
+            )
+            continue
+        if cell.cell_type != "code":  # Markdown answers and tasks graded already: nbgrader's template shows the score
             continue
         text, passed = verdict_text(v)
         if mode == "full":
@@ -141,6 +151,7 @@ def feedback_notebook(executed, verdicts: dict, mode: str, test_sources: dict) -
                 },
             )
         )
+    nb.cells = cells
     return nb
 
 

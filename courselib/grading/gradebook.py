@@ -27,7 +27,7 @@ from nbgrader.api import Gradebook, InvalidEntry, MissingEntry
 from sqlalchemy.exc import IntegrityError, OperationalError
 from traitlets.config.loader import PyFileConfigLoader
 
-from .course import GradingError, find_course_dir, lab_parts, release
+from .course import GradingError, find_course_dir, lab_notebooks, lab_parts, release, split_part
 
 #: How often a write that lost a race with another grader (a unique-constraint error) is retried.
 WRITE_RETRIES = 8
@@ -97,62 +97,85 @@ def export_grades(
 ) -> Path:
     """Write ``grades/<lab>.csv``: one row per student.
 
-    Columns: ``student_id``, ``status`` (see :data:`STATUSES`), ``score``, ``max_score``, one
-    column per graded part (its ``grade_id``) and ``sandbox`` (``bubblewrap``, or ``none
-    (--no-sandbox)`` when student code ran unisolated; empty for rows not graded by :func:`grade`). Rows come from :func:`grade`'s results (statuses and
-    scores), then from nbgrader's gradebook for submissions graded otherwise (status ``graded``);
-    ``students`` adds ``missing`` rows for students with no submission at all; ``db`` is the gradebook's
-    URL (default :func:`db_url`).
+    Columns: ``student_id``, ``status`` (see :data:`STATUSES`, and ``needs-manual-grade`` for a submission
+    graded but with answers still waiting for a grade by hand), ``score`` (the parts graded so far),
+    ``max_score``, one column per graded part (its key, :func:`~courselib.grading.course.lab_parts`; empty while
+    the part waits for a grade by hand), ``needs_manual_grade`` (those parts) and ``sandbox`` (``bubblewrap``,
+    or ``none (--no-sandbox)`` when student code ran unisolated; empty for rows not graded by :func:`grade`).
+    Rows come from :func:`grade`'s results (statuses and scores), with every score an instructor entered in
+    nbgrader's formgrader taken from the gradebook, then from nbgrader's gradebook for submissions graded
+    otherwise (status ``graded``); ``students`` adds ``missing`` rows for students with no submission at all;
+    ``db`` is the gradebook's URL (default :func:`db_url`).
     """
     course = find_course_dir(course_dir)
     parts = lab_parts(lab, course)
+    notebooks = lab_notebooks(lab, course)
     max_score = sum(p for _, p in parts)
     out = Path(out_csv) if out_csv else course / "grades" / f"{lab}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
+    states = load_states(course, lab)
+    graded_by_hand: dict[tuple[str, str], float] = {}  # scores entered in the formgrader
     rows = {}
-    for student, st in load_states(course, lab).items():
-        rows[student] = {
-            "student_id": student,
-            "status": st["status"],
-            "score": st["score"],
-            "max_score": max_score,
-            **{g: st["parts"].get(g, 0.0) for g, _ in parts},
-            "sandbox": st.get("sandbox", ""),
-        }
     url = db_url(course, db)
     if not _is_sqlite_missing(url):
         with open_gradebook(url) as gb:
+            for student, st in states.items():
+                for g in st.get("pending") or ():
+                    notebook, grade_id = split_part(lab, g, notebooks)
+                    try:
+                        grade = gb.find_grade(grade_id, notebook, lab, student)
+                    except MissingEntry:
+                        continue
+                    if grade.manual_score is not None:
+                        graded_by_hand[(student, g)] = float(grade.manual_score)
             for student in sorted(s.id for s in gb.students):
-                if student in rows:
+                if student in states:
                     continue
                 try:
-                    sub = gb.find_submission(lab, student)
+                    gb.find_submission(lab, student)
                 except MissingEntry:
                     continue
-                row = {"student_id": student, "status": "graded", "score": sub.score, "max_score": max_score}
-                for grade_id, _ in parts:
+                scores, pending = {}, []
+                for key, _ in parts:
+                    notebook, grade_id = split_part(lab, key, notebooks)
                     try:
-                        row[grade_id] = gb.find_grade(grade_id, lab, lab, student).score
+                        grade = gb.find_grade(grade_id, notebook, lab, student)
                     except MissingEntry:
-                        row[grade_id] = 0.0
-                rows[student] = row
+                        scores[key] = 0.0
+                        continue
+                    if grade.needs_manual_grade:
+                        pending.append(key)
+                    scores[key] = grade.score
+                rows[student] = _row(student, "graded", scores, pending, max_score, "")
+    for student, st in states.items():
+        scores = {g: graded_by_hand.get((student, g), st["parts"].get(g, 0.0)) for g, _ in parts}
+        pending = [g for g in st.get("pending") or () if (student, g) not in graded_by_hand]
+        rows[student] = _row(student, st["status"], scores, pending, max_score, st.get("sandbox", ""))
     for student in students or []:
         if student not in rows:
-            rows[student] = {
-                "student_id": student,
-                "status": "missing",
-                "score": 0.0,
-                "max_score": max_score,
-                **{g: 0.0 for g, _ in parts},
-            }
+            rows[student] = _row(student, "missing", {g: 0.0 for g, _ in parts}, [], max_score, "")
     tmp = out.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        fields = ["student_id", "status", "score", "max_score", *[g for g, _ in parts], "sandbox"]
+        fields = ["student_id", "status", "score", "max_score", *[g for g, _ in parts], "needs_manual_grade", "sandbox"]
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows[k] for k in sorted(rows))
     os.replace(tmp, out)
     return out
+
+
+def _row(student: str, status: str, scores: dict, pending: list, max_score: float, sandbox: str) -> dict:
+    """One row of the grade sheet: a part waiting for a grade by hand is empty, not 0, and said so."""
+    cells = {g: ("" if g in pending else v) for g, v in scores.items()}
+    return {
+        "student_id": student,
+        "status": "needs-manual-grade" if pending and status == "graded" else status,
+        "score": float(sum(v for g, v in scores.items() if g not in pending and v is not None)),
+        "max_score": max_score,
+        **cells,
+        "needs_manual_grade": " ".join(pending),
+        "sandbox": sandbox,
+    }
 
 
 def merge_results(
@@ -171,6 +194,7 @@ def merge_results(
         with warnings.catch_warnings(), open_gradebook(url) as gb:
             warnings.simplefilter("ignore")  # nbgrader's API triggers SQLAlchemy autoflush warnings
             for res in results:
+                res.setdefault("notebooks", lab_notebooks(lab, course))
                 _write_files(course, lab, res)
                 _upsert(gb, lab, parts, res)
                 _write_state(state_dir, res)
@@ -222,10 +246,17 @@ def _upsert(gb: Gradebook, lab: str, parts, res: dict) -> None:
                     gb.find_submission(lab, student)
                 except MissingEntry:
                     gb.update_or_create_submission(lab, student)
+                notebooks = res.get("notebooks") or [lab]
+                pending = set(res.get("pending") or ())
                 for g, _ in parts:
-                    grade = gb.find_grade(g, lab, lab, student)
-                    grade.auto_score = float(res["parts"][g])
-                    grade.needs_manual_grade = False
+                    notebook, grade_id = split_part(lab, g, notebooks)
+                    grade = gb.find_grade(grade_id, notebook, lab, student)
+                    if g in pending:  # an answer graded by hand: the formgrader lists it until the instructor has
+                        grade.auto_score = None
+                        grade.needs_manual_grade = grade.manual_score is None
+                    else:
+                        grade.auto_score = float(res["parts"][g])
+                        grade.needs_manual_grade = False
             gb.db.commit()
             return
         except (IntegrityError, InvalidEntry):  # nbgrader wraps IntegrityError in InvalidEntry

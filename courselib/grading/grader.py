@@ -36,7 +36,15 @@ import courselib
 
 from . import forkserver, sandbox
 from .cleanroom import driver_args
-from .course import NOTEBOOK_SUFFIX, GradingError, lab_parts, lab_settings, nbgrader_env, part_kinds
+from .course import (
+    NOTEBOOK_SUFFIX,
+    GradingError,
+    lab_notebooks,
+    lab_settings,
+    nbgrader_env,
+    notebook_parts,
+    part_key,
+)
 from .feedback import FEEDBACK_MODES
 from .gradebook import lab_state_dir
 from .intake import check_notebook
@@ -273,22 +281,29 @@ def restore_locked_cells(nb: dict, release_nb: dict) -> dict:
 
 
 class Job:
+    """One student's submission of an assignment: its notebook (for a one-notebook lab) or its folder
+    (``<student>/<assignment>/``, for an assignment of several notebooks), ``None`` when missing."""
+
     def __init__(self, idx: int, student: str, notebook: Path | None, key: str):
         self.idx, self.student, self.notebook, self.key = idx, student, notebook, key
 
 
 class Grader:
-    """Shared, read-only context of one :func:`grade` run (workers only read it)."""
+    """Shared, read-only context of one :func:`grade` run for one notebook of an assignment (workers only read
+    it): ``notebook`` is the notebook's name, ``lab`` by default (this course's labs are one notebook each)."""
 
-    def __init__(self, lab, course, limits, base, hide, feedback, sandboxed):
+    def __init__(self, lab, course, limits, base, hide, feedback, sandboxed, notebook: str | None = None):
         self.lab, self.course, self.limits, self.base = lab, course, limits, base
+        self.notebook = notebook or lab
         self.hide, self.keep, self.feedback, self.sandboxed = hide, kept_paths(), feedback, sandboxed
-        self.source_nb = json.loads((course / "source" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
-        self.release_nb = json.loads((course / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
+        self.nbname = f"{self.notebook}{NOTEBOOK_SUFFIX}"
+        self.source_nb = json.loads((course / "source" / lab / self.nbname).read_text())
+        self.release_nb = json.loads((course / "release" / lab / self.nbname).read_text())
         self.cells = _notebook_cells(self.source_nb, self.release_nb)
         self.preload = forkserver.preload_statements([c["source"] for c in self.cells if c["kind"] != "solution"])
-        self.parts = lab_parts(lab, course)
-        self.kinds = part_kinds(lab, course)
+        parts = notebook_parts(self.source_nb)
+        self.parts = [(p["grade_id"], p["points"]) for p in parts]
+        self.kinds = {p["grade_id"]: p["kind"] for p in parts}
         modules = imported_names([c["source"] for c in self.cells])
         #: why a part is sealed from the start (it changes the student's environment)
         self.env_changes = {
@@ -309,10 +324,9 @@ class Grader:
             raise GradingError(
                 f"course.toml: labs.{lab}.feedback = {self.feedback_mode!r}; choose one of {list(FEEDBACK_MODES)}"
             )
+        notebooks = {f"{nb}{NOTEBOOK_SUFFIX}" for nb in lab_notebooks(lab, course)}
         self.release_extras = [
-            p
-            for p in (course / "release" / lab).iterdir()
-            if p.name != f"{lab}{NOTEBOOK_SUFFIX}" and not p.name.startswith(".")
+            p for p in (course / "release" / lab).iterdir() if p.name not in notebooks and not p.name.startswith(".")
         ]
         self.template = base / "template"
 
@@ -378,13 +392,32 @@ class Grader:
                 changed.append(f"{gid} (edited)")
         return changed
 
+    def unanswered(self, nb: dict) -> list[str]:
+        """Answers graded by hand that the submission left exactly as released (nbgrader: 0, not pending)."""
+        released = {
+            c["metadata"]["nbgrader"]["grade_id"]: _source(c).strip()
+            for c in self.release_nb["cells"]
+            if c.get("metadata", {}).get("nbgrader", {}).get("solution")
+        }
+        out = []
+        for cell in nb.get("cells", []):
+            gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+            if self.kinds.get(gid) == "manual" and _source(cell).strip() == released.get(gid):
+                out.append(gid)
+        return out
+
+    def deleted_tests(self, nb: dict) -> list[str]:
+        """Autograded test cells of the release missing from the submission."""
+        there = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.get("cells", [])}
+        return [g for g, _ in self.parts if self.kinds.get(g) == "test" and g not in there]
+
     def make_work(self, root: Path, notebook_bytes: bytes | None) -> Path:
         work = root / "work"
         work.mkdir(parents=True)
         for extra in self.release_extras:
             (shutil.copytree if extra.is_dir() else shutil.copy)(extra, work / extra.name)
         if notebook_bytes is not None:
-            (work / f"{self.lab}{NOTEBOOK_SUFFIX}").write_bytes(notebook_bytes)
+            (work / self.nbname).write_bytes(notebook_bytes)
         if self.sandboxed:
             for dirpath, _dirnames, filenames in os.walk(work):
                 for n in [dirpath, *[os.path.join(dirpath, f) for f in filenames]]:
@@ -393,11 +426,22 @@ class Grader:
 
     # ------------------------------------------------------------------ one execution + the clean room
     def run_notebook(
-        self, root: Path, nb: dict, *, tiers, mutable, feedback_html: Path | None, autograded: Path | None
+        self,
+        root: Path,
+        nb: dict,
+        *,
+        tiers,
+        mutable,
+        feedback_html: Path | None,
+        autograded: Path | None,
+        unanswered: list[str] = (),
+        deleted: list[str] = (),
     ):
         """Execute ``nb`` (locked cells already restored from the release) once in a sandboxed kernel and
         judge it (:func:`courselib.grading.cleanroom.grade_notebook`, in its own process), each part in its
-        tier (``tiers``), with the copy-back contract ``mutable`` (``None``: learn it).
+        tier (``tiers``), with the copy-back contract ``mutable`` (``None``: learn it). ``unanswered``: answers
+        graded by hand left as released (0, as nbgrader scores them); ``deleted``: test cells the submission
+        deleted (waiting for a grade by hand, as nbgrader leaves them).
 
         Returns ``(exit code or None on timeout, result dict or None, log, seconds the process took)``.
         """
@@ -444,6 +488,8 @@ class Grader:
             "max_reply_bytes": MAX_REPLY_BYTES,
             "driver_cpu_seconds": 2 * self.limits.notebook_timeout + 60,
             "runner": runner,
+            "unanswered": list(unanswered),
+            "deleted": list(deleted),
             "feedback": self.feedback_mode,
             "feedback_html": str(feedback_html) if feedback_html else None,
             "autograded": str(autograded) if autograded else None,
@@ -511,7 +557,9 @@ class Grader:
         version in ``grades/.state/<lab>/_calibration.json``; raises :class:`GradingError` when the solution
         fails a part in every tier (the lab is broken, not the submissions).
         """
-        cache = lab_state_dir(self.course, self.lab) / "_calibration.json"
+        cache = lab_state_dir(self.course, self.lab) / (
+            "_calibration.json" if self.notebook == self.lab else f"_calibration-{self.notebook}.json"
+        )
         key = self._calibration_key()
         try:
             cached = json.loads(cache.read_text())
@@ -571,16 +619,16 @@ class Grader:
             "parts": {g: 0.0 for g, _ in self.parts},
         }
         if job.notebook is None:
-            result.update(status="missing", notes=[f"no {self.lab}/{self.lab}{NOTEBOOK_SUFFIX}"])
+            result.update(status="missing", notes=[f"no {self.lab}/{self.nbname}"])
             return self._finish(result, t0)
         data = job.notebook.read_bytes()
         why = check_notebook(data)
         if why:
             result.update(status="invalid-notebook", notes=[why])
             return self._finish(result, t0)
-        root = self.base / f"s{job.idx}"
+        root = self.base / (f"s{job.idx}" if self.notebook == self.lab else f"s{job.idx}-{self.notebook}")
         course = root / "course"  # the layout the writer copies: submitted/, autograded/, feedback/
-        nbname = f"{self.lab}{NOTEBOOK_SUFFIX}"
+        nbname = self.nbname
         sub = course / "submitted" / job.student / self.lab
         sub.mkdir(parents=True)
         (sub / nbname).write_bytes(data)
@@ -590,7 +638,7 @@ class Grader:
         if changed:
             flags.append("tampered")
             result["notes"].append("restored from the release: " + ", ".join(changed))
-        feedback = course / "feedback" / job.student / self.lab / f"{self.lab}.html" if self.feedback else None
+        feedback = course / "feedback" / job.student / self.lab / f"{self.notebook}.html" if self.feedback else None
         code, res, log, took = self.run_notebook(
             root,
             restore_locked_cells(nb, self.release_nb),
@@ -598,6 +646,8 @@ class Grader:
             mutable=self.mutable,
             feedback_html=feedback,
             autograded=course / "autograded" / job.student / self.lab / nbname,
+            unanswered=self.unanswered(nb),
+            deleted=self.deleted_tests(nb),
         )
         result["scratch"] = str(course)
         if code is None:
@@ -620,6 +670,8 @@ class Grader:
             result["notes"].append(f"{gid}: a call did not finish in {self.limits.cell_timeout} s (timeout)")
         if res.get("restarts"):
             result["notes"].append(f"the kernel was restarted {res['restarts']} time(s) after a timeout")
+        for gid in res.get("deleted", []):
+            result["notes"].append(f"{gid}: the test cell was deleted; it waits for a grade by hand")
         result["parts"] = {g: float(verdicts[g]["score"] or 0.0) for g, _ in self.parts}
         result["part_status"] = {g: verdicts[g]["status"] for g, _ in self.parts}
         result["tiers"] = {g: verdicts[g]["tier"] for g, _ in self.parts}
@@ -645,3 +697,79 @@ class Grader:
         result["seconds"] = round(time.monotonic() - t0, 2)
         result.setdefault("scratch", None)
         return result
+
+
+class AssignmentGrader:
+    """Grading one assignment: one :class:`Grader` per notebook, each notebook graded on its own as nbgrader
+    does (its own kernel, its own clean room), the results joined into one per student. This course's labs
+    are one notebook each (``source/<lab>/<lab>.ipynb``); nbgrader's ``ps1`` has ``problem1.ipynb`` and
+    ``problem2.ipynb``, whose parts are named ``problem1:<grade_id>`` (:func:`~courselib.grading.course.part_key`)
+    and whose submissions are folders ``<student>/ps1/``. A notebook missing from a submission scores 0 on
+    every part, as nbgrader records it; the submission is ``missing`` only when every notebook is.
+    """
+
+    def __init__(self, lab, course, limits, base, hide, feedback, sandboxed):
+        self.lab, self.course, self.limits, self.base = lab, course, limits, base
+        self.feedback, self.sandboxed = feedback, sandboxed
+        self.notebooks = lab_notebooks(lab, course)
+        self.graders = {nb: Grader(lab, course, limits, base, hide, feedback, sandboxed, nb) for nb in self.notebooks}
+        self.parts = [(self.key(nb, g), p) for nb, gr in self.graders.items() for g, p in gr.parts]
+
+    @property
+    def single(self) -> bool:
+        return self.notebooks == [self.lab]
+
+    def key(self, notebook: str, grade_id: str) -> str:
+        return part_key(self.lab, notebook, grade_id, self.notebooks)
+
+    def _joined(self, attr: str) -> dict:
+        return {self.key(nb, g): v for nb, gr in self.graders.items() for g, v in getattr(gr, attr).items()}
+
+    @property
+    def tiers(self) -> dict:
+        return self._joined("tiers")
+
+    @property
+    def tier_reasons(self) -> dict:
+        return self._joined("tier_reasons")
+
+    def make_template(self) -> None:
+        for gr in self.graders.values():
+            gr.make_template()
+
+    def calibrate(self) -> None:
+        for gr in self.graders.values():
+            gr.calibrate()
+
+    def grade_one(self, job: Job) -> dict:
+        if self.single:
+            return self.graders[self.lab].grade_one(job)
+        t0 = time.monotonic()
+        results = {}
+        for nb, gr in self.graders.items():
+            path = job.notebook / gr.nbname if job.notebook is not None else None
+            results[nb] = gr.grade_one(Job(job.idx, job.student, path if path and path.is_file() else None, job.key))
+        present = [r for r in results.values() if r["status"] != "missing"]
+        out = {
+            "student_id": job.student,
+            "lab": self.lab,
+            "key": job.key,
+            "status": next((s for s in STATUSES if any(r["status"] == s for r in present)), "graded")
+            if present
+            else "missing",
+            "notes": [f"{nb}: {n}" for nb, r in results.items() for n in r["notes"]],
+            "parts": {self.key(nb, g): v for nb, r in results.items() for g, v in r["parts"].items()},
+            "scratch": [r["scratch"] for r in results.values() if r.get("scratch")],
+        }
+        for field in ("part_status", "tiers"):
+            out[field] = {self.key(nb, g): v for nb, r in results.items() for g, v in r.get(field, {}).items()}
+        out["pending"] = [self.key(nb, g) for nb, r in results.items() for g in r.get("pending", [])]
+        timings = [r["timing"] for r in results.values() if "timing" in r]
+        if timings:
+            out["timing"] = {k: round(sum(t.get(k, 0.0) for t in timings), 3) for k in timings[0]}
+        out["proxy_calls"] = sum(r.get("proxy_calls", 0) for r in results.values())
+        out["driver_maxrss_mb"] = max((r.get("driver_maxrss_mb") or 0 for r in results.values()), default=None)
+        out["score"] = float(sum(out["parts"].values()))
+        out["max_score"] = float(sum(p for _, p in self.parts))
+        out["seconds"] = round(time.monotonic() - t0, 2)
+        return out

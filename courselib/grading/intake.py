@@ -166,7 +166,11 @@ def _parse_flat(name: str, lab: str) -> tuple[str, str, bool] | None:
 
 
 def collect_submissions(
-    lab: str, submissions: str | os.PathLike, unpack_dir: str | os.PathLike | None = None
+    lab: str,
+    submissions: str | os.PathLike,
+    unpack_dir: str | os.PathLike | None = None,
+    *,
+    notebooks: list[str] | None = None,
 ) -> Submissions:
     """Map each student id to their notebook of ``lab`` (``None``: missing); list what fits no student.
 
@@ -204,6 +208,11 @@ def collect_submissions(
       and its summary lists them) and not graded; a student whose files are all unmatched is ``missing``.
 
     Hidden entries (names starting with ``.``) and macOS's ``__MACOSX`` folders are skipped unlisted.
+
+    An assignment of several notebooks (``notebooks``, e.g. nbgrader's ``ps1``: ``["problem1", "problem2"]``)
+    is read from nbgrader's folders only, ``<student>/<lab>/<notebook>.ipynb``: each student maps to a folder
+    in ``unpack_dir`` holding a checked copy of each notebook they handed in (a refusal in place of one that
+    must not be read, nothing for one they did not hand in), ``None`` if they handed in none.
     """
     submissions = Path(submissions)
     if submissions.is_file() and zipfile.is_zipfile(submissions):
@@ -222,7 +231,44 @@ def collect_submissions(
         root = submissions
     else:
         raise GradingError(f"{submissions} is not a folder (or a zip of submissions)")
+    if notebooks is not None and notebooks != [lab]:
+        return _scan_folders(root, lab, notebooks, unpack_dir)
     return _scan(root, lab, unpack_dir)
+
+
+def _scan_folders(root: Path, lab: str, notebooks: list[str], unpack_dir) -> Submissions:
+    """The students of an assignment of several notebooks, from ``<student>/<lab>/<notebook>.ipynb`` folders."""
+    if unpack_dir is None:
+        raise GradingError("an assignment of several notebooks needs an unpack_dir for the checked copies")
+    names = {f"{nb}{NOTEBOOK_SUFFIX}" for nb in notebooks}
+    out, unmatched = Submissions(layouts=["folders"]), []
+    for entry in _entries(root):
+        rel = entry.relative_to(root).as_posix()
+        if not entry.is_dir() or not _STUDENT_ID.match(entry.name):
+            unmatched.append(
+                f"{rel}: an assignment of several notebooks is read from folders <student>/{lab}/<notebook>.ipynb"
+            )
+            continue
+        folder, copies = entry / lab, Path(unpack_dir) / "checked" / entry.name / lab
+        handed_in = False
+        if folder.is_dir() and not folder.is_symlink() and not entry.is_symlink():
+            for f in _entries(folder):
+                if f.name not in names:
+                    if f.name.endswith(NOTEBOOK_SUFFIX):
+                        unmatched.append(f"{f.relative_to(root).as_posix()}: not a notebook of {lab} ({sorted(names)})")
+                    continue
+                why = _unsafe(f, root)
+                copies.mkdir(parents=True, exist_ok=True)
+                (copies / f.name).write_bytes(f.read_bytes() if why is None else _refusal(why))
+                handed_in = True
+        elif folder.exists() or os.path.lexists(folder):
+            copies.mkdir(parents=True, exist_ok=True)
+            for name in names:  # a link in place of the folder: every notebook refused, none read
+                (copies / name).write_bytes(_refusal(f"{lab} is a symbolic link"))
+            handed_in = True
+        out[entry.name] = copies if handed_in else None
+    out.unmatched = unmatched
+    return out
 
 
 def _scan(root: Path, lab: str, unpack_dir) -> Submissions:

@@ -8,6 +8,8 @@ folder both sides see) and answers requests until the clean room sends ``done`` 
 - ``("kinds", names)``: for each name, whether the notebook defines it as a function (``"callable"``), a
   value or a model (``"value"``), or not at all (``"missing"``);
 - ``("get", name)``: the value;
+- ``("sync", token)``: flush what the student's code printed, then print ``token``: once the clean room reads
+  the token in the kernel's output stream, it has read everything printed before it;
 - ``("call", name, args, kwargs, overrides, rng)`` and ``("handle", number, ...)``: call the student's
   function (or a function one of its calls returned) with the test's arguments, the names in ``overrides``
   bound to the course library's versions for the call and the global random generators set to the clean
@@ -122,6 +124,13 @@ def serve(address: str, namespace: dict | None = None) -> None:
                 out = {n: _kind(ns[n]) if n in ns else "missing" for n in request[2]}
             elif kind == "get":
                 out = ns[request[2]]
+            elif kind == "sync":  # everything printed so far is sent before this marker (one ordered stream)
+                import sys
+
+                sys.stderr.flush()
+                sys.stdout.write(request[2])
+                sys.stdout.flush()
+                out = None
             elif kind in ("call", "handle", "grad"):
                 _, _, key, args, kwargs, extra, overrides, rng = request
                 function = ns[key] if isinstance(key, str) else handles[key]

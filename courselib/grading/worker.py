@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from .grader import Grader, Job
+from .grader import AssignmentGrader, Job
 
 
-def prepare_grader(grader: Grader) -> Grader:
+def prepare_grader(grader: AssignmentGrader) -> AssignmentGrader:
     """Build the grader's template course and calibrate its clean room (once per process)."""
     grader.make_template()
     grader.calibrate()
@@ -36,7 +36,7 @@ def pack_files(scratch_course: Path, student: str, lab: str) -> dict[str, bytes]
     return files
 
 
-def run_job(grader: Grader, job: Job) -> dict:
+def run_job(grader: AssignmentGrader, job: Job) -> dict:
     """Grade one submission, wherever this runs (a local thread or a Dask worker): the one code path.
 
     Returns the result with its files packed (``files``) and its scratch folder removed, so that the
@@ -60,13 +60,15 @@ def run_job(grader: Grader, job: Job) -> dict:
             "scratch": None,
         }
     scratch = res.pop("scratch", None)
-    res["files"] = pack_files(Path(scratch), job.student, grader.lab) if scratch else {}
-    if scratch:
-        shutil.rmtree(Path(scratch).parent, ignore_errors=True)
+    scratches = [] if not scratch else [scratch] if isinstance(scratch, str) else list(scratch)
+    res["files"] = {}
+    for folder in scratches:  # one scratch course per notebook of the assignment
+        res["files"].update(pack_files(Path(folder), job.student, grader.lab))
+        shutil.rmtree(Path(folder).parent, ignore_errors=True)
     return res
 
 
-def schedule_local(grader: Grader, jobs: list[Job], workers: int):
+def schedule_local(grader: AssignmentGrader, jobs: list[Job], workers: int):
     """Grade ``jobs`` on ``workers`` local threads; yield ``(job, result)`` as each finishes."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(run_job, grader, job): job for job in jobs}
