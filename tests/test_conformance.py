@@ -160,3 +160,26 @@ def test_courselib_grade_agrees_with_nbgrader(request, tmp_path):
     (tmp_path / "report.txt").write_text(report)
     print(report)
     assert not rows and not leaks and not no_feedback, report
+
+    # answers graded by hand: pending in the grade sheet (empty, listed), until the instructor grades them in
+    # nbgrader's formgrader, which writes the gradebook's manual_score: then courselib export shows that score
+    import csv
+
+    from nbgrader.api import Gradebook
+
+    def sheet():
+        out = grading.export_grades("ps1", course)
+        return {r["student_id"]: r for r in csv.DictReader(open(out))}
+
+    before = sheet()["solution"]
+    assert before["status"] == "needs-manual-grade" and before["problem1:p1-explain"] == ""
+    assert "problem1:p1-explain" in before["needs_manual_grade"].split()
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        grade = gb.find_grade("p1-explain", "problem1", "ps1", "solution")
+        assert grade.needs_manual_grade and grade.auto_score is None
+        grade.manual_score = 1.5  # what the formgrader does when the instructor saves a score
+        gb.db.commit()
+    after = sheet()["solution"]
+    assert float(after["problem1:p1-explain"]) == 1.5
+    assert "problem1:p1-explain" not in after["needs_manual_grade"].split()
+    assert float(after["score"]) == float(before["score"]) + 1.5
