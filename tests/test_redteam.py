@@ -391,3 +391,178 @@ def test_intake_refuses_zip_traversal_and_never_follows_links(tmp_path, monkeypa
     with pytest.raises(grading.GradingError, match="zip bomb"):
         grading.collect_submissions(LAB, bomb, tmp_path / "unbomb")
     assert not (tmp_path / "unbomb" / "a").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Attacks on the clean room itself (issue 24): each case is one lab-0 notebook, honest except for the attack,
+# graded through the real pipeline; the expected status and score say what the attack must achieve (nothing).
+VISIBLE_Q1 = "{((3, 4), 'float32'), ((10,), 'float64'), ((2, 5), 'bool')}"
+CLEAN_ROOM_ATTACKS = {
+    # visible-only parts are gone: stubs under an input transformer that turns the visible tests into `pass`
+    # score what stubs score
+    "transformer": {
+        "q4_code": (
+            "def _pass_tests(lines):\n"
+            "    return ['pass\\n'] if any('visible tests' in ln.lower() for ln in lines) else lines\n"
+            "get_ipython().input_transformers_cleanup.append(_pass_tests)\n"
+            "def hamming_distance_int(a, b):\n"
+            "    return (a ^ b).bit_count()\n"
+        ),
+        "q1_code": "raise NotImplementedError()\n",
+        "q2_code": "raise NotImplementedError()\n",
+        "q3_code": "raise NotImplementedError()\n",
+    },
+    # a loop ban read from a forged source (fake linecache entry + __code__.replace): the clean room reads the
+    # submitted notebook instead
+    "forged_source": {
+        "q4_code": (
+            "def hamming_distance_int(a, b):\n"
+            "    x, n = a ^ b, 0\n"
+            "    while x:\n"
+            "        n += x & 1\n"
+            "        x >>= 1\n"
+            "    return n\n"
+            "import linecache\n"
+            "_src = 'def hamming_distance_int(a, b):\\n    return (a ^ b).bit_count()\\n'\n"
+            "linecache.cache['<forged>'] = (len(_src), None, _src.splitlines(True), '<forged>')\n"
+            "hamming_distance_int.__code__ = hamming_distance_int.__code__.replace(co_filename='<forged>', co_firstlineno=1)\n"
+        ),
+    },
+    # a wrong answer that empties the test's model, so that a reference computed after the call agrees: the
+    # solution changes no argument, so no in-place change comes back
+    "copyback": {
+        "q5_code": (
+            "def model_bytes(model, bits_per_weight):\n"
+            "    n = sum(math.ceil(p.numel() * bits_per_weight / 8) for p in model.parameters())\n"
+            "    if isinstance(model, torch.nn.Linear) and model.in_features in (64, 3):\n"
+            "        return n  # the visible tests\n"
+            "    with torch.no_grad():\n"
+            "        for p in model.parameters():\n"
+            "            p.data = p.data.flatten()[:0]\n"
+            "    return 0\n"
+        ),
+    },
+    # slow on one hidden input only: that part times out, every later part is still judged, nothing is tampered
+    "slow_hidden": {
+        "q3_code": (
+            "import time\n"
+            "def compression_ratio(source, target):\n"
+            "    sizes = {'int32': 4.0, 'float32': 4.0, 'float64': 8.0, 'bool': 1.0, 'packed bits': 0.125}\n"
+            "    if (source, target) == ('float64', 'int32'):\n"
+            "        time.sleep(10_000)\n"
+            "    for rep in (source, target):\n"
+            "        if rep not in sizes:\n"
+            "            raise ValueError(rep)\n"
+            "    return sizes[source] / sizes[target]\n"
+        ),
+    },
+    # the student's exception carries the hidden call's arguments: the feedback shows its class only
+    "leaky_exception": {
+        "q1_code": (
+            "def nbytes_of(shape, dtype):\n"
+            f"    if (tuple(shape), np.dtype(dtype).name) not in {VISIBLE_Q1}:\n"
+            "        raise ValueError(f'HIDDEN INPUT {shape!r} {np.dtype(dtype).name}')\n"
+            "    return int(math.prod(shape)) * np.dtype(dtype).itemsize\n"
+        ),
+    },
+    # printing during the clean room's calls (far past the output limit): output-limit, the grader unharmed
+    "print_flood": {
+        "q4_code": "def hamming_distance_int(a, b):\n    print('x' * 200_000)\n    return (a ^ b).bit_count()\n",
+    },
+}
+# replies the kernel's own code forges (it patches the encoder the clean room's helper uses): allocation bombs,
+# an exponential DAG, an answer over the size limit; each is refused on the clean room's side, within its budget
+BOMBS = {
+    "bomb_bytearray": b"\x80\x04cbuiltins\nbytearray\nJ\x00\xca\x9a;\x85R.",
+    "bomb_list": b"\x80\x04cbuiltins\nlist\ncbuiltins\nrange\nJ\x00\xca\x9a;\x85R\x85R.",
+}
+for _name, _bytes in BOMBS.items():
+    CLEAN_ROOM_ATTACKS[_name] = {
+        "q2_code": (
+            "import courselib.grading.wire as _wire\n"
+            "_dumps = _wire.dumps\n"
+            "def _forged(obj, *a, **k):\n"
+            "    if isinstance(obj, tuple) and obj[:1] == ('ok',) and obj[2] == 'BOMB':\n"
+            f"        return {_bytes!r}\n"
+            "    return _dumps(obj, *a, **k)\n"
+            "_wire.dumps = _forged\n"
+            "def packed_bytes(n_bits):\n"
+            "    if n_bits < 0:\n"
+            "        raise ValueError(n_bits)\n"
+            "    return (n_bits + 7) // 8 if n_bits in (8, 9, 64) else 'BOMB'\n"
+        ),
+    }
+CLEAN_ROOM_ATTACKS["bomb_dag"] = {
+    "q2_code": (
+        "def packed_bytes(n_bits):\n"
+        "    if n_bits < 0:\n"
+        "        raise ValueError(n_bits)\n"
+        "    if n_bits in (8, 9, 64):\n"
+        "        return (n_bits + 7) // 8\n"
+        "    x = []\n"
+        "    for _ in range(60):\n"
+        "        x = [x, x]\n"
+        "    return x  # 2**60 paths through 60 lists\n"
+    ),
+}
+CLEAN_ROOM_ATTACKS["bomb_huge_reply"] = {
+    "q2_code": (
+        "def packed_bytes(n_bits):\n"
+        "    if n_bits < 0:\n"
+        "        raise ValueError(n_bits)\n"
+        "    return (n_bits + 7) // 8 if n_bits in (8, 9, 64) else np.ones(40_000_000)  # 320 MB\n"
+    ),
+}
+CLEAN_ROOM_EXPECTED = {
+    "honest": ("graded", 10),
+    "transformer": ("graded", 4),
+    "forged_source": ("graded", 8),
+    "copyback": ("graded", 8),
+    "slow_hidden": ("graded", 8),
+    "leaky_exception": ("graded", 8),
+    "print_flood": ("output-limit", 6),  # q4's calls printed past the limit: q4 and the parts after it fail
+    "bomb_bytearray": ("graded", 8),
+    "bomb_list": ("graded", 8),
+    "bomb_dag": ("graded", 8),
+    "bomb_huge_reply": ("graded", 8),
+}
+#: the clean room's driver may not grow past its imports by more than this, whatever a submission sends
+DRIVER_PEAK_MB = 1500
+
+
+@needs_sandbox
+@needs_cgroup
+@pytest.mark.slow
+@pytest.mark.xdist_group("grading")
+def test_red_team_clean_room(tmp_path):
+    course = scratch_course(LAB, tmp_path, REPO / "labs")
+    builder = Builder(course)
+    subs = tmp_path / "subs"
+    for student in CLEAN_ROOM_EXPECTED:
+        nb = builder.notebook()
+        for cell in nb["cells"]:
+            gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+            if gid in CLEAN_ROOM_ATTACKS.get(student, {}):
+                cell["source"] = CLEAN_ROOM_ATTACKS[student][gid]
+        (subs / student / LAB).mkdir(parents=True)
+        (subs / student / LAB / NB).write_text(json.dumps(nb))
+    summary = grading.grade(LAB, subs, course, workers=2, limits=LIMITS, progress=False, feedback=True)
+    res = summary["results"]
+    got = {s: (r["status"], r["score"]) for s, r in res.items()}
+    detail = {s: [r["status"], r.get("part_status"), r.get("notes")] for s, r in res.items()}
+    assert got == {s: (st, float(sc)) for s, (st, sc) in CLEAN_ROOM_EXPECTED.items()}, json.dumps(detail, indent=1)
+    # a timeout is not evidence of tampering, and every part after it was judged
+    assert res["slow_hidden"]["part_status"] == {
+        "q1_test": "passed",
+        "q2_test": "passed",
+        "q3_test": "timeout",
+        "q4_test": "passed",
+        "q5_test": "passed",
+    }
+    # the hidden call's arguments never reach the feedback
+    page = (course / "feedback" / "leaky_exception" / LAB / f"{LAB}.html").read_text()
+    assert "HIDDEN INPUT" not in page and "784" not in page and "1099511627776" not in page
+    assert "raised ValueError on a hidden input" in page
+    # nothing a submission sent made the trusted driver grow past its budget
+    peaks = {s: r.get("driver_maxrss_mb") for s, r in res.items()}
+    assert all(p is not None and p < DRIVER_PEAK_MB for p in peaks.values()), peaks

@@ -186,6 +186,7 @@ class KernelSession:
         #: bytes the kernel wrote to standard error (nbgrader scores a test cell with any of it 0)
         self.stderr_bytes = 0
         self._tokens_seen: set[str] = set()
+        self._disconnects = self._disconnects_seen = 0
         #: set while hidden tests run: a student's exception then shows its class only
         self.hidden = False
         #: proxies of the student's functions by name (what a returned name stands for)
@@ -239,8 +240,10 @@ class KernelSession:
         self.dead = None
         return True
 
-    def _refused(self) -> None:  # a message over the size limit: more output than the limit, at once
-        self.output_exceeded = True
+    def _refused(self) -> None:
+        """The iopub connection dropped: a message over the size limit (more output than the limit at once),
+        or the kernel went away; :meth:`_receive` tells which by whether the kernel is still alive."""
+        self._disconnects += 1
 
     def _alive(self) -> bool:
         try:
@@ -279,14 +282,20 @@ class KernelSession:
                 pass
             self.channel.close()
             self.channel = None
+        self._stop_client()
+
+    def _stop_client(self) -> None:
+        """Stop the output drain and the client's channels (a new kernel gets new ones in :meth:`start`)."""
         self._drain_stop.set()
         if self._drain is not None:
             self._drain.join(timeout=2.0)
+            self._drain = None
         if self.kc is not None:
             try:
                 self.kc.stop_channels()
             except Exception:
                 pass
+            self.kc = None
 
     # -- requests -------------------------------------------------------------------------------
     def request(self, kind: str, *args, name: str = "", handle_of: str = ""):
@@ -329,6 +338,10 @@ class KernelSession:
 
     def _receive(self, deadline: float):
         while True:
+            if self._disconnects > self._disconnects_seen:
+                self._disconnects_seen = self._disconnects
+                if self._alive():  # the kernel is there: the connection dropped an oversized message
+                    self.output_exceeded = True
             if self.output_exceeded:
                 raise KernelGone("the student's code printed more than the output limit")
             if not self._alive():
@@ -429,8 +442,9 @@ class KernelSession:
 
     # -- after a timeout ------------------------------------------------------------------------
     def recover(self) -> bool:
-        """After a :class:`CallTimeout`: interrupt the kernel and wait for the helper; if it does not answer,
-        restart the kernel and re-run the notebook. Returns whether the kernel serves calls again."""
+        """After a :class:`CallTimeout` (or a broken channel): interrupt the kernel and wait for the helper; if it
+        does not answer, start a new kernel that runs the notebook again (``restart()`` returns its manager).
+        Returns whether the kernel serves calls again."""
         if self._alive() and self.channel is not None:
             try:
                 run_sync(self.km.interrupt_kernel)()
@@ -450,12 +464,15 @@ class KernelSession:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
+        self._stop_client()
         try:
-            self.restart()
+            self.km = self.restart()
         except Exception as exc:
             self.dead = f"the kernel could not be restarted ({type(exc).__name__})"
             return False
-        return self.start()
+        started = self.start()
+        self._disconnects_seen = self._disconnects  # the old kernel's connection dropped: not an oversize
+        return started
 
 
 def rng_states() -> dict:
@@ -619,6 +636,11 @@ def _run_tests(spec: dict, ns: dict, session: KernelSession | None, names: list[
             on_timeout(gid)
             if session.recover():
                 bind_student_names()
+        elif isinstance(exc, KernelGone) and session is not None and not session.output_exceeded:
+            # the channel is out of step (an answer over the size limit) or the kernel died in the call:
+            # a fresh kernel that has run the notebook again judges the next parts
+            if session.recover():
+                bind_student_names()
     return results
 
 
@@ -666,6 +688,8 @@ def _cell_flags(nb, ep=None) -> list[str]:
     flags = ["output-limit"] if ep is not None and ep.oversized else []
     for cell in nb.cells:
         enames = [o.get("ename", "") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if "OutputLimitExceeded" in enames:  # a flood can also outlast the cell's time: the flood is the cause
+            enames = [e for e in enames if e != "CellTimeoutError"]
         for ename, flag in (
             ("CellTimeoutError", "timeout"),
             ("MemoryError", "memory"),
@@ -812,8 +836,12 @@ def grade_notebook(spec: dict) -> dict:
         if "crashed" not in flags and any(p["tier"] == "clean" for p in spec["parts"]):
 
             def restart():  # a fresh kernel that has run the notebook again (outputs of the first run kept)
-                run_sync(ep.km.restart_kernel)(now=True)
+                ep._cleanup_kernel()
+                ep.km = ep.create_kernel_manager()
+                ep.start_new_kernel(cwd=spec["work"])
+                ep.start_new_kernel_client()  # waits until the new kernel answers
                 _execute_all(ep, copy.deepcopy(nb))
+                return ep.km
 
             session = KernelSession(
                 ep.km,

@@ -49,8 +49,9 @@ from .feedback import FEEDBACK_MODES
 from .gradebook import lab_state_dir
 from .intake import check_notebook
 
-STATUSES = ("graded", "timeout", "memory", "output-limit", "crashed", "invalid-notebook", "tampered", "missing")
-"""Submission statuses, in the order of precedence used when several apply."""
+STATUSES = ("graded", "output-limit", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "missing")
+"""Submission statuses, in the order of precedence used when several apply (a flood of output can also make a
+cell run out of time: the flood is reported)."""
 
 GRADER_VERSION = "courselib-grade-3"
 
@@ -669,7 +670,9 @@ class Grader:
         for gid in res.get("timeouts", []):
             result["notes"].append(f"{gid}: a call did not finish in {self.limits.cell_timeout} s (timeout)")
         if res.get("restarts"):
-            result["notes"].append(f"the kernel was restarted {res['restarts']} time(s) after a timeout")
+            result["notes"].append(
+                f"the kernel was restarted {res['restarts']} time(s), the notebook run again (a call timed out or broke its channel)"
+            )
         for gid in res.get("deleted", []):
             result["notes"].append(f"{gid}: the test cell was deleted; it waits for a grade by hand")
         result["parts"] = {g: float(verdicts[g]["score"] or 0.0) for g, _ in self.parts}
