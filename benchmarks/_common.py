@@ -1,5 +1,10 @@
 """Shared helpers for the benchmark scripts: timing (median of repeats) and table printing.
 
+``time_call`` and ``time_calls`` are :func:`courselib.measure.time_call` (the book's one timing protocol:
+median wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones, by default) and
+:func:`courselib.measure.time_calls` (several functions in interleaved rounds, for fair ratios),
+re-exported for the scripts.
+
 Every number quoted in the book, the README or an issue note is printed by one of these
 scripts; run them all with ``make bench`` or one with ``.venv/bin/python benchmarks/run.py NAME``.
 """
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from courselib.utils import time_call  # noqa: F401  (re-exported for the scripts)
+from courselib.measure import time_call, time_calls  # noqa: F401  (re-exported for the scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available
+from _common import SHARED_MNIST, machine_line, print_table, shared_mnist_available, time_calls
 
 
 def naive_numpy_knn(q, db, k, block=64):
@@ -62,22 +62,13 @@ def numpy_l2_knn(q, x, k, block=256):
 
 
 def paired_times(fns, repeats):
-    """Median time of each function, timed in interleaved rounds (one call of each per round).
+    """Median wall-clock time of each function, timed in interleaved rounds (one call of each per round,
+    after one warm-up call of each: :func:`courselib.measure.time_calls`).
 
     Interleaving keeps the ratios fair on a shared machine whose load drifts during the run.
     """
-    import statistics
-    import time
-
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for t, fn in zip(times, fns):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    times = time_calls(dict(enumerate(fns)), rounds=repeats, repeats=1, warmup=1)
+    return [times[i] for i in range(len(fns))]
 
 
 LIBRARIES = ("numpy", "faiss-cpu", "numba")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, print_table
+from _common import REPO, print_table, time_call
 
 from courselib import grading
 from courselib.grading.course import scratch_course
@@ -53,14 +53,8 @@ def scheduler_overhead(n_tasks: int) -> float:
         n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as lc:
         with Client(lc) as client:
-            client.submit(_noop, -1).result()  # warm up
-            times = []
-            for i in range(n_tasks):
-                t0 = time.perf_counter()
-                client.submit(_noop, i, pure=False).result()
-                times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+            # one warm-up round trip, then the median of n_tasks (pure=False: every call is a new task)
+            return time_call(lambda: client.submit(_noop, 0, pure=False).result(), repeats=n_tasks, warmup=1)
 
 
 def main(quick: bool = False) -> None:

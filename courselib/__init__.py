@@ -12,13 +12,21 @@ its lab (read them beside the book; the API reference renders their docstrings):
 - :mod:`courselib.memory` -- bytes per value, packed bits, model size on disk (chapter "Why on-device ML")
 - :mod:`courselib.binary_codes`, :mod:`courselib.retrieval` -- binary codes and Hamming search
 - :mod:`courselib.itq` -- Iterative Quantization and its baselines
-- :mod:`courselib.binaryconnect` -- BinaryConnect layers and XNOR-popcount kernels
-- :mod:`courselib.pruning` -- Optimal Brain Damage and filter pruning
+- :mod:`courselib.binaryconnect` -- BinaryConnect layers and XNOR-popcount kernels (the models and the
+  training recipe; the binary layers in ``courselib._binaryconnect_layers``, the packed bits in
+  ``courselib._binaryconnect_packed``)
+- :mod:`courselib.pruning` -- Optimal Brain Damage and filter pruning (written in ``courselib._pruning_obd``,
+  ``courselib._pruning_filters`` and ``courselib._pruning_sparse``, one per part of the two chapters)
 - :mod:`courselib.distillation` -- knowledge distillation
 - :mod:`courselib.quantization` -- uniform k-bit quantization, int8, the XNOR-Net scale
 - :mod:`courselib.compare`, :mod:`courselib.challenge` -- the trade-off study and the compression challenge
 - :mod:`courselib.utils`, :mod:`courselib.widgets` -- seeds, progress bars, timing; interactive explorers
-- ``courselib._bits`` -- private: the bit-level kernels (popcount, XNOR) and their NumPy fallbacks
+- ``courselib._bits`` -- private: the bit-level kernels (popcount, XNOR), their NumPy fallbacks and the
+  validator of packed codes
+- ``courselib._validation`` -- private: the declarative checks of arguments the content modules share
+
+A topic that outgrows a chapter-sized module is written in private modules (``courselib._pruning_obd`` ...)
+and gathered in its public one, which is the only one to import from and the one the API reference shows.
 
 **Instructor tooling** -- :mod:`courselib.grading`, a subpackage that no content module imports: the
 nbgrader pipeline, the sandbox and clean room, class-scale grading, the leaderboard, the question bank,

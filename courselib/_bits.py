@@ -2,7 +2,8 @@
 
 One home for everything that works on packed bits below the public functions:
 
-- the backend choice, :func:`choose_backend` (``"auto"``, ``"numba"`` or ``"numpy"``);
+- the validator of packed codes, :func:`check_codes`, and the backend choice, :func:`choose_backend`
+  (``"auto"``, ``"numba"`` or ``"numpy"``);
 - :func:`to_words` -- packed ``uint8`` codes seen as rows of 64-bit words (or, unpadded, of the
   widest unsigned words that divide a row);
 - the LLVM ``ctpop`` intrinsic :func:`popcount` (one ``popcnt`` instruction on x86-64, or a
@@ -54,6 +55,23 @@ def choose_backend(backend: str, *, auto_numba: bool = True) -> str:
     if backend == "auto":
         return "numba" if (auto_numba and HAVE_NUMBA) else "numpy"
     return backend
+
+
+def check_codes(codes, name: str = "codes") -> np.ndarray:
+    """``codes`` as an array, checked to be packed codes: non-empty, 2-D, ``uint8`` (``pack_codes`` output).
+
+    The one validator of packed codes, behind every public function that takes them
+    (:mod:`courselib.binary_codes`, :mod:`courselib.binaryconnect`); ``name`` is the argument's name in
+    the message.
+    """
+    arr = np.asarray(codes)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D uint8 array of shape (n, n_bytes), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must be packed uint8 codes (pack_codes output), got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+    return arr
 
 
 def to_words(codes: np.ndarray, n_bits: int | None = None, *, pad: bool = True) -> np.ndarray:

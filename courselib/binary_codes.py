@@ -26,13 +26,16 @@ Hamming distance on its threshold codes and by Euclidean distance on its pixels.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _bits
-from .data import load_dataset
+from ._validation import Interval, check_params
+from .data import digits_split
 
 __all__ = [
     "MeanThresholdBinarizer",
@@ -157,17 +160,6 @@ def pack_codes(bits) -> np.ndarray:
     return np.packbits(arr, axis=1, bitorder="little")
 
 
-def _as_codes(codes, name: str = "codes") -> np.ndarray:
-    arr = np.asarray(codes)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D uint8 array of shape (n, n_bytes), got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name} must be packed uint8 codes (use pack_codes), got dtype {arr.dtype}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
-    return arr
-
-
 def unpack_codes(codes, n_bits: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: unpack ``uint8`` codes into 0/1 bits.
 
@@ -187,9 +179,8 @@ def unpack_codes(codes, n_bits: int) -> np.ndarray:
     ValueError
         If ``codes`` is not a non-empty 2-D uint8 array or ``n_bits`` does not fit its width.
     """
-    arr = _as_codes(codes)
-    if not isinstance(n_bits, (int, np.integer)) or isinstance(n_bits, bool) or n_bits < 1:
-        raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
+    arr = _bits.check_codes(codes)
+    check_params(dict(n_bits=n_bits), {"n_bits": Interval(Integral, 1, None)})
     n_bytes = arr.shape[1]
     if (int(n_bits) + 7) // 8 != n_bytes:
         raise ValueError(
@@ -200,14 +191,16 @@ def unpack_codes(codes, n_bits: int) -> np.ndarray:
 
 def code_bytes(n_items: int, n_bits: int) -> int:
     """Bytes needed to store ``n_items`` packed codes of ``n_bits`` bits (``n_items * ceil(n_bits / 8)``)."""
-    if n_items < 0 or n_bits < 1:
-        raise ValueError(f"need n_items >= 0 and n_bits >= 1, got {n_items}, {n_bits}")
+    check_params(
+        dict(n_items=n_items, n_bits=n_bits),
+        {"n_items": Interval(Integral, 0, None), "n_bits": Interval(Integral, 1, None)},
+    )
     return int(n_items) * ((int(n_bits) + 7) // 8)
 
 
 def _check_pair(query_codes, database_codes):
-    q = _as_codes(query_codes, "query_codes")
-    db = _as_codes(database_codes, "database_codes")
+    q = _bits.check_codes(query_codes, "query_codes")
+    db = _bits.check_codes(database_codes, "database_codes")
     if q.shape[1] != db.shape[1]:
         raise ValueError(
             f"code widths differ: query_codes have {q.shape[1]} bytes per code, database_codes have {db.shape[1]}"
@@ -288,9 +281,8 @@ def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
         On empty or non-``uint8`` codes, mismatched widths, or ``k`` outside ``[1, n_database]``.
     """
     q, db = _check_pair(query_codes, database_codes)
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-        raise ValueError(f"k must be an integer, got {k!r}")
-    if k < 1 or k > db.shape[0]:
+    check_params(dict(k=k), {"k": Interval(Integral, 1, None)})
+    if k > db.shape[0]:
         raise ValueError(f"k must be between 1 and the database size {db.shape[0]}, got {k}")
     k = int(k)
     backend = _backend(backend, q.shape[0] * db.shape[0])
@@ -301,18 +293,6 @@ def hamming_knn(query_codes, database_codes, k: int, *, backend: str = "auto"):
 # ----------------------------------------------------------------------------------------------------
 # Explorer callback
 # ----------------------------------------------------------------------------------------------------
-_DIGITS_CACHE: dict = {}
-
-
-def _explorer_data():
-    """The course's digits split, flattened: (X_train, X_test, y_train, y_test), cached."""
-    if "split" not in _DIGITS_CACHE:
-        Xtr, ytr = load_dataset("digits", "train")
-        Xte, yte = load_dataset("digits", "test")
-        _DIGITS_CACHE["split"] = (Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1), ytr, yte)
-    return _DIGITS_CACHE["split"]
-
-
 def select_bits_by_variance(X_train, n_bits: int) -> np.ndarray:
     """Indices (ascending) of the ``n_bits`` features with the largest training variance.
 
@@ -321,8 +301,7 @@ def select_bits_by_variance(X_train, n_bits: int) -> np.ndarray:
     Ties in variance go to the lower feature index.
     """
     X_train = np.asarray(X_train, dtype=np.float64)
-    if not 1 <= n_bits <= X_train.shape[1]:
-        raise ValueError(f"n_bits must be between 1 and {X_train.shape[1]}, got {n_bits}")
+    check_params(dict(n_bits=n_bits), {"n_bits": Interval(Integral, 1, X_train.shape[1])})
     var = X_train.var(axis=0)
     return np.sort(np.argsort(-var, kind="stable")[:n_bits])
 
@@ -354,7 +333,8 @@ def plot_neighbours(
     k : int
         Number of neighbours shown per row.
     X_train, X_test, y_train, y_test : ndarray, optional
-        Flattened images and labels; default: the course's digits split (1257 train / 540 test).
+        Images (flattened here) and labels; default: the course's digits split,
+        :func:`courselib.data.digits_split` (1257 train / 540 test).
     image_shape : tuple of int
         Shape used to draw each image.
 
@@ -363,11 +343,10 @@ def plot_neighbours(
     matplotlib.figure.Figure
     """
     if X_train is None or X_test is None:
-        X_train, X_test, y_train, y_test = _explorer_data()
+        X_train, X_test, y_train, y_test = digits_split()  # cached, read-only (courselib.data)
     X_train = np.asarray(X_train, dtype=np.float32).reshape(len(X_train), -1)
     X_test = np.asarray(X_test, dtype=np.float32).reshape(len(X_test), -1)
-    if not 0 <= query_index < len(X_test):
-        raise ValueError(f"query_index must be in [0, {len(X_test) - 1}], got {query_index}")
+    check_params(dict(query_index=query_index), {"query_index": Interval(Integral, 0, len(X_test) - 1)})
     cols = select_bits_by_variance(X_train, n_bits)
     binarizer = MeanThresholdBinarizer().fit(X_train[:, cols])
     db_codes = pack_codes(binarizer.transform(X_train[:, cols]))

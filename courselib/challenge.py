@@ -64,6 +64,7 @@ from .measure import measure_latency
 from .models import MLP, CourseCNN
 from .quantization import quantize_static_int8
 from .training import evaluate
+from .utils import seeded
 
 __all__ = [
     "ChallengeError",
@@ -207,7 +208,8 @@ def _check_kwargs(arch, kwargs) -> dict:
 def _build(arch: str, kwargs: dict, device: str = "cpu") -> nn.Module:
     ctor = ARCHS[arch][0]
     try:
-        with torch.device(device):
+        # the weights are replaced by the submission's: initialising them must not draw from the caller's stream
+        with seeded(0), torch.device(device):
             return ctor(**kwargs)
     except (ValueError, TypeError) as err:
         raise ChallengeError("invalid-model", f"{arch}({kwargs}) cannot be built: {err}") from None

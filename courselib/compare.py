@@ -14,7 +14,10 @@ Implements the chapter ``book/putting_together.md`` and ``benchmarks/bench_compa
   modules: :func:`obd_prune` (LeCun et al. 1989), :func:`filter_prune` (Li et al. 2017),
   :func:`train_binary` (Courbariaux et al. 2015), :func:`distill_student` (Hinton et al. 2015,
   MobileNets-style student), :func:`combined_pipeline` (distill, then prune filters, then static
-  int8, Jacob et al. 2018) and :func:`trade_off_study`, which runs them all.
+  int8, Jacob et al. 2018; its float part is :func:`prune_student`) and :func:`trade_off_study`, which
+  runs them all with the settings :data:`STUDY`.
+
+Every recipe takes a ``seed`` and leaves the caller's random stream alone (:func:`courselib.utils.seeded`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .models import CourseCNN
 from .pruning import obd_saliency, prunable_parameters, prune_filters, saliency_prune
 from .quantization import quantize_dynamic_int8, quantize_static_int8
 from .training import evaluate, fit
+from .utils import seeded
 
 __all__ = [
     "study_data",
@@ -57,6 +61,7 @@ __all__ = [
     "filter_prune",
     "train_binary",
     "distill_student",
+    "prune_student",
     "combined_pipeline",
     "trade_off_study",
     "STUDY",
@@ -86,7 +91,8 @@ def train_reference(seed: int = 0, epochs: int = 4, train=None) -> nn.Module:
     """The reference model: ``CourseCNN(channels=(16, 32))`` trained on digits at 28x28.
 
     Adam, learning rate 3e-3, batches of 64, ``epochs`` epochs, seeded, one torch thread (so that
-    every run on the same machine gives the same model). About 2 s per epoch on one core.
+    every run on the same machine gives the same model; the caller's threads and random stream are
+    restored). About 2 s per epoch on one core.
 
     Parameters
     ----------
@@ -101,8 +107,7 @@ def train_reference(seed: int = 0, epochs: int = 4, train=None) -> nn.Module:
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
-        with torch.device("cpu"):
+        with seeded(seed), torch.device("cpu"):
             model = CourseCNN(channels=tuple(kw["channels"]))
         fit(model, train, epochs=epochs, lr=3e-3, seed=seed, progress=False)
     finally:
@@ -344,7 +349,8 @@ def filter_prune(
     """Li et al. (2017) on a copy, layer by layer: remove the ``amount`` smallest-L1 filters, retrain, next layer."""
     m = copy.deepcopy(model)
     for i, layer in enumerate(layers):
-        prune_filters(m, layer, amount)
+        with seeded(seed + i):  # the rebuilt layers' initial weights (then overwritten) are not the caller's draws
+            prune_filters(m, layer, amount)
         if finetune_epochs:
             fit(m, train, epochs=finetune_epochs, lr=lr, seed=seed + i, progress=False)
     return m.eval()
@@ -358,10 +364,12 @@ def train_binary(train, *, channels: Sequence[int] = (16, 32), epochs: int = 4, 
     ``epochs`` epochs). Evaluated with ``sign(w)``.
     """
     X = np.asarray(train[0])
-    torch.manual_seed(seed)
-    m = make_binary_cnn("det", channels=tuple(channels), image_size=int(X.shape[-1]), float_first_conv=True)
-    init_latent_weights_(m, seed=seed)
-    fit_binaryconnect(m, train, epochs=epochs, lr=RECIPE["det"]["lr"], lr_final=RECIPE["det"]["lr_final"], seed=seed)
+    with seeded(seed):
+        m = make_binary_cnn("det", channels=tuple(channels), image_size=int(X.shape[-1]), float_first_conv=True)
+        init_latent_weights_(m, seed=seed)
+        fit_binaryconnect(
+            m, train, epochs=epochs, lr=RECIPE["det"]["lr"], lr_final=RECIPE["det"]["lr_final"], seed=seed
+        )
     return m.eval()
 
 
@@ -378,8 +386,8 @@ def distill_student(
     seed: int = 0,
 ) -> nn.Module:
     """Distil ``teacher`` into a :class:`courselib.distillation.SeparableCNN` (Hinton et al. 2015 soft targets)."""
-    torch.manual_seed(seed)
-    student = SeparableCNN(channels=tuple(channels))
+    with seeded(seed):
+        student = SeparableCNN(channels=tuple(channels))
     distill(
         student,
         teacher,
@@ -393,6 +401,53 @@ def distill_student(
         progress=False,
     )
     return student.eval()
+
+
+def prune_student(
+    student: nn.Module,
+    teacher: nn.Module,
+    train,
+    *,
+    amount: float = 0.5,
+    finetune_epochs: int = 2,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """The float part of :func:`combined_pipeline`: prune a copy of a distilled student, then distil it again.
+
+    The ``amount`` smallest-L1 filters of the student's last pointwise convolution (the last ``Conv2d``
+    with ``groups == 1``) are removed (:func:`courselib.pruning.prune_filters`, Li et al. 2017: structured,
+    so the network stays dense and smaller; the depthwise layers before it cannot lose channels alone),
+    then the copy is distilled from ``teacher`` for ``finetune_epochs`` epochs (Hinton et al. 2015; batches
+    of 32, temperature 4, alpha 0.9). ``finetune_epochs=0`` skips the retraining.
+
+    Parameters
+    ----------
+    student : nn.Module
+        A distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`); not modified.
+    teacher : nn.Module
+    train : (X, y)
+    amount : float, default 0.5
+    finetune_epochs : int, default 2
+        Epochs of distillation after pruning, ``>= 0``.
+    lr : float, default 3e-3
+    seed : int, default 0
+
+    Returns
+    -------
+    nn.Module
+        The pruned float copy, in eval mode: what :func:`combined_pipeline` quantizes, and what
+        :func:`courselib.deploy.study_models` exports.
+    """
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, (int, np.integer)) or finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
+    m = copy.deepcopy(student)
+    last = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1][-1]
+    with seeded(seed):  # the rebuilt layers' initial weights (then overwritten) are not the caller's draws
+        prune_filters(m, last, amount)
+    if finetune_epochs:
+        distill(m, teacher, train, epochs=int(finetune_epochs), lr=lr, batch_size=32, seed=seed, progress=False)
+    return m.eval()
 
 
 def combined_pipeline(
@@ -409,22 +464,21 @@ def combined_pipeline(
     """Distil, then prune, then quantize: the book's three steps in a row, on a copy of ``student``.
 
     1. ``student`` is a distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`);
-    2. the ``amount`` smallest-L1 filters of its last pointwise convolution are removed
-       (:func:`courselib.pruning.prune_filters`, structured, so the network stays dense and smaller: the
-       depthwise layers before it cannot lose channels alone) and the student is distilled again for
-       ``finetune_epochs``;
+    2. :func:`prune_student`: the ``amount`` smallest-L1 filters of its last pointwise convolution are
+       removed (:func:`courselib.pruning.prune_filters`) and the student is distilled again for
+       ``finetune_epochs`` (``0``: not retrained);
     3. post-training static int8 (:func:`courselib.quantization.quantize_static_int8`) calibrated on
        ``calibration_X``.
     """
-    m = copy.deepcopy(student)
-    last = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1][-1]
-    prune_filters(m, last, amount)
-    if finetune_epochs:
-        distill(m, teacher, train, epochs=finetune_epochs, lr=lr, batch_size=32, seed=seed, progress=False)
-    return quantize_static_int8(m.eval(), calibration_X)
+    pruned = prune_student(student, teacher, train, amount=amount, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+    return quantize_static_int8(pruned, calibration_X)
 
 
-#: The chapter's settings (the benchmark scales the epochs and the data).
+#: The study's settings, read by the chapter *Putting it together* and used by :func:`trade_off_study` and
+#: :func:`courselib.deploy.study_models` (overrides through ``settings=``; the benchmark scales the epochs and
+#: the data). ``finetune_epochs`` is the retraining after OBD and after each layer of filter pruning,
+#: ``pipeline_epochs`` the distillation after pruning the student (:func:`prune_student`); ``0`` skips either.
+#: ``repeats`` timed calls per model, after 3 warm-up ones, on a batch of ``latency_batch`` test images.
 STUDY = {
     "reference_epochs": 4,
     "binary_epochs": 4,
@@ -434,6 +488,7 @@ STUDY = {
     "student_epochs": 8,
     "pipeline_amount": 0.5,
     "finetune_epochs": 1,
+    "pipeline_epochs": 2,
     "latency_batch": 64,
     "repeats": 20,
 }
@@ -511,13 +566,7 @@ def trade_off_study(
     add(
         "distill + prune + int8",
         combined_pipeline(
-            student,
-            ref,
-            train,
-            calib,
-            amount=s["pipeline_amount"],
-            finetune_epochs=max(1, s["finetune_epochs"]),
-            seed=seed,
+            student, ref, train, calib, amount=s["pipeline_amount"], finetune_epochs=s["pipeline_epochs"], seed=seed
         ),
         "int8 SeparableCNN, fewer filters",
     )

@@ -11,10 +11,15 @@ then is it renamed into place, so an interrupted or corrupt download never leave
 ``root=`` reads files already on disk (for example the real MNIST test set in ``../shared/data/mnist``).
 A local copy may have been recompressed, so there the archive's MD5 is not required; instead the
 format is checked: IDX magic numbers, dimensions, counts and sizes, CIFAR-10 pickle keys and shapes.
+
+The one in-memory cache of the module is explicit: :func:`digits_split`, the course's digits split, is read
+once per process (``functools.lru_cache`` on a pure loader) and handed out as read-only arrays, so no
+caller can change what the next one gets; :func:`load_dataset` returns fresh, writable copies of it.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -35,6 +40,7 @@ from sklearn.model_selection import train_test_split
 __all__ = [
     "DatasetError",
     "load_dataset",
+    "digits_split",
     "read_idx",
     "read_cifar10_batch",
     "train_test_split_arrays",
@@ -250,12 +256,50 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def _load_digits(split: str):
+@functools.lru_cache(maxsize=1)
+def _read_digits_split() -> tuple[np.ndarray, ...]:
+    """The pure loader behind :func:`digits_split` (cached; ``_read_digits_split.cache_clear()`` forgets it)."""
     d = load_digits()
     X = (d.images / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
-    X_tr, X_te, y_tr, y_te = train_test_split_arrays(X, y, test_size=DIGITS_TEST_SIZE, seed=DIGITS_SEED)
-    return (X_tr, y_tr) if split == "train" else (X_te, y_te)
+    parts = tuple(
+        np.ascontiguousarray(a) for a in train_test_split_arrays(X, y, test_size=DIGITS_TEST_SIZE, seed=DIGITS_SEED)
+    )
+    for a in parts:
+        a.flags.writeable = False
+    return parts
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The course's digits split: ``X_train, X_test, y_train, y_test`` (scikit-learn's order), read-only.
+
+    scikit-learn's bundled 8x8 digits scaled to ``[0, 1]``, split stratified 70/30 with seed 0
+    (``DIGITS_TEST_SIZE``, ``DIGITS_SEED``): 1,257 training and 540 test images. This is the split
+    :func:`load_dataset` returns for ``"digits"`` (as writable copies); the explorer callbacks of
+    :mod:`courselib.binary_codes` and :mod:`courselib.itq` read it directly.
+
+    Cached: the split is computed once per process (``functools.lru_cache`` on a pure loader) and every
+    call returns the same arrays. They are read-only, so the cache cannot be changed through them: copy
+    one (``X_train.copy()``) to modify it.
+
+    Returns
+    -------
+    X_train, X_test : ndarray of float32, shape (n, 8, 8), read-only
+    y_train, y_test : ndarray of int64, shape (n,), read-only
+
+    Examples
+    --------
+    >>> X_train, X_test, y_train, y_test = digits_split()
+    >>> X_train.shape, X_test.shape, X_train.flags.writeable
+    ((1257, 8, 8), (540, 8, 8), False)
+    """
+    X_tr, X_te, y_tr, y_te = _read_digits_split()
+    return X_tr, X_te, y_tr, y_te
+
+
+def _load_digits(split: str):
+    X_tr, X_te, y_tr, y_te = digits_split()
+    return (X_tr.copy(), y_tr.copy()) if split == "train" else (X_te.copy(), y_te.copy())
 
 
 def _find(root: Path, filename: str) -> Path:

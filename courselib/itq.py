@@ -34,7 +34,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .binary_codes import hamming_distances, pack_codes
-from .data import load_dataset
+from .data import digits_split
 from .retrieval import label_relevance, mean_average_precision
 
 __all__ = [
@@ -531,20 +531,15 @@ def plot_itq_2d(n_iter: int = 50, random_state: int = 0, n_samples: int = 400, a
     return fig
 
 
-_DIGITS_CACHE: dict = {}
-
-
 def _digits():
-    if "d" not in _DIGITS_CACHE:
-        Xtr, ytr = load_dataset("digits", split="train")
-        Xte, yte = load_dataset("digits", split="test")
-        _DIGITS_CACHE["d"] = (
-            Xtr.reshape(len(Xtr), -1).astype(np.float64),
-            ytr,
-            Xte.reshape(len(Xte), -1).astype(np.float64),
-            yte,
-        )
-    return _DIGITS_CACHE["d"]
+    """The course's digits split (:func:`courselib.data.digits_split`, cached there), flattened to float64."""
+    X_train, X_test, y_train, y_test = digits_split()
+    return (
+        X_train.reshape(len(X_train), -1).astype(np.float64),
+        X_test.reshape(len(X_test), -1).astype(np.float64),
+        y_train,
+        y_test,
+    )
 
 
 def itq_explorer(n_bits: int = 16, n_iter: int = 50, random_state: int = 0):
@@ -558,7 +553,7 @@ def itq_explorer(n_bits: int = 16, n_iter: int = 50, random_state: int = 0):
     -------
     matplotlib.figure.Figure
     """
-    Xtr, ytr, Xte, yte = _digits()
+    Xtr, Xte, ytr, yte = _digits()
     itq = ITQ(n_bits, n_iter=n_iter, random_state=random_state).fit(Xtr)
     pca = PCAHash(n_bits).fit(Xtr)
     rr = PCAHash(n_bits, random_rotation=True, random_state=random_state).fit(Xtr)

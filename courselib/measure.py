@@ -12,7 +12,9 @@ bytes of the parameters       :func:`parameter_bytes` (at ``bits_per_weight`` bi
 bytes of a saved state dict   :func:`state_dict_bytes` (``torch.save`` measured in memory)
 bytes of a written file       :func:`file_bytes` (``saver(model, path)``, default ``torch.save`` of the
                               state dict)
-latency                       :func:`measure_latency`, :func:`compare_latency` (several models side by
+latency                       :func:`time_call` (any callable: the timing protocol every timer uses),
+                              :func:`time_calls` (several callables side by side),
+                              :func:`measure_latency`, :func:`compare_latency` (several models side by
                               side), :func:`layer_times` (per leaf module); :func:`compare_speed` says
                               how two times compare, in words
 the machine a time holds for  :func:`machine` (CPU model, the instruction-set features that decide int8
@@ -20,13 +22,16 @@ the machine a time holds for  :func:`machine` (CPU model, the instruction-set fe
 ============================  ===========================================================================
 
 plus the deployment form of a CNN that the latencies are quoted for: :func:`fold_batchnorm` (book Eq.
-``filters-fold-bn``) and :func:`inference_copy` (BatchNorm folded, channels-last memory format).
+``filters-fold-bn``) and :func:`inference_copy` (BatchNorm folded, channels-last memory format), and
+:func:`conv_like`, the convolution rebuilt with other channels that filter pruning and deployment start from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import importlib.metadata
 import io
 import math
@@ -52,16 +57,23 @@ __all__ = [
     "compare_latency",
     "layer_times",
     "LATENCY_CLOCKS",
+    "LATENCY_STATISTICS",
+    "time_call",
+    "time_calls",
     "fold_batchnorm",
     "inference_copy",
+    "conv_like",
     "Machine",
     "machine",
     "CPU_FEATURES",
     "compare_speed",
 ]
 
-#: The clocks :func:`measure_latency` can read: CPU time of the calling thread, or wall-clock time.
+#: The clocks the timers (:func:`time_call`, :func:`measure_latency`) can read: CPU time of the calling
+#: thread, or wall-clock time.
 LATENCY_CLOCKS = ("thread", "wall")
+#: The summaries a timer can return of its timed calls (``statistic=``), the median, the minimum, or all of them.
+LATENCY_STATISTICS = ("median", "min", "all")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,30 +269,231 @@ def file_bytes(model: nn.Module, saver: Callable | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+_CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
+
+
 def _clock(clock: str):
-    if clock == "thread":
-        return time.thread_time
-    if clock == "wall":
-        return time.perf_counter
-    raise ValueError(f"clock must be one of {LATENCY_CLOCKS}, got {clock!r}")
+    if clock not in LATENCY_CLOCKS:
+        raise ValueError(f"clock must be one of {LATENCY_CLOCKS}, got {clock!r}")
+    return _CLOCKS[clock]
 
 
-def _check_timing_args(repeats, warmup, num_threads, clock):
+def _check_timing_args(repeats, warmup, num_threads, clock, statistic="median"):
+    for name, value in (("repeats", repeats), ("warmup", warmup)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    if num_threads < 1:
+    if num_threads is not None and num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     _clock(clock)
-    if clock == "thread" and num_threads != 1:
+    if clock == "thread" and num_threads is not None and num_threads != 1:
         raise ValueError(
             "clock='thread' measures the CPU time of the calling thread only, which is the whole "
             f"cost only with num_threads=1 (got {num_threads}); use clock='wall' for more threads"
         )
+    if statistic not in LATENCY_STATISTICS:
+        raise ValueError(f"statistic must be one of {LATENCY_STATISTICS}, got {statistic!r}")
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None):
+    """torch's intra-op threads set to ``num_threads`` inside the block (``None``: left alone), restored after."""
+    if num_threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timed_rounds(fns: dict, *, rounds: int, repeats: int, warmup: int, clock: str) -> dict:
+    """The book's timing loop, shared by every timer: ``warmup`` untimed calls of each function, then
+    ``rounds`` rounds that time each function ``repeats`` times in turn. Returns ``{name: [seconds, ...]}``."""
+    tick = _clock(clock)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(repeats):
+                t0 = tick()
+                fn()
+                times[k].append(tick() - t0)
+    return times
+
+
+def _summary(times: list, statistic: str):
+    if statistic == "all":
+        return list(times)
+    return float(np.median(times) if statistic == "median" else np.min(times))
+
+
+def time_call(
+    fn: Callable[[], object],
+    *,
+    repeats: int = 7,
+    warmup: int = 1,
+    clock: str = "wall",
+    statistic: str = "median",
+    num_threads: int | None = None,
+):
+    """Seconds of one call of ``fn()``: the book's timing protocol, which every timer of courselib uses.
+
+    ``warmup`` untimed calls (caches, lazy initialisation, the allocator), then ``repeats`` timed ones,
+    summarised by ``statistic``. :func:`time_calls` times several functions side by side with the same
+    loop, :func:`measure_latency` and :func:`compare_latency` time a model's forward pass with it, and
+    :func:`courselib.deploy.program_latency` an exported program.
+
+    Parameters
+    ----------
+    fn : callable
+        Called without arguments; its result is discarded.
+    repeats, warmup : int, default 7 and 1
+        Timed calls (``>= 1``) and untimed calls before them (``>= 0``).
+    clock : {"wall", "thread"}, default "wall"
+        ``"wall"``: :func:`time.perf_counter`, right for any ``fn``, including one that runs on several
+        threads (BLAS, numba, a runtime's thread pool) or waits. ``"thread"``: CPU time of the calling
+        thread (:func:`time.thread_time`): the cost of ``fn`` on a core of its own, without the time the
+        operating system gives the core to other processes; it is the whole cost only when all of the
+        work runs on the calling thread (one torch thread, a runtime loaded with one thread), which is
+        for the caller to ensure.
+    statistic : {"median", "min", "all"}, default "median"
+        The median of the timed calls, the least disturbed one (an estimate of the cost on an idle
+        machine), or the list of every call's seconds.
+    num_threads : int, optional
+        torch intra-op threads while timing, restored afterwards (default: left as they are). With
+        ``clock="thread"`` it must be 1.
+
+    Returns
+    -------
+    float or list of float
+        Seconds (``statistic="all"``: one entry per timed call).
+
+    Examples
+    --------
+    >>> t = time_call(lambda: sum(range(1000)), repeats=3)
+    >>> t > 0, len(time_call(lambda: None, repeats=4, warmup=0, clock="thread", statistic="all"))
+    (True, 4)
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    return time_calls(
+        {"fn": fn},
+        rounds=1,
+        repeats=repeats,
+        warmup=warmup,
+        clock=clock,
+        statistic=statistic,
+        num_threads=num_threads,
+    )["fn"]
+
+
+def time_calls(
+    fns: dict,
+    *,
+    rounds: int = 7,
+    repeats: int = 1,
+    warmup: int = 1,
+    clock: str = "wall",
+    statistic: str = "median",
+    num_threads: int | None = None,
+) -> dict:
+    """Seconds of one call of each of several functions, timed side by side: the protocol of :func:`time_call`
+    in ``rounds`` rounds, each calling every function ``repeats`` times in turn.
+
+    Interleaving makes a slow spell of a shared machine hit every function alike, so their ratio is fair
+    (what the book quotes as a speed-up). ``warmup`` untimed calls of each function come first.
+
+    Parameters
+    ----------
+    fns : dict
+        ``{name: callable taking no arguments}``, non-empty.
+    rounds : int, default 7
+        Rounds over all functions (``>= 1``).
+    repeats, warmup, clock, statistic, num_threads
+        As in :func:`time_call` (``repeats`` timed calls per function and round, default 1).
+
+    Returns
+    -------
+    dict
+        ``{name: statistic of the seconds over all rounds * repeats calls}``.
+
+    Examples
+    --------
+    >>> t = time_calls({"sum": lambda: sum(range(1000)), "none": lambda: None}, rounds=3)
+    >>> sorted(t), t["sum"] > 0
+    (['none', 'sum'], True)
+    """
+    if not isinstance(fns, dict) or not fns:
+        got = "an empty dict" if isinstance(fns, dict) else type(fns).__name__
+        raise ValueError(f"fns must be a non-empty dict {{name: callable}}, got {got}")
+    bad = [k for k, fn in fns.items() if not callable(fn)]
+    if bad:
+        raise TypeError(f"every value of fns must be a callable taking no arguments; not callable: {bad}")
+    _check_timing_args(repeats, warmup, num_threads, clock, statistic)
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    with _torch_threads(num_threads):
+        times = _timed_rounds(fns, rounds=rounds, repeats=repeats, warmup=warmup, clock=clock)
+    return {k: _summary(v, statistic) for k, v in times.items()}
 
 
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, new)
+
+
+def conv_like(conv: nn.Conv2d, **overrides) -> nn.Conv2d:
+    """A new :class:`torch.nn.Conv2d` built like ``conv``, with some of its constructor arguments changed.
+
+    Filter pruning rebuilds a convolution with fewer output or input channels
+    (:func:`courselib.pruning.remove_filters`, book section ``filters-surgery``), and deployment rebuilds a
+    binary convolution as an ordinary one (:func:`courselib.deploy.deployable_copy`); both start here. The
+    channels, kernel size, stride, padding, dilation, groups, whether there is a bias, the padding mode, the
+    device, the dtype and the training mode are ``conv``'s unless overridden; the weights are freshly
+    initialized (copy the ones to keep into them).
+
+    Parameters
+    ----------
+    conv : torch.nn.Conv2d
+        Any convolution (a subclass such as :class:`courselib.binaryconnect.BinaryConv2d` too); not modified.
+    **overrides
+        Arguments of :class:`torch.nn.Conv2d` to change, e.g. ``out_channels=5``.
+
+    Returns
+    -------
+    torch.nn.Conv2d
+        A plain ``nn.Conv2d`` (not ``conv``'s subclass).
+
+    Examples
+    --------
+    >>> conv_like(nn.Conv2d(3, 8, 3, padding=1, bias=False), out_channels=5)
+    Conv2d(3, 5, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+    args = dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    unknown = sorted(set(overrides) - set(args))
+    if unknown:
+        raise TypeError(f"conv_like got {unknown}; it changes only the arguments of nn.Conv2d: {sorted(args)}")
+    return nn.Conv2d(**{**args, **overrides}).train(conv.training)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -374,6 +587,9 @@ def measure_latency(
 ) -> float:
     """Median seconds of ``model(example_input)`` in eval mode under ``torch.inference_mode``.
 
+    The protocol of :func:`time_call` (``warmup`` untimed calls, the median of ``repeats`` timed ones), with
+    torch's threads fixed and the thread CPU-time clock by default.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -425,7 +641,8 @@ def compare_latency(
     statistic: str = "median",
 ) -> dict:
     """Median latency of several models measured side by side: ``rounds`` rounds, each timing every
-    model ``repeats`` times in turn, so that a slow spell of a shared machine hits all of them alike.
+    model ``repeats`` times in turn, so that a slow spell of a shared machine hits all of them alike
+    (:func:`time_calls` of the models' forward passes, in eval mode under ``torch.inference_mode``).
 
     Parameters
     ----------
@@ -437,48 +654,36 @@ def compare_latency(
     repeats, warmup, num_threads, clock, deploy
         As in :func:`measure_latency` (``repeats`` timed calls per model and round).
     statistic : {"median", "min", "all"}, default "median"
-        ``"min"`` is the least disturbed call: an estimate of the cost on an idle machine, whereas the
-        median includes the typical interference of other processes, e.g. for the shared caches.
-        ``"all"`` returns the list of every call's seconds.
+        As in :func:`time_call`: ``"min"`` is the least disturbed call, an estimate of the cost on an idle
+        machine, whereas the median includes the typical interference of other processes, e.g. for the
+        shared caches. ``"all"`` returns the list of every call's seconds.
 
     Returns
     -------
     dict
         ``{name: statistic of the seconds over all rounds * repeats calls}``.
     """
-    if statistic not in ("median", "min", "all"):
-        raise ValueError(f"statistic must be 'median', 'min' or 'all', got {statistic!r}")
-    _check_timing_args(repeats, warmup, num_threads, clock)
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    _check_timing_args(repeats, warmup, num_threads, clock, statistic)
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict {name: module}")
-    tick = _clock(clock)
-    old_threads = torch.get_num_threads()
     modes = {k: m.training for k, m in models.items()}
-    torch.set_num_threads(num_threads)
     try:
-        prepared = {}
-        for k, m in models.items():
-            m.eval()
-            prepared[k] = _prepare(m, example_input, deploy)
-        times = {k: [] for k in models}
-        with torch.inference_mode():
-            for m, x in prepared.values():
-                for _ in range(warmup):
-                    m(x)
-            for _ in range(rounds):
-                for k, (m, x) in prepared.items():
-                    for _ in range(repeats):
-                        t0 = tick()
-                        m(x)
-                        times[k].append(tick() - t0)
-        if statistic == "all":
-            return times
-        reduce = np.median if statistic == "median" else np.min
-        return {k: float(reduce(v)) for k, v in times.items()}
+        with _torch_threads(num_threads):  # inference_copy (deploy=True) runs with the timed threads too
+            calls = {}
+            for k, m in models.items():
+                m.eval()
+                calls[k] = functools.partial(*_prepare(m, example_input, deploy))
+            with torch.inference_mode():
+                return time_calls(
+                    calls,
+                    rounds=rounds,
+                    repeats=repeats,
+                    warmup=warmup,
+                    clock=clock,
+                    statistic=statistic,
+                    num_threads=None,  # fixed above
+                )
     finally:
-        torch.set_num_threads(old_threads)
         for k, m in models.items():
             m.train(modes[k])
 
@@ -508,6 +713,7 @@ def layer_times(
         ``{entry: median seconds}`` in execution order.
     """
     _check_timing_args(repeats, warmup, 1, "thread")
+    tick = _clock("thread")
     old_threads = torch.get_num_threads()
     was_training = model.training
     torch.set_num_threads(1)
@@ -522,13 +728,13 @@ def layer_times(
         def pre(name):
             def hook(mod, inp):
                 calls[name] = calls.get(name, 0) + 1
-                start[name] = time.thread_time()
+                start[name] = tick()
 
             return hook
 
         def post(name):
             def hook(mod, inp, out):
-                record.setdefault((name, calls[name]), []).append(time.thread_time() - start[name])
+                record.setdefault((name, calls[name]), []).append(tick() - start[name])
 
             return hook
 

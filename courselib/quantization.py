@@ -34,6 +34,7 @@ Conventions (the same as PyTorch's ``MinMaxObserver`` with ``quint8``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -370,17 +371,33 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+@contextlib.contextmanager
+def _engine(backend: str):
+    """PyTorch's quantized engine set to ``backend`` inside the block, the caller's engine restored after.
+
+    ``torch.backends.quantized.engine`` is process-wide; the conversion needs it (the weights are packed for
+    it), running the converted model does not (its packed weights carry their kernels).
+    """
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _check_backend(backend)
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
+
+
 def quantize_dynamic_int8(model: nn.Module, backend: str = "x86") -> nn.Module:
     """Post-training dynamic int8 quantization of the ``nn.Linear`` layers (``torch.ao.quantization``).
 
     Weights are quantized once to int8 (symmetric, per tensor); activations are quantized on the
     fly, per batch, from their observed min and max, and the int8 products are accumulated in
-    int32 (Jacob et al. 2018, Sec. 2.2-2.4). ``model`` is left unchanged.
+    int32 (Jacob et al. 2018, Sec. 2.2-2.4). ``model`` is left unchanged, and so is PyTorch's global
+    quantized engine: it is set to ``backend`` during the conversion only (see
+    :func:`quantize_static_int8`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    torch.backends.quantized.engine = _check_backend(backend)
-    with warnings.catch_warnings():
+    with _engine(backend), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tq.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
@@ -439,7 +456,12 @@ def quantize_static_int8(
         Typical inputs (a few hundred training examples), in the shape the model expects.
     backend : str, default "x86"
         A quantized engine from ``torch.backends.quantized.supported_engines`` ("x86", "fbgemm",
-        "qnnpack", "onednn").
+        "qnnpack", "onednn"). PyTorch's process-wide ``torch.backends.quantized.engine`` is set to it
+        during the conversion only and restored afterwards: the converted model's weights are packed for
+        ``backend`` and run with its kernels whatever the engine is later. A copy of the model
+        (``copy.deepcopy``, :func:`courselib.measure.inference_copy`) or a loaded state dict packs its
+        weights again for the engine active at that moment: when ``backend`` is not the process's
+        engine, set the engine to ``backend`` around such steps.
     per_channel : bool, default True
         Per-output-channel weight scales (the backend default) or one scale per tensor.
     batch_size : int, default 256
@@ -456,8 +478,7 @@ def quantize_static_int8(
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError("calibration_X must hold at least one example")
     X = X.float()
-    torch.backends.quantized.engine = backend
-    with warnings.catch_warnings():
+    with _engine(backend), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         inner = copy.deepcopy(model).eval()
         groups = _fusion_groups(inner)

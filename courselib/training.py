@@ -3,7 +3,9 @@
 ``fit`` is an ordinary mini-batch loop (Adam or SGD) with three hooks that the compression
 methods need: ``compute_loss`` (distillation adds the teacher's soft targets), ``after_step``
 (BinaryConnect clips its latent weights after every update) and ``val_data`` (curves).
-Runs are reproducible: the seed fixes the initial shuffling order and any dropout.
+Runs are reproducible and free of global effects: ``seed`` alone fixes the shuffling order and every
+draw from torch's global generator during training (dropout, stochastic layers), and the caller's random
+stream is left as it was (:func:`courselib.utils.seeded`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .utils import progress as progress_bar
+from .utils import seeded
 
 __all__ = ["fit", "evaluate", "predict", "make_loader", "as_tensors"]
 
@@ -89,7 +92,10 @@ def fit(
     val_data : optional
         Evaluated after every epoch (``val_loss``, ``val_accuracy``).
     seed : int
-        Fixes the shuffling order (and torch's global RNG for dropout/stochastic layers).
+        Decides the run with the model's initial weights: the shuffling order and every draw from torch's
+        global generator during training (dropout, stochastic layers, hooks) follow from it. The caller's
+        generator is neither read nor changed: training runs in :func:`courselib.utils.seeded`, which
+        restores its state afterwards.
     progress : bool
         Show a text progress bar over epochs.
 
@@ -102,52 +108,52 @@ def fit(
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    torch.manual_seed(seed)
-    loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'adam', 'sgd' or a torch optimizer, got {optimizer!r}")
-    loss_fn = loss_fn or _default_loss
-    history: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
-    if val_data is not None:
-        history["val_loss"], history["val_accuracy"] = [], []
-    bar = progress_bar(range(epochs), desc=desc or "epochs", disable=not progress)
-    for _ in bar:
-        model.train()
-        total, correct, loss_sum = 0, 0, 0.0
-        for xb, yb in loader:
-            opt.zero_grad()
-            if compute_loss is not None:
-                loss = compute_loss(model, xb, yb)
-                out = None
-            else:
-                out = model(xb)
-                loss = loss_fn(out, yb)
-            loss.backward()
-            opt.step()
-            if after_step is not None:
-                after_step(model)
-            n = len(yb)
-            total += n
-            loss_sum += float(loss.detach()) * n
-            if out is not None and out.dim() == 2:
-                correct += int((out.detach().argmax(1) == yb).sum())
-        history["train_loss"].append(loss_sum / total)
-        if compute_loss is None:
-            history["train_accuracy"].append(correct / total)
+    with seeded(seed):  # seed alone decides the run; the caller's stream is restored afterwards
+        loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            opt = optimizer
+        elif optimizer == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        elif optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
         else:
-            history["train_accuracy"].append(evaluate(model, loader)["accuracy"])
+            raise ValueError(f"optimizer must be 'adam', 'sgd' or a torch optimizer, got {optimizer!r}")
+        loss_fn = loss_fn or _default_loss
+        history: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
         if val_data is not None:
-            ev = evaluate(model, val_data, loss_fn=loss_fn)
-            history["val_loss"].append(ev["loss"])
-            history["val_accuracy"].append(ev["accuracy"])
-            if progress:
-                bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}")
+            history["val_loss"], history["val_accuracy"] = [], []
+        bar = progress_bar(range(epochs), desc=desc or "epochs", disable=not progress)
+        for _ in bar:
+            model.train()
+            total, correct, loss_sum = 0, 0, 0.0
+            for xb, yb in loader:
+                opt.zero_grad()
+                if compute_loss is not None:
+                    loss = compute_loss(model, xb, yb)
+                    out = None
+                else:
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step(model)
+                n = len(yb)
+                total += n
+                loss_sum += float(loss.detach()) * n
+                if out is not None and out.dim() == 2:
+                    correct += int((out.detach().argmax(1) == yb).sum())
+            history["train_loss"].append(loss_sum / total)
+            if compute_loss is None:
+                history["train_accuracy"].append(correct / total)
+            else:
+                history["train_accuracy"].append(evaluate(model, loader)["accuracy"])
+            if val_data is not None:
+                ev = evaluate(model, val_data, loss_fn=loss_fn)
+                history["val_loss"].append(ev["loss"])
+                history["val_accuracy"].append(ev["accuracy"])
+                if progress:
+                    bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}")
     model.eval()
     return history
 

@@ -1,29 +1,69 @@
-"""Small helpers shared by every chapter: seeding, text progress bars, timing.
+"""Small helpers shared by every chapter: seeding, text progress bars.
 
 Progress bars are plain-text ``tqdm`` bars written to ``sys.stdout`` (never the
 notebook widget flavour), so they render as text in the HTML book and in CI logs.
+
+:func:`set_seed` seeds the global generators on purpose (a chapter or a lab calls it once, at the top);
+library code uses :func:`seeded` instead, which leaves the caller's random stream as it was.
+
+``time_call`` is deprecated here: it is :func:`courselib.measure.time_call`, the book's one timing
+protocol, re-exported under its old name (the same function, same defaults: the median wall-clock time
+of 7 calls after 1 warm-up call). Import it from :mod:`courselib.measure`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm.std import tqdm
 
-__all__ = ["set_seed", "progress", "time_call"]
+from .measure import time_call as time_call  # deprecated alias, kept for old imports (see the module docstring)
+
+__all__ = ["set_seed", "seeded", "progress"]
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global random number generators."""
+    """Seed Python's, NumPy's and torch's global random number generators.
+
+    This replaces the caller's random streams: call it at the top of a script, a chapter or a test, never
+    inside a library function (which takes a ``seed`` and uses :func:`seeded` or its own generator).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global generator seeded with ``seed``, then give the caller's stream back.
+
+    Inside the block every draw from torch's global generator (weight initialisation, dropout,
+    ``torch.rand``) follows from ``seed`` alone; on leaving it, the generator's state is the one it had
+    before the block (:func:`torch.random.fork_rng`), so the caller's random stream is neither read nor
+    changed. This is how a library function that takes a ``seed`` stays free of global side effects.
+
+    Parameters
+    ----------
+    seed : int
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(1)
+    >>> with seeded(0):
+    ...     a = torch.rand(2)
+    >>> b = torch.rand(2)                     # the caller's stream continues where it was
+    >>> _ = torch.manual_seed(1)
+    >>> torch.equal(b, torch.rand(2)), torch.equal(a, torch.rand(2, generator=torch.Generator().manual_seed(0)))
+    (True, True)
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def progress(
@@ -55,17 +95,3 @@ def progress(
         ncols=88,
         mininterval=0.5,
     )
-
-
-def time_call(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 1) -> float:
-    """Median wall-clock time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)

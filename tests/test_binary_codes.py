@@ -303,12 +303,32 @@ def test_knn_on_mnist_matches_faiss(shared_mnist):
 
 
 # --------------------------------------------------------------------------- explorer callback
-@pytest.mark.parametrize("query_index,n_bits", [(0, 64), (17, 8), (539, 32)])
-def test_plot_neighbours_draws(query_index, n_bits):
+@pytest.mark.parametrize("query_index,n_bits", [(0, 64), (17, 8), (296, 32)])
+def test_plot_neighbours_draws_the_nearest_digits(query_index, n_bits):
     import matplotlib.pyplot as plt
 
-    fig = bc.plot_neighbours(query_index, n_bits, k=5)
-    assert len(fig.axes) == 2 * 6
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = X[:1500], X[1500:], y[:1500], y[1500:]
+    k = 5
+    fig = bc.plot_neighbours(query_index, n_bits, k, X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    rows = [fig.axes[: k + 1], fig.axes[k + 1 :]]
+    # answer key without packing: bit i is x_i > mean_i on the n_bits most variable pixels; Hamming distance
+    # counts differing bits, Euclidean distance is on all pixels; ties go to the lower training index
+    cols = np.sort(np.argsort(-X_train.var(axis=0), kind="stable")[:n_bits])
+    bits = X_train[:, cols] > X_train[:, cols].mean(axis=0)
+    query_bits = X_test[query_index, cols] > X_train[:, cols].mean(axis=0)
+    hamming = (bits != query_bits).sum(axis=1)
+    q = X_test[query_index].astype(np.float32)
+    euclid = np.sqrt(((X_train.astype(np.float32) - q) ** 2).sum(axis=1))
+    for row, name, dist, fmt in [(rows[0], "Hamming", hamming, "{:.0f}"), (rows[1], "Euclidean", euclid, "{:.2f}")]:
+        assert row[0].get_ylabel() == name
+        np.testing.assert_array_equal(row[0].images[0].get_array(), q.reshape(8, 8))
+        nearest = np.lexsort((np.arange(len(dist)), dist))[:k]
+        for ax, j in zip(row[1:], nearest):
+            np.testing.assert_array_equal(ax.images[0].get_array(), X_train[j].reshape(8, 8).astype(np.float32))
+            assert ax.get_title() == f"d={fmt.format(dist[j])}  y={y_train[j]}"
+            framed = matplotlib.colors.same_color(ax.spines["left"].get_edgecolor(), "red")
+            assert framed == (y_train[j] != y_test[query_index])
     plt.close(fig)
 
 

@@ -344,20 +344,52 @@ def test_optimizer_glorot_scale_and_init():
         bc.binaryconnect_optimizer(layer, lr=0)
 
 
-def test_explorer_callback():
+@pytest.mark.parametrize("mode, w", [("stochastic", 0.1), ("deterministic", 0.1), ("stochastic", -0.8)])
+def test_binarization_explorer_draws_the_samples_and_their_expectation(mode, w):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for mode, w in [("stochastic", 0.1), ("deterministic", 0.1), ("stochastic", -0.8)]:
-        fig = bc.binarization_explorer(mode=mode, w=w, n_samples=50, seed=0)
-        assert len(fig.axes) == 2
-        plt.close(fig)
+    fig = bc.binarization_explorer(mode=mode, w=w, n_samples=50, seed=3)
+    left, right = fig.axes
+    samples = bc.binarize(
+        torch.full((50,), w), stochastic=mode == "stochastic", generator=torch.Generator().manual_seed(3)
+    )
+    running = np.cumsum(samples.numpy()) / np.arange(1, 51)
+    mean_line, w_line = left.lines
+    np.testing.assert_array_equal(mean_line.get_xdata(), np.arange(1, 51))
+    np.testing.assert_allclose(mean_line.get_ydata(), running)
+    np.testing.assert_allclose(w_line.get_ydata(), [w, w])
+    assert left.get_title() == f"{mode}: first samples " + " ".join(f"{int(v):+d}" for v in samples[:6])
+    if mode == "deterministic":
+        assert np.all(mean_line.get_ydata() == (1.0 if w >= 0 else -1.0))
+    sign_curve, expectation, point = right.lines
+    grid = sign_curve.get_xdata()
+    np.testing.assert_array_equal(sign_curve.get_ydata(), np.where(grid >= 0, 1.0, -1.0))
+    np.testing.assert_allclose(expectation.get_ydata(), np.clip(grid, -1, 1))  # 2 sigma(w) - 1 = clip(w)
+    np.testing.assert_allclose(np.r_[point.get_xdata(), point.get_ydata()], [w, running[-1]])
+    plt.close(fig)
+
+
+def test_binarization_explorer_bad_input():
     with pytest.raises(ValueError):
         bc.binarization_explorer(mode="sign")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 0"):
         bc.binarization_explorer(n_samples=0)
+
+
+def test_packed_codes_have_one_validator():
+    """binary_codes and binaryconnect reject the same bad codes with the same message (courselib._bits)."""
+    from courselib.binary_codes import hamming_distances
+
+    good = pack_codes(np.ones((2, 16), dtype=np.uint8))
+    for bad in (good.astype(np.int32), good[:0], good[0]):
+        with pytest.raises(ValueError) as ours:
+            bc.xnor_popcount_matmul(bad, good, 16)
+        with pytest.raises(ValueError) as theirs:
+            hamming_distances(bad, good)
+        assert str(ours.value).replace("a_codes", "codes") == str(theirs.value).replace("query_codes", "codes")
 
 
 @pytest.mark.parametrize(

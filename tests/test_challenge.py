@@ -203,6 +203,14 @@ def test_round_trip_predictions(tmp_path, data, bits):
     np.testing.assert_allclose(predict(loaded, X), predict(want, X), atol=tol, rtol=tol)
 
 
+def test_loading_a_submission_leaves_the_callers_random_stream(tmp_path):
+    C.save_submission(_random_cnn(), tmp_path, "CourseCNN", REF_KW)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    C.load_submission(tmp_path)  # builds the model (weight initialisation) before loading its weights
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_sizes_shrink_with_bits(tmp_path):
     m = _random_cnn()
     sizes = {}

@@ -88,6 +88,7 @@ TIMERS = {
     "compare_latency",
     "layer_times",
     "time_call",
+    "time_calls",
     "program_latency",
     "perf_counter",
     "perf_counter_ns",

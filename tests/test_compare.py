@@ -142,3 +142,75 @@ def test_recipes_shrink_the_model(small):
     assert convs[-1].weight().dtype == torch.qint8
     with pytest.raises(ValueError, match="unknown settings"):
         compare.trade_off_study((X, y), (X, y), settings={"epochs": 3})
+
+
+def test_prune_student_is_the_float_part_of_the_pipeline(small):
+    (X, y), _ = small
+    X, y = X[:128], y[:128]
+    ref = compare.train_reference(seed=0, epochs=1, train=(X, y))
+    student = compare.distill_student(ref, (X, y), channels=(4, 8), epochs=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    p0 = compare.prune_student(student, ref, (X, y), amount=0.5, finetune_epochs=0)
+    p1 = compare.prune_student(student, ref, (X, y), amount=0.5, finetune_epochs=1)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # the student is untouched
+    last0 = [m for m in p0.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1][-1]
+    last1 = [m for m in p1.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1][-1]
+    assert last0.out_channels == last1.out_channels == 4 and not p0.training
+    assert not torch.equal(last0.weight, last1.weight)  # finetune_epochs=0 skips the distillation, 1 runs it
+    # the pipeline is prune_student, then static int8: the same model, whatever finetune_epochs (0 included)
+    for epochs, pruned in [(0, p0), (1, p1)]:
+        q = compare.combined_pipeline(student, ref, (X, y), X[:32], amount=0.5, finetune_epochs=epochs)
+        want = compare.quantize_static_int8(pruned, X[:32])
+        np.testing.assert_array_equal(predict(q, X[:16]), predict(want, X[:16]))
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        compare.prune_student(student, ref, (X, y), finetune_epochs=-1)
+
+
+def test_trade_off_study_passes_the_study_settings_as_they_are(small, monkeypatch):
+    (X, y), test = small
+    assert {"finetune_epochs", "pipeline_epochs"} <= set(compare.STUDY)
+    calls = {}
+    ref = CourseCNN(channels=(2, 2))
+
+    def recorder(name):
+        def recipe(*args, **kwargs):
+            calls[name] = kwargs
+            return ref
+
+        return recipe
+
+    for name in ("train_binary", "obd_prune", "filter_prune", "distill_student", "combined_pipeline"):
+        monkeypatch.setattr(compare, name, recorder(name))
+    monkeypatch.setattr(compare, "quantize_dynamic_int8", lambda m: m)
+    monkeypatch.setattr(compare, "quantize_static_int8", lambda m, X: m)
+    monkeypatch.setattr(
+        compare, "evaluate_compressed", lambda *a, **k: {"accuracy": 1.0, "size_bytes": 1, "latency_ms": 1.0}
+    )
+    for settings in ({"finetune_epochs": 0, "pipeline_epochs": 0}, {"finetune_epochs": 3, "pipeline_epochs": 1}):
+        rows, _ = compare.trade_off_study((X, y), test, settings=settings, reference=ref)
+        assert len(rows) == 8
+        assert (
+            calls["obd_prune"]["finetune_epochs"]
+            == calls["filter_prune"]["finetune_epochs"]
+            == settings["finetune_epochs"]
+        )
+        assert calls["combined_pipeline"]["finetune_epochs"] == settings["pipeline_epochs"]  # 0 stays 0
+
+
+def test_recipes_keep_the_callers_random_stream(small):
+    (X, y), _ = small
+    X, y = X[:64], y[:64]
+    results = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        ref = compare.train_reference(seed=0, epochs=1, train=(X, y))
+        student = compare.distill_student(ref, (X, y), channels=(4, 8), epochs=1)
+        binary = compare.train_binary((X, y), channels=(4, 8), epochs=1)
+        filters = compare.filter_prune(ref, (X, y), 0.5, finetune_epochs=1)
+        pruned = compare.prune_student(student, ref, (X, y), finetune_epochs=1)
+        obd = compare.obd_prune(ref, (X, y), 0.5, n_hessian=16, finetune_epochs=1)
+        assert torch.equal(torch.get_rng_state(), before)
+        results.append([predict(m, X[:8]) for m in (ref, student, binary, filters, pruned, obd)])
+    for a, b in zip(*results):  # the seed alone decides, whatever the caller's stream
+        np.testing.assert_array_equal(a, b)

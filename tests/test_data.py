@@ -51,6 +51,35 @@ def test_digits_split_is_fixed_stratified_and_scaled():
     assert len(ytr) + len(yte) == len(load_digits().target)
 
 
+def test_digits_split_is_one_cached_read_only_split_shared_by_the_explorers():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from courselib import itq
+
+    split = data.digits_split()
+    assert all(a is b for a, b in zip(split, data.digits_split()))  # cached: the same arrays
+    assert not any(a.flags.writeable for a in split)
+    with pytest.raises(ValueError, match="read-only"):
+        split[0][0, 0, 0] = 1.0
+    # the answer key: scikit-learn's digits / 16, split stratified 70/30 with seed 0
+    d = load_digits()
+    key = train_test_split(d.images / 16.0, d.target, test_size=0.3, random_state=0, stratify=d.target)
+    for got, want in zip(split, key):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    # load_dataset hands out writable copies: changing one changes neither the cache nor the next caller's
+    Xtr, ytr = load_dataset("digits", "train")
+    assert Xtr.flags.writeable and not np.shares_memory(Xtr, split[0])
+    Xtr[:] = 0.0
+    ytr[:] = 0
+    np.testing.assert_array_equal(load_dataset("digits", "train")[0], split[0])
+    np.testing.assert_array_equal(load_dataset("digits", "test")[1], split[3])
+    # the ITQ explorer reads the same split, in the same order, flattened
+    flat = itq._digits()
+    np.testing.assert_array_equal(flat[0], split[0].reshape(len(split[0]), -1))
+    np.testing.assert_array_equal(flat[3], split[3])
+
+
 def test_digits_upsampled_to_28():
     X, y = load_dataset("digits", "test", image_size=28)
     assert X.shape == (540, 28, 28) and X.dtype == np.float32

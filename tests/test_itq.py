@@ -41,7 +41,7 @@ from courselib.itq import (
 
 @pytest.fixture(scope="module")
 def digits():
-    return itq_mod._digits()  # (X_train, y_train, X_test, y_test), flattened float64
+    return itq_mod._digits()  # (X_train, X_test, y_train, y_test), flattened float64 (courselib.data.digits_split)
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ def test_random_orthogonal_is_orthogonal_and_seeded():
 
 
 def test_codes_pack_and_search_with_binary_codes(digits):
-    Xtr, _, Xte, _ = digits
+    Xtr, Xte, _, _ = digits
     itq = ITQ(12, random_state=0).fit(Xtr)
     codes = itq.transform(Xtr)
     packed = pack_codes(codes)
@@ -250,7 +250,7 @@ def test_itq_beats_pca_direct_in_loss_on_digits(digits):
 
 
 def test_itq_beats_baselines_in_map_on_digits_32_bits(digits):
-    Xtr, ytr, Xte, yte = digits
+    Xtr, Xte, ytr, yte = digits
     res = compare_hashers(Xtr, Xtr, ytr, Xte, yte, bits=(32,), random_state=0)
     assert res["ITQ"][0] > res["PCA-direct"][0]
     assert res["ITQ"][0] > res["LSH"][0]
@@ -258,7 +258,7 @@ def test_itq_beats_baselines_in_map_on_digits_32_bits(digits):
 
 
 def test_hamming_map_matches_retrieval_by_hand(digits):
-    Xtr, ytr, Xte, yte = digits
+    Xtr, Xte, ytr, yte = digits
     itq = ITQ(8, random_state=0).fit(Xtr)
     # brute force: rank by Hamming distance on unpacked codes (stable sort), AP per query
     q, d = itq.transform(Xte[:30]).astype(int), itq.transform(Xtr).astype(int)

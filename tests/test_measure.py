@@ -129,6 +129,87 @@ def test_file_bytes_is_the_written_file(tmp_path):
 # ---------------------------------------------------------------- deployment form and latency
 
 
+class _FakeClock:
+    """A clock that advances only when the timed function says so: durations known in advance."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_call_protocol_with_a_fake_clock(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setitem(M._CLOCKS, "wall", clock)
+    durations = iter([9.0, 9.0, 3.0, 1.0, 2.0, 5.0, 4.0])  # two warm-up calls, then five timed ones
+    calls = []
+
+    def fn():
+        calls.append(1)
+        clock.now += next(durations)
+
+    every = M.time_call(fn, repeats=5, warmup=2, statistic="all")
+    assert len(calls) == 7 and every == [3.0, 1.0, 2.0, 5.0, 4.0]  # the warm-up calls are not timed
+    for statistic, want in [("median", 3.0), ("min", 1.0)]:
+        durations = iter([9.0, 3.0, 1.0, 2.0, 5.0, 4.0])
+        assert M.time_call(fn, repeats=5, warmup=1, statistic=statistic) == want
+
+
+def test_every_timer_reads_the_same_clocks(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setitem(M._CLOCKS, "thread", clock)
+
+    class Slow(nn.Module):
+        def __init__(self, cost):
+            super().__init__()
+            self.cost = cost
+
+        def forward(self, x):
+            clock.now += self.cost
+            return x
+
+    x = torch.zeros(1)
+    assert M.measure_latency(Slow(0.25), x, repeats=3) == 0.25
+    res = M.compare_latency({"a": Slow(1.0), "b": Slow(2.0)}, x, rounds=2, repeats=2, statistic="all")
+    assert res == {"a": [1.0] * 4, "b": [2.0] * 4}
+    assert M.time_call(lambda: Slow(0.5)(x), clock="thread", repeats=2) == 0.5
+
+
+def test_time_call_sets_and_restores_torch_threads_and_is_the_utils_timer():
+    from courselib import utils
+
+    assert utils.time_call is M.time_call  # the deprecated name is the same function
+    seen = []
+    before = torch.get_num_threads()
+    M.time_call(lambda: seen.append(torch.get_num_threads()), repeats=2, warmup=1, num_threads=2)
+    assert seen == [2, 2, 2] and torch.get_num_threads() == before
+    M.time_call(lambda: seen.append(torch.get_num_threads()), repeats=1, warmup=0)
+    assert seen[-1] == before  # num_threads=None leaves torch's threads alone
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"clock": "cpu"}, ValueError),
+        ({"statistic": "mean"}, ValueError),
+        ({"repeats": 0}, ValueError),
+        ({"warmup": -1}, ValueError),
+        ({"repeats": 2.5}, TypeError),
+        ({"clock": "thread", "num_threads": 2}, ValueError),
+        ({"num_threads": 0}, ValueError),
+    ],
+)
+def test_time_call_bad_arguments(kwargs, exc):
+    with pytest.raises(exc):
+        M.time_call(lambda: None, **kwargs)
+
+
+def test_time_call_needs_a_callable():
+    with pytest.raises(TypeError, match="callable"):
+        M.time_call(3)
+
+
 def test_measure_latency_restores_state():
     model = CourseCNN(channels=(2, 2), image_size=8).train()
     before = torch.get_num_threads()

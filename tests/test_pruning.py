@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from courselib import pruning as P
-from courselib.measure import count_parameters
+from courselib.measure import conv_like, count_parameters
 from courselib.models import CourseCNN
 
 
@@ -220,6 +220,66 @@ def test_saliency_prune_removes_lowest_saliency():
     torch.testing.assert_close(lin.weight_mask, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
 
 
+def _old_global_masks(scores, old_masks, amount):
+    """Answer key: the masks courselib computed before it used prune.global_unstructured -- a top-k over all
+    scores at once, with the entries removed earlier set to -inf so that they stay removed."""
+    flat = torch.cat([s.reshape(-1).double() for s in scores])
+    old = torch.cat([m.reshape(-1) for m in old_masks])
+    k = max(round(amount * flat.numel()), int((old == 0).sum()))
+    mask = torch.ones_like(flat)
+    if k:
+        mask[torch.topk(torch.where(old == 0, -torch.inf, flat), k, largest=False).indices] = 0
+    return list(mask.split([s.numel() for s in scores]))
+
+
+def _two_layers(w0, w1):
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(w0))
+        net[1].weight.copy_(torch.tensor(w1))
+    return net
+
+
+def _masks(net):
+    return [net[0].weight_mask.tolist(), net[1].weight_mask.tolist()]
+
+
+def test_global_masks_hand_worked_ties_go_to_the_earlier_weight():
+    # |w| in order: 0.5, 0.1, 0.1, 2.0 | 0.1, 0.3 -- three weights tie at 0.1
+    net = _two_layers([[0.5, -0.1], [0.1, 2.0]], [[-0.1, 0.3]])
+    P.magnitude_prune(net, 1 / 3)  # 2 of 6: the first two of the tied weights
+    assert _masks(net) == [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0]]]
+    P.magnitude_prune(net, 0.5)  # 3 of 6: the earlier two stay removed, the third tied weight follows
+    assert _masks(net) == [[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0]]]
+    layer = _two_layers([[0.5, -0.1], [0.1, 2.0]], [[-0.1, 0.3]])
+    P.magnitude_prune(layer, 0.25, scope="layer")  # per tensor: 1 of 4 (the earlier tie), round(0.5) = 0 of 2
+    assert _masks(layer) == [[[1.0, 0.0], [1.0, 1.0]], [[1.0, 1.0]]]
+
+
+def test_saliency_prune_hand_worked_negative_saliencies_go_first():
+    # an exact Hessian diagonal can be negative: those weights go before the zero-saliency ones
+    # (L1Unstructured on the raw scores would rank |s| and remove the three zeros instead)
+    net = _two_layers([[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0]])
+    sal = {"0.weight": torch.tensor([[0.0, -1.0], [0.0, 3.0]]), "1.weight": torch.tensor([[0.0, -1.0]])}
+    P.saliency_prune(net, sal, 0.5)
+    assert _masks(net) == [[[0.0, 0.0], [1.0, 1.0]], [[1.0, 0.0]]]
+
+
+def test_global_masks_equal_the_old_top_k_without_ties():
+    gen = torch.Generator().manual_seed(0)
+    net = _mlp(7)
+    targets = [net[0].weight, net[2].weight]
+    old = [torch.ones_like(w) for w in targets]
+    for amount in (0.3, 0.3, 0.65):  # prune, prune again at the same sparsity, prune further
+        sal = {"0.weight": torch.randn(8, 6, generator=gen), "2.weight": torch.randn(3, 8, generator=gen)}
+        want = _old_global_masks([sal["0.weight"], sal["2.weight"]], old, amount)
+        P.saliency_prune(net, sal, amount)
+        old = [net[0].weight_mask, net[2].weight_mask]
+        torch.testing.assert_close(old[0].reshape(-1), want[0].float(), rtol=0, atol=0)
+        torch.testing.assert_close(old[1].reshape(-1), want[1].float(), rtol=0, atol=0)
+    assert net[0].weight_mask.dtype == net[0].weight_orig.dtype == torch.float32
+
+
 def test_repruning_keeps_earlier_removals_and_accepts_orig_keys():
     net = _mlp(3)
     P.magnitude_prune(net, 0.5)
@@ -416,6 +476,21 @@ def test_remove_filters_errors():
         P.prune_filters(model, "conv1", 1.2)
 
 
+def test_conv_like_keeps_everything_but_the_overrides():
+    conv = nn.Conv2d(4, 6, (3, 5), 2, (1, 2), 2, groups=2, bias=False, padding_mode="reflect", dtype=torch.float64)
+    conv.eval()
+    new = conv_like(conv, out_channels=4)
+    geometry = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+    assert type(new) is nn.Conv2d and not new.training and new.bias is None
+    assert (new.in_channels, new.out_channels, new.weight.dtype) == (4, 4, torch.float64)
+    assert [getattr(new, a) for a in geometry] == [getattr(conv, a) for a in geometry]
+    assert conv_like(nn.Conv2d(1, 2, 3), in_channels=3).weight.shape == (2, 3, 3, 3)
+    with pytest.raises(TypeError):
+        conv_like(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="kernel"):
+        conv_like(conv, kernel=3)
+
+
 def test_prune_filters_removes_smallest_l1():
     torch.manual_seed(2)
     model = CourseCNN(channels=(8, 4), image_size=8)
@@ -440,23 +515,52 @@ def test_storage_bytes_hand_worked_and_dense_vs_csr():
     assert res["density"] == pytest.approx(5 / 12)
 
 
-def test_explorer_callbacks_draw():
+def test_plot_saliency_vs_magnitude_draws_what_each_criterion_removes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(50, generator=gen, dtype=torch.float64)
+    s = torch.rand(50, generator=gen, dtype=torch.float64) * w**2
+    fig = P.plot_saliency_vs_magnitude(w, s, amount=0.3)
+    ax = fig.axes[0]
+    groups = {c.get_label(): np.asarray(c.get_offsets()) for c in ax.collections}
+    assert sorted(groups) == ["kept by both", "removed by OBD only", "removed by both", "removed by magnitude only"]
+    x = {name: sorted(pts[:, 0].tolist()) for name, pts in groups.items()}  # |w|, distinct
+    by_mag = sorted(w.abs().sort().values[:15].tolist())
+    by_obd = sorted(w.abs()[torch.argsort(s)[:15]].tolist())
+    assert sorted(x["removed by both"] + x["removed by magnitude only"]) == pytest.approx(by_mag)
+    assert sorted(x["removed by both"] + x["removed by OBD only"]) == pytest.approx(by_obd)
+    assert sum(len(v) for v in x.values()) == 50
+    agree = len(set(by_mag) & set(by_obd))
+    assert ax.get_title() == f"remove 30%: criteria agree on {agree} of 15 weights"
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.5])
+def test_plot_filter_ranking_draws_the_sorted_norms(amount):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     torch.manual_seed(0)
-    w = torch.randn(50)
-    fig = P.plot_saliency_vs_magnitude(w, torch.rand(50) * w**2, amount=0.3)
-    assert "15" in fig.axes[0].get_title()
-    plt.close(fig)
     model = CourseCNN(channels=(6, 4), image_size=8)
-    for amount in (0.0, 0.5):
-        fig = P.plot_filter_ranking(model, "conv1", amount, input_shape=(1, 1, 8, 8))
-        assert len(fig.axes[0].patches) == 6
-        plt.close(fig)
+    norms = P.l1_filter_norms(model.conv1)
+    fig = P.plot_filter_ranking(model, "conv1", amount, input_shape=(1, 1, 8, 8))
+    bars = fig.axes[0].patches
+    np.testing.assert_allclose([b.get_height() for b in bars], norms.sort(descending=True).values.numpy(), rtol=1e-6)
+    red = [matplotlib.colors.same_color(b.get_facecolor(), "tab:red") for b in bars]
+    assert red == [False] * (6 - round(amount * 6)) + [True] * round(amount * 6)  # the smallest, last
+    small = copy.deepcopy(model)
+    if amount:
+        P.prune_filters(small, "conv1", amount)
+    p0, p1 = count_parameters(model), count_parameters(small)
+    assert f"params {p0}->{p1}" in fig.axes[0].get_title()
     assert model.conv1.out_channels == 6  # the callback works on a copy
+    plt.close(fig)
 
 
 def _two_conv_net():

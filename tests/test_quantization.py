@@ -187,6 +187,32 @@ def test_dynamic_int8_close_to_float_and_smaller():
     assert isinstance(model.net[0], nn.Linear)  # the original is untouched
 
 
+@pytest.mark.skipif(
+    not {"qnnpack", "x86"} <= set(torch.backends.quantized.supported_engines),
+    reason="needs the x86 and qnnpack engines",
+)
+def test_int8_conversions_leave_the_global_engine_alone():
+    model = _trained_like_mlp()
+    X = torch.rand(64, 8, 8, generator=torch.Generator().manual_seed(2))
+    old = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "qnnpack"  # the caller's engine
+        sm = Q.quantize_static_int8(model, X, backend="x86")
+        assert torch.backends.quantized.engine == "qnnpack"
+        dm = Q.quantize_dynamic_int8(model, backend="x86")
+        assert torch.backends.quantized.engine == "qnnpack"
+        with pytest.raises(ValueError, match="calibration_X"):
+            Q.quantize_static_int8(model, X[:0], backend="x86")
+        assert torch.backends.quantized.engine == "qnnpack"
+        with torch.no_grad():  # the converted models run with their own kernels under any engine
+            got_s, got_d = sm(X), dm(X)
+            torch.backends.quantized.engine = "x86"
+            torch.testing.assert_close(sm(X), got_s, atol=0, rtol=0)
+            torch.testing.assert_close(dm(X), got_d, atol=0, rtol=0)
+    finally:
+        torch.backends.quantized.engine = old
+
+
 # ------------------------------------------------------------------ XNOR-Net alpha
 def test_xnor_alpha_hand_worked_and_lecture_example():
     w = np.array([[0.1, 0.1, 0.1, 0.1], [-2.0, 1.0, 0.0, -1.0]])

@@ -147,7 +147,8 @@ def mutant_bank(lab: str) -> dict[str, dict]:
     return {m["id"]: m for m in yaml.safe_load(path.read_text()).get("mutants", [])}
 
 
-def test_node_exists(node: str) -> bool:
+def node_exists(node: str) -> bool:
+    """Whether ``node`` (``path::name[::name]``, parametrization ids allowed) names a test that exists."""
     path, *names = node.split("::")
     file = REPO / path
     if not file.exists():
@@ -161,9 +162,6 @@ def test_node_exists(node: str) -> bool:
             return False
         scope = found[0].body
     return True
-
-
-test_node_exists.__test__ = False  # a helper, not a test
 
 
 def graded_part(entry: dict) -> tuple[str, str, dict] | None:
@@ -208,7 +206,7 @@ def reference_problems(entry: dict) -> list[str]:
             problems.append(f"{name}: {entry['function']} is not callable")
     except (ImportError, AttributeError, ValueError):
         problems.append(f"{name}: no function {entry.get('function')!r}")
-    if not test_node_exists(str(entry.get("test", ""))):
+    if not node_exists(str(entry.get("test", ""))):
         problems.append(f"{name}: no test {entry.get('test')}")
     return problems
 
@@ -300,8 +298,8 @@ def test_the_checker_rejects_bad_references():
     assert grading_problems({**entry, "function": "courselib.memory.no_such_function"}), "function not in the cell"
     other = next(m for m in mutant_bank("lab00_memory").values() if entry["lab"].partition(":")[2] not in m["breaks"])
     assert grading_problems({**entry, "mutant": other["id"]}), "a mutant that breaks another part"
-    assert not test_node_exists("tests/test_memory.py::test_that_does_not_exist")
-    assert test_node_exists("tests/test_memory.py::test_bytes_per_value_and_ratios")
+    assert not node_exists("tests/test_memory.py::test_that_does_not_exist")
+    assert node_exists("tests/test_memory.py::test_bytes_per_value_and_ratios")
     assert reference_problems({**entry, "function": "courselib.memory.no_such_function"})
     assert reference_problems({**entry, "section": "no-such-label"})
     assert "intro-memory" in book_labels() and "no-such-label" not in book_labels()

@@ -39,6 +39,52 @@ def test_fit_is_reproducible(digits):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def _dropout_net(seed=123):
+    """A small net whose training draws from torch's global generator (dropout), its weights from ``seed``.
+
+    (Building it draws from the global generator too, as every ``nn.Linear`` does: build it before taking
+    the caller's state.)"""
+    gen = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10)
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    return net
+
+
+def test_fit_seed_alone_decides_and_the_callers_stream_is_untouched(digits):
+    (X, y), _ = digits
+    X, y = X[:256], y[:256]
+    outs = []
+    for caller_seed, draws in [(1, 3), (999, 1000), (1, 3)]:
+        m = _dropout_net()
+        torch.manual_seed(caller_seed)  # the caller's stream, perturbed differently between runs
+        torch.rand(draws)
+        before = torch.get_rng_state()
+        expected_next = torch.rand(4, generator=torch.Generator().set_state(before))
+        fit(m, (X, y), epochs=2, seed=7, progress=False)
+        assert torch.equal(torch.get_rng_state(), before), "fit changed the caller's random stream"
+        assert torch.equal(torch.rand(4), expected_next)
+        outs.append(predict(m, X[:20]))
+    np.testing.assert_array_equal(outs[0], outs[1])  # seed alone decides, whatever the caller's stream
+    np.testing.assert_array_equal(outs[0], outs[2])
+    other = _dropout_net()
+    fit(other, (X, y), epochs=2, seed=8, progress=False)  # and the seed does matter (shuffling, dropout)
+    assert not np.array_equal(predict(other, X[:20]), outs[0])
+
+
+def test_fit_with_a_dataloader_also_keeps_the_callers_stream(digits):
+    (X, y), _ = digits
+    loader = make_loader((X[:128], y[:128]), batch_size=32, shuffle=True, seed=3)
+    net = _dropout_net()
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    fit(net, loader, epochs=1, seed=0, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_hooks_after_step_and_compute_loss(digits):
     (X, y), _ = digits
     model = MLP()
