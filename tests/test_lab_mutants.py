@@ -1,17 +1,30 @@
 """Mutation testing of every lab: each plausible wrong answer in ``labs/mutants/<lab>.yml`` loses exactly the
-points of the parts it breaks, graded by nbgrader (release, autograde, gradebook) in a scratch course.
+points of the parts it breaks, graded by ``courselib grade`` (sandboxed kernel, every part judged by its hidden
+tests in the clean room, feedback) in a scratch course; and no mutant's feedback holds a hidden test.
 
-How to add a mutant: CONTRIBUTING.md, "Labs: mutants". ``courselib mutants LAB`` prints the same table.
+A mutant is a wrong answer that passes some visible tests, so its feedback is where a hidden test's message,
+input or expected value would show: every page is scanned for the lab's hidden lines and hidden-only
+constants (:func:`tests.test_feedback.secrets`). Mutants of different cells and parts share a submission
+(``combine``), and the chunks of one bank share the lab's calibration. Plain nbgrader grades the banks with
+``courselib mutants LAB`` (its default); tests/test_labs.py and tests/test_conformance.py keep the two
+graders' scores equal.
+
+How to add a mutant: CONTRIBUTING.md, "Labs: mutants". ``courselib mutants LAB --grader courselib`` prints the
+same table.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import pytest
+from test_feedback import leaks, secrets
 
 from courselib import grading
-from courselib.grading import mutants
+from courselib.grading import mutants, sandbox
+from courselib.grading.course import scratch_course
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE = REPO / "labs"
@@ -39,14 +52,47 @@ def test_every_lab_has_a_mutant_bank(lab):
     assert parts <= broken, f"{lab}: no mutant breaks {sorted(parts - broken)} (a part no wrong answer can fail)"
 
 
+@pytest.fixture(scope="session")
+def bank_state(tmp_path_factory):
+    """Per lab: a folder for the calibration its chunks share, and the lab's secrets (hidden lines, constants)."""
+    root = tmp_path_factory.mktemp("mutant-banks")
+    cache: dict = {}
+
+    def get(lab):
+        if lab not in cache:
+            course = scratch_course(lab, root / f"secrets-{lab}", COURSE)
+            cache[lab] = (root / f"state-{lab}", secrets(lab, course))
+        return cache[lab]
+
+    return get
+
+
+def _visible(page: str) -> str:
+    page = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not sandbox.available(), reason=f"no grading sandbox: {sandbox.unavailable_reason()}")
 @pytest.mark.parametrize(("lab", "ids"), list(_chunks()))
-def test_every_mutant_is_killed(lab, ids):
-    rows = mutants.run_bank(lab, COURSE, only=ids, solution=False)
+def test_every_mutant_is_killed(lab, ids, bank_state):
+    state, found = bank_state(lab)
+    rows = mutants.run_bank(
+        lab,
+        COURSE,
+        only=ids,
+        solution=False,
+        grader="courselib",
+        combine=True,
+        state_dir=state,
+        feedback_check=lambda student, page: leaks(_visible(page), found),
+    )
     table = mutants.verdict_table(rows)
     assert [r["id"] for r in rows] == ids
     bad = [r["id"] for r in rows if r["verdict"] != "killed"]
     assert not bad, f"{lab}: mutants not killed (or killing other parts too): {bad}\n{table}"
+    leaked = {r["id"]: r["leaks"][:5] for r in rows if r["leaks"]}
+    assert not leaked, f"{lab}: hidden tests in the feedback of wrong answers: {leaked}"
 
 
 def test_a_bank_that_does_not_apply_is_refused(tmp_path):

@@ -20,15 +20,20 @@ course (the real pipeline: release, autograde, gradebook) and gives each mutant 
 (every part in ``breaks`` lost points and no other part did), ``survived`` (a part in ``breaks`` kept its
 points) or ``collateral`` (another part lost points too: the parts are not graded independently).
 ``courselib mutants LAB`` prints the table; ``tests/test_lab_mutants.py`` requires every mutant killed.
-``courselib mutants LAB --grader courselib`` grades the same bank with ``courselib grade`` instead: a
-mutant that survives there but not under nbgrader is a part the clean room scores by its visible tests
-only (``courselib grade`` names those parts).
+``courselib mutants LAB --grader courselib`` grades the same bank with ``courselib grade`` instead (the
+sandboxed kernel, every part judged by its hidden tests in the clean room): the verdicts must be the same.
+
+With ``combine=True`` mutants that edit different cells and break different parts share one submission (one
+kernel run instead of several): a part outside every mutant's ``breaks`` that loses points sends the group's
+mutants back to be graded one by one, so ``survived`` and ``collateral`` are found as before, except a
+collateral loss on a part another mutant of the group breaks anyway (grade without ``combine`` to see those).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -124,8 +129,31 @@ def apply_mutant(nb: dict, mutant: dict) -> dict:
 GRADERS = ("nbgrader", "courselib")
 
 
+def combine_mutants(mutants: list[dict]) -> list[list[dict]]:
+    """Groups of mutants that can share one submission: different cells, disjoint ``breaks`` (greedy)."""
+    groups: list[list[dict]] = []
+    for m in mutants:
+        for g in groups:
+            if all(m["cell"] != o["cell"] and not set(m["breaks"]) & set(o["breaks"]) for o in g):
+                g.append(m)
+                break
+        else:
+            groups.append([m])
+    return groups
+
+
 def run_bank(
-    lab: str, course_dir=None, *, only=None, workdir=None, solution: bool = True, grader: str = "nbgrader", workers=1
+    lab: str,
+    course_dir=None,
+    *,
+    only=None,
+    workdir=None,
+    solution: bool = True,
+    grader: str = "nbgrader",
+    workers=1,
+    combine: bool = False,
+    state_dir=None,
+    feedback_check=None,
 ) -> list[dict]:
     """Grade the solution and every mutant (or those in ``only``) of ``lab``; one verdict each.
 
@@ -133,7 +161,12 @@ def run_bank(
     (default) the first row is the solution itself (``id`` ``"solution"``, which must lose nothing).
     ``only`` and ``solution=False`` let a test suite grade a bank in chunks on several workers.
     ``grader="courselib"`` grades with ``courselib grade`` (``workers`` in parallel) instead of plain
-    nbgrader: the same verdicts there show that its grades agree with nbgrader's.
+    nbgrader: the same verdicts there show that its grades agree with nbgrader's. ``combine`` grades
+    mutants of different cells and parts in one submission (module docstring). ``state_dir`` keeps
+    ``courselib grade``'s calibration of the lab between calls (chunks of one bank calibrate once).
+    ``feedback_check(student, page_text)`` is called on every feedback page ``courselib grade`` writes
+    (a mutant is a wrong answer that passes some visible tests: the page must hold no hidden test); what it
+    returns is the row's ``"leaks"``.
     """
     if grader not in GRADERS:
         raise MutantError(f"grader {grader!r}: choose one of {list(GRADERS)}")
@@ -146,36 +179,74 @@ def run_bank(
         mutants = [m for m in mutants if m["id"] in set(only)]
     nb = _source_notebook(lab, course)
     parts = lab_parts(lab, course)
-    students = {"solution": nb} if solution else {}
-    students.update({f"m-{m['id']}": apply_mutant(nb, m) for m in mutants})
-    tmp = Path(tempfile.mkdtemp(prefix=f"mutants-{lab}-", dir=workdir))
-    try:
-        scratch = scratch_course(lab, tmp, course)
-        if grader == "nbgrader":
-            scores = _nbgrader_scores(lab, scratch, students, parts)
-        else:
-            scores = _courselib_scores(lab, scratch, students, tmp / "submissions", workers)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     full = dict(parts)
+    leaks: dict[str, list] = {}
 
-    def lost(student):
+    def grade_students(students: dict) -> dict:
+        tmp = Path(tempfile.mkdtemp(prefix=f"mutants-{lab}-", dir=workdir))
+        try:
+            scratch = scratch_course(lab, tmp, course)
+            if grader == "nbgrader":
+                return _nbgrader_scores(lab, scratch, students, parts)
+            return _courselib_scores(
+                lab, scratch, students, tmp / "submissions", workers, state_dir, feedback_check, leaks
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def lost(scores, student):
         return sorted(g for g in full if scores[student][g] < full[g])
+
+    groups = combine_mutants(mutants) if combine else [[m] for m in mutants]
+    students = {"solution": nb} if solution else {}
+    for k, group in enumerate(groups):
+        combined = nb
+        for m in group:
+            combined = apply_mutant(combined, m)
+        students[f"g{k}-" + "+".join(m["id"] for m in group)[:80]] = combined
+    scores = grade_students(students)
+    got: dict[str, list] = {}
+    again = []
+    for (student, _), group in zip(list(students.items())[1 if solution else 0 :], groups, strict=True):
+        lost_parts = lost(scores, student)
+        outside = set(lost_parts) - {g for m in group for g in m["breaks"]}
+        if len(group) > 1 and outside:  # a mutant of the group also broke another part: find which, one by one
+            again += group
+            continue
+        for m in group:
+            got[m["id"]] = [g for g in lost_parts if g in m["breaks"] or len(group) == 1 or g in outside]
+            leaks[m["id"]] = leaks.get(student, [])
+    if again:
+        single = {f"m-{m['id']}": apply_mutant(nb, m) for m in again}
+        scores_again = grade_students(single)
+        for m in again:
+            got[m["id"]] = lost(scores_again, f"m-{m['id']}")
+            leaks[m["id"]] = leaks.get(f"m-{m['id']}", [])
 
     rows = []
     if solution:
-        rows.append({"id": "solution", "breaks": [], "lost": lost("solution"), "description": "the source's solution"})
+        rows.append(
+            {"id": "solution", "breaks": [], "lost": lost(scores, "solution"), "description": "the source's solution"}
+        )
         rows[0]["verdict"] = "full-marks" if not rows[0]["lost"] else "solution-loses-points"
     for m in mutants:
-        got = lost(f"m-{m['id']}")
         breaks = sorted(m["breaks"])
-        if not set(breaks) <= set(got):
+        if not set(breaks) <= set(got[m["id"]]):
             verdict = "survived"
-        elif set(got) - set(breaks):
+        elif set(got[m["id"]]) - set(breaks):
             verdict = "collateral"
         else:
             verdict = "killed"
-        rows.append({"id": m["id"], "breaks": breaks, "lost": got, "verdict": verdict, "description": m["description"]})
+        row = {
+            "id": m["id"],
+            "breaks": breaks,
+            "lost": got[m["id"]],
+            "verdict": verdict,
+            "description": m["description"],
+        }
+        if feedback_check is not None:
+            row["leaks"] = leaks.get(m["id"], [])
+        rows.append(row)
     return rows
 
 
@@ -198,7 +269,9 @@ def _nbgrader_scores(lab, scratch: Path, students: dict, parts) -> dict:
     return scores
 
 
-def _courselib_scores(lab, scratch: Path, students: dict, subs: Path, workers: int) -> dict:
+def _courselib_scores(
+    lab, scratch: Path, students: dict, subs: Path, workers: int, state_dir=None, feedback_check=None, leaks=None
+) -> dict:
     release = json.loads((scratch / "release" / lab / f"{lab}{NOTEBOOK_SUFFIX}").read_text())
     for student, notebook in students.items():  # what a student hands in: the release, answers filled in
         answers = {
@@ -214,7 +287,24 @@ def _courselib_scores(lab, scratch: Path, students: dict, subs: Path, workers: i
         dest = subs / student / lab
         dest.mkdir(parents=True)
         (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(handed_in, indent=1))
-    summary = grade(lab, subs, scratch, workers=workers, progress=False, feedback=False, log=lambda msg: None)
+    cache = scratch / "grades" / ".state" / lab
+    if state_dir is not None and Path(state_dir).is_dir():  # a calibration of this lab made by an earlier call
+        cache.mkdir(parents=True, exist_ok=True)
+        for f in Path(state_dir).glob("_calibration*.json"):
+            shutil.copy(f, cache / f.name)
+    summary = grade(
+        lab, subs, scratch, workers=workers, progress=False, feedback=feedback_check is not None, log=lambda msg: None
+    )
+    if state_dir is not None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        for f in cache.glob("_calibration*.json"):
+            tmp = Path(state_dir) / f".{f.name}.{os.getpid()}.tmp"
+            shutil.copy(f, tmp)
+            os.replace(tmp, Path(state_dir) / f.name)
+    if feedback_check is not None and leaks is not None:
+        for student in students:
+            for page in sorted((scratch / "feedback" / student / lab).glob("*.html")):
+                leaks.setdefault(student, []).extend(feedback_check(student, page.read_text(errors="replace")))
     return {student: dict(summary["results"][student]["parts"]) for student in students}
 
 
