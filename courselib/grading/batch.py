@@ -148,7 +148,7 @@ def grade(
                 bar = tqdm(total=len(jobs), desc=f"grading {lab}", unit="nb", file=sys.stdout, ascii=True)
             try:
                 for job, res in scheduled:
-                    if res.get("parts") is None:  # a task that never returned (it killed its workers)
+                    if not res.get("parts"):  # a task that never returned (it killed its workers)
                         res["parts"] = {g: 0.0 for g, _ in grader.parts}
                         res["max_score"] = float(sum(p for _, p in grader.parts))
                     res["sandbox"] = "bubblewrap" if sandboxed else "none (--no-sandbox)"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .course import NOTEBOOK_SUFFIX, GradingError
-from .grader import AssignmentGrader, Job, Limits, hidden_paths
+from .grader import AssignmentGrader, GradeResult, Job, Limits, hidden_paths, new_result
 from .worker import prepare_grader, run_job
 
 __all__ = ["GradingContext", "make_context", "grade_task", "connect", "schedule"]
@@ -156,17 +156,11 @@ def connect(cluster: str):
         raise GradingError(f"no Dask scheduler at {cluster}: {exc}") from None
 
 
-def _crashed(grader_ctx: GradingContext, job: Job, note: str) -> dict:
-    return {
-        "student_id": job.student,
-        "lab": grader_ctx.lab,
-        "key": job.key,
-        "status": "crashed",
-        "notes": [note],
-        "parts": None,
-        "score": 0.0,
-        "files": {},
-    }
+def _crashed(grader_ctx: GradingContext, job: Job, note: str) -> GradeResult:
+    """The result of a task that never returned (the writer fills in the lab's parts at 0)."""
+    res = new_result(job.student, grader_ctx.lab, job.key, [], status="crashed", notes=[note])
+    res["files"] = {}
+    return res
 
 
 def _submission_files(found: Path | None) -> bytes | dict | None:

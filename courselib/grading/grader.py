@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from IPython.core.inputtransformer2 import TransformerManager
 
@@ -279,6 +280,58 @@ def restore_locked_cells(nb: dict, release_nb: dict) -> dict:
     out = json.loads(json.dumps(release_nb))
     out["cells"] = cells
     return out
+
+
+class GradeResult(TypedDict, total=False):
+    """What grading one submission produces: the one record every scheduler returns and the writer stores
+    (``grades/.state/<lab>/<student>.json``; :func:`new_result` makes one).
+
+    ``parts`` maps each part (:func:`~courselib.grading.course.lab_parts`' keys) to its score (0 while it waits
+    for a grade by hand); ``part_status`` to ``passed`` / ``partial`` / ``failed`` / ``timeout`` / ``pending``;
+    ``tiers`` to ``clean`` / ``sealed`` / ``manual``; ``pending`` lists the parts graded by hand that wait.
+    ``scratch`` (the scratch courses) and ``files`` (their files, packed by the worker) are not stored.
+    """
+
+    student_id: str
+    lab: str
+    key: str
+    status: str
+    notes: list
+    parts: dict
+    part_status: dict
+    tiers: dict
+    pending: list
+    score: float
+    max_score: float
+    seconds: float
+    timing: dict
+    proxy_calls: int
+    driver_maxrss_mb: float | None
+    notebooks: list
+    sandbox: str
+    worker: str
+    scratch: object
+    files: dict
+
+
+def new_result(student: str, lab: str, key: str, parts, *, status: str = "graded", notes=()) -> GradeResult:
+    """A :class:`GradeResult` with every part at 0 (``parts``: ``(key, points)`` pairs)."""
+    parts = list(parts)
+    return GradeResult(
+        student_id=student,
+        lab=lab,
+        key=key,
+        status=status,
+        notes=list(notes),
+        parts={g: 0.0 for g, _ in parts},
+        part_status={},
+        tiers={},
+        pending=[],
+        score=0.0,
+        max_score=float(sum(p for _, p in parts)),
+        seconds=0.0,
+        scratch=None,
+    )
 
 
 class Job:
@@ -610,15 +663,9 @@ class Grader:
             pass
 
     # ------------------------------------------------------------------ one submission
-    def grade_one(self, job: Job) -> dict:
+    def grade_one(self, job: Job) -> GradeResult:
         t0 = time.monotonic()
-        result = {
-            "student_id": job.student,
-            "lab": self.lab,
-            "key": job.key,
-            "notes": [],
-            "parts": {g: 0.0 for g, _ in self.parts},
-        }
+        result = new_result(job.student, self.lab, job.key, self.parts)
         if job.notebook is None:
             result.update(status="missing", notes=[f"no {self.lab}/{self.nbname}"])
             return self._finish(result, t0)
@@ -744,7 +791,7 @@ class AssignmentGrader:
         for gr in self.graders.values():
             gr.calibrate()
 
-    def grade_one(self, job: Job) -> dict:
+    def grade_one(self, job: Job) -> GradeResult:
         if self.single:
             return self.graders[self.lab].grade_one(job)
         t0 = time.monotonic()
@@ -753,17 +800,18 @@ class AssignmentGrader:
             path = job.notebook / gr.nbname if job.notebook is not None else None
             results[nb] = gr.grade_one(Job(job.idx, job.student, path if path and path.is_file() else None, job.key))
         present = [r for r in results.values() if r["status"] != "missing"]
-        out = {
-            "student_id": job.student,
-            "lab": self.lab,
-            "key": job.key,
-            "status": next((s for s in STATUSES if any(r["status"] == s for r in present)), "graded")
+        out = new_result(
+            job.student,
+            self.lab,
+            job.key,
+            self.parts,
+            status=next((s for s in STATUSES if any(r["status"] == s for r in present)), "graded")
             if present
             else "missing",
-            "notes": [f"{nb}: {n}" for nb, r in results.items() for n in r["notes"]],
-            "parts": {self.key(nb, g): v for nb, r in results.items() for g, v in r["parts"].items()},
-            "scratch": [r["scratch"] for r in results.values() if r.get("scratch")],
-        }
+            notes=[f"{nb}: {n}" for nb, r in results.items() for n in r["notes"]],
+        )
+        out["parts"] = {self.key(nb, g): v for nb, r in results.items() for g, v in r["parts"].items()}
+        out["scratch"] = [r["scratch"] for r in results.values() if r.get("scratch")]
         for field in ("part_status", "tiers"):
             out[field] = {self.key(nb, g): v for nb, r in results.items() for g, v in r.get(field, {}).items()}
         out["pending"] = [self.key(nb, g) for nb, r in results.items() for g in r.get("pending", [])]
@@ -773,6 +821,5 @@ class AssignmentGrader:
         out["proxy_calls"] = sum(r.get("proxy_calls", 0) for r in results.values())
         out["driver_maxrss_mb"] = max((r.get("driver_maxrss_mb") or 0 for r in results.values()), default=None)
         out["score"] = float(sum(out["parts"].values()))
-        out["max_score"] = float(sum(p for _, p in self.parts))
         out["seconds"] = round(time.monotonic() - t0, 2)
         return out

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from .grader import AssignmentGrader, Job
+from .grader import AssignmentGrader, Job, new_result
 
 
 def prepare_grader(grader: AssignmentGrader) -> AssignmentGrader:
@@ -46,19 +46,9 @@ def run_job(grader: AssignmentGrader, job: Job) -> dict:
     try:
         res = grader.grade_one(job)
     except Exception as exc:
-        zero = {g: 0.0 for g, _ in grader.parts}
-        res = {
-            "student_id": job.student,
-            "lab": grader.lab,
-            "key": job.key,
-            "status": "crashed",
-            "notes": [f"grader error: {exc!r}"[:300]],
-            "parts": zero,
-            "score": 0.0,
-            "max_score": float(sum(p for _, p in grader.parts)),
-            "seconds": round(time.monotonic() - t0, 2),
-            "scratch": None,
-        }
+        res = new_result(job.student, grader.lab, job.key, grader.parts, status="crashed")
+        res["notes"] = [f"grader error: {exc!r}"[:300]]
+        res["seconds"] = round(time.monotonic() - t0, 2)
     scratch = res.pop("scratch", None)
     scratches = [] if not scratch else [scratch] if isinstance(scratch, str) else list(scratch)
     res["files"] = {}
