@@ -7,12 +7,18 @@ nothing there imports this subpackage (``tests/test_architecture.py`` checks it)
   autograding, lab settings and hooks (``labs/course.toml``)
 - :mod:`~courselib.grading.intake` -- submissions in: folders or an LMS zip, notebook checks
 - :mod:`~courselib.grading.grader` -- grading one submission: scratch course, sandboxed kernel, tamper
-  check, clean room, feedback
-- :mod:`~courselib.grading.batch` -- ``courselib grade``: many submissions in parallel, resumable
+  check, each part's tier (clean room, sealed run, by hand), feedback; assignments of several notebooks
+- :mod:`~courselib.grading.batch` -- ``courselib grade`` and ``courselib tiers``: many submissions in
+  parallel, resumable
 - :mod:`~courselib.grading.gradebook` -- the single writer, state files, the grades CSV
-- :mod:`~courselib.grading.sandbox`, :mod:`~courselib.grading.cleanroom`,
-  :mod:`~courselib.grading.execute` -- isolation of student code, hidden tests re-run on plain data,
-  nbgrader's executor with an output limit
+- :mod:`~courselib.grading.sandbox` -- isolation of student code (bubblewrap, cgroups, a private disk)
+- :mod:`~courselib.grading.cleanroom` -- the trusted driver: every part judged by its hidden tests;
+  :mod:`~courselib.grading.kernel` its counterpart in the student's kernel, :mod:`~courselib.grading.wire`
+  what crosses between them (bounded, plain data), :mod:`~courselib.grading.execute` nbgrader's executor
+  with output limits, :mod:`~courselib.grading.feedback` what a student reads
+- :mod:`~courselib.grading.bans`, :mod:`~courselib.grading.testing` -- what a lab's tests use: stated bans
+  read from the submitted notebook, gradients and students' programs judged outside the clean room
+- :mod:`~courselib.grading.cells` -- notebook cells read as Python
 - :mod:`~courselib.grading.leaderboard` -- the compression challenge's leaderboard (a lab hook)
 - :mod:`~courselib.grading.quiz` -- the concept-check question bank and its autograder
 - :mod:`~courselib.grading.mutants` -- mutation testing of the labs (plausible wrong answers)

@@ -20,7 +20,7 @@ import ast
 import inspect
 import textwrap
 
-from IPython.core.inputtransformer2 import TransformerManager
+from .cells import parse_cell
 
 __all__ = ["names_used", "loops_used", "check_ban", "submission_code", "DYNAMIC"]
 
@@ -36,10 +36,8 @@ _LOOPS = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.Gener
 
 
 def _parse(source: str) -> list[ast.stmt]:
-    try:
-        return ast.parse(TransformerManager().transform_cell(source)).body
-    except SyntaxError:
-        return []
+    tree = parse_cell(source)
+    return tree.body if tree is not None else []
 
 
 def _bound(stmt: ast.stmt) -> set[str]:

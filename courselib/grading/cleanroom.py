@@ -55,6 +55,7 @@ from nbclient.util import run_sync
 from traitlets.config import Config
 
 from . import bans, testing, wire
+from .cells import parse_cell
 from .execute import LimitedExecute, bounded_zmq_context, watch_oversize
 from .feedback import FEEDBACK_MODES, coalesce_streams, failure_message, feedback_notebook, render_feedback
 
@@ -109,7 +110,6 @@ def limit_driver(cpu_seconds: int) -> None:
 
 def solution_names(sources: list[str]) -> list[str]:
     """Top-level names bound by the given (solution) cell sources, in order of first binding."""
-    tm = TransformerManager()
     names: list[str] = []
 
     def add(n):
@@ -117,11 +117,8 @@ def solution_names(sources: list[str]) -> list[str]:
             names.append(n)
 
     for src in sources:
-        try:
-            tree = ast.parse(tm.transform_cell(src))
-        except SyntaxError:
-            continue
-        for node in tree.body:
+        tree = parse_cell(src)
+        for node in tree.body if tree is not None else []:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):

@@ -45,12 +45,12 @@ import time
 import traceback
 from pathlib import Path
 
-from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_notebook
 
 import courselib
 
 from . import cleanroom
+from .cells import import_nodes
 
 __all__ = [
     "ForkServer",
@@ -103,18 +103,12 @@ def preload_statements(sources: list[str]) -> list[str]:
     Only ``import`` and ``from ... import`` statements, wherever they stand in a cell (a test that imports
     inside a function too); the cells themselves never run in the server.
     """
-    tm = TransformerManager()
     out: list[str] = []
-    for src in sources:
-        try:
-            tree = ast.parse(tm.transform_cell(src))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
-                stmt = ast.unparse(node)
-                if stmt not in out:
-                    out.append(stmt)
+    for node in import_nodes(sources):
+        if not getattr(node, "level", 0):
+            stmt = ast.unparse(node)
+            if stmt not in out:
+                out.append(stmt)
     return out
 
 

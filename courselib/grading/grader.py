@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from IPython.core.inputtransformer2 import TransformerManager
-
 import courselib
 
 from . import forkserver, sandbox
+from .cells import import_nodes, parse_cell
 from .cleanroom import driver_args
 from .course import (
     NOTEBOOK_SUFFIX,
@@ -192,9 +191,8 @@ def environment_changes(source: str, modules: set[str]) -> list[str]:
     change would stay on the clean room's side, so such a part is judged in the sealed tier. ``modules`` are
     the names bound by the notebook's imports (``np``, ``numpy``, ``linalg``...).
     """
-    try:
-        tree = ast.parse(TransformerManager().transform_cell(source))
-    except SyntaxError:
+    tree = parse_cell(source)
+    if tree is None:
         return []
     found = []
 
@@ -226,16 +224,7 @@ def environment_changes(source: str, modules: set[str]) -> list[str]:
 
 def imported_names(sources: list[str]) -> set[str]:
     """The names that ``import`` statements bind in the given cells (module aliases and imported names)."""
-    tm, names = TransformerManager(), set()
-    for src in sources:
-        try:
-            tree = ast.parse(tm.transform_cell(src))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return names
+    return {(a.asname or a.name).split(".")[0] for node in import_nodes(sources) for a in node.names}
 
 
 def restore_locked_cells(nb: dict, release_nb: dict) -> dict:
