@@ -19,10 +19,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-#: The clocks the timers (:func:`time_call`, :func:`measure_latency`) can read: CPU time of the calling
-#: thread, or wall-clock time.
+# (documented where it is re-exported)
 LATENCY_CLOCKS = ("thread", "wall")
-#: The summaries a timer can return of its timed calls (``statistic=``), the median, the minimum, or all of them.
+# (documented where it is re-exported)
 LATENCY_STATISTICS = ("median", "min", "all")
 
 
@@ -233,11 +232,7 @@ def compare_speed(reference_s: float, other_s: float, *, tolerance: float = 0.05
 # the machine a time holds for
 # --------------------------------------------------------------------------------------------------
 
-#: The instruction-set features that decide the speed of the book's kernels, as Linux names them in
-#: ``/proc/cpuinfo``: on x86, 256-bit SIMD with fused multiply-add (``avx2``, ``fma``), 512-bit SIMD
-#: (``avx512f``), 8-bit dot products (``avx512_vnni``, ``avx_vnni``: one instruction multiplies unsigned by
-#: signed bytes and adds four products into 32 bits) and AMX tiles (``amx_int8``); on ARM, the 8-bit dot
-#: product (``asimddp``) and 8-bit matrix multiply (``i8mm``).
+# (documented where it is re-exported)
 CPU_FEATURES = {
     "x86_64": ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"),
     "aarch64": ("asimd", "asimddp", "i8mm", "sve"),

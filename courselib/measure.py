@@ -42,10 +42,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import _timing
 from ._timing import (
-    CPU_FEATURES,
-    LATENCY_CLOCKS,
-    LATENCY_STATISTICS,
     Machine,
     _check_timing_args,
     _clock,
@@ -78,6 +76,18 @@ __all__ = [
     "CPU_FEATURES",
     "compare_speed",
 ]
+
+#: The clocks the timers (:func:`time_call`, :func:`measure_latency`) can read: CPU time of the calling
+#: thread, or wall-clock time.
+LATENCY_CLOCKS = _timing.LATENCY_CLOCKS
+#: The summaries a timer can return of its timed calls (``statistic=``), the median, the minimum, or all of them.
+LATENCY_STATISTICS = _timing.LATENCY_STATISTICS
+#: The instruction-set features that decide the speed of the book's kernels, as Linux names them in
+#: ``/proc/cpuinfo``: on x86, 256-bit SIMD with fused multiply-add (``avx2``, ``fma``), 512-bit SIMD
+#: (``avx512f``), 8-bit dot products (``avx512_vnni``, ``avx_vnni``: one instruction multiplies unsigned by
+#: signed bytes and adds four products into 32 bits) and AMX tiles (``amx_int8``); on ARM, the 8-bit dot
+#: product (``asimddp``) and 8-bit matrix multiply (``i8mm``).
+CPU_FEATURES = _timing.CPU_FEATURES
 
 
 # --------------------------------------------------------------------------------------------------

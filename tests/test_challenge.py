@@ -16,6 +16,7 @@ import torch
 
 from courselib import challenge as C
 from courselib import deploy
+from courselib._challenge_format import MAX_JSON_BYTES
 from courselib.binaryconnect import make_binary_cnn
 from courselib.data import load_dataset
 from courselib.distillation import SeparableCNN
@@ -392,7 +393,7 @@ def test_huge_declared_sizes_are_refused(tmp_path):
     ).encode()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     _refused(folder, "too-large", "declared shape")
-    (folder / "model.json").write_text(" " * (C.MAX_JSON_BYTES + 1))
+    (folder / "model.json").write_text(" " * (MAX_JSON_BYTES + 1))
     _refused(folder, "too-large", "limit")
 
 

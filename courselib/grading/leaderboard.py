@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from .. import deploy
+from .._challenge_format import JSON_NAME, WEIGHTS_NAME
 from ..challenge import (
     FORMAT,
-    JSON_NAME,
     LATENCY_BATCH,
     MARGIN,
-    WEIGHTS_NAME,
     ChallengeError,
     calibration_data,
     load_submission,
