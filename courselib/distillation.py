@@ -11,10 +11,9 @@ Two kinds of knowledge are transferred (chapter "Knowledge distillation"):
   is pulled towards the teacher's activation, ``||f(a_t) - g(a_s)||^2`` (equation
   ``distillation-feature-loss``).
 
-The module also holds the course's efficient student architecture (:class:`SeparableCNN`,
-depthwise-separable convolutions as in MobileNets, :cite:`howard2017mobilenets`), an
-:class:`Ensemble` of teachers and :func:`distill`, a training loop built on
-:func:`courselib.training.fit` through its ``compute_loss`` hook.
+The module also holds an :class:`Ensemble` of teachers and :func:`distill`, a training loop built on
+:func:`courselib.training.fit` through its ``compute_loss`` hook. The course's efficient student,
+:class:`courselib.models.SeparableCNN`, lives with the other models (and is importable from here).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import SeparableCNN  # noqa: F401 - importable from here too; documented in courselib.models
 from .training import fit
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "feature_matching_loss",
     "HintRegressor",
     "Ensemble",
-    "SeparableCNN",
     "FeatureRecorder",
     "distill",
     "explore_soft_targets",
@@ -340,76 +339,6 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.softmax(m(x), dim=-1) for m in self.members]).mean(dim=0)
-
-
-# ----------------------------------------------------------------------------- student
-class SeparableCNN(nn.Module):
-    """A small efficient student: a 3x3 stem then depthwise-separable blocks (MobileNets, Howard et al. 2017).
-
-    A depthwise-separable convolution replaces a ``k x k`` convolution from ``C_in`` to ``C_out``
-    channels (``k^2 C_in C_out`` weights per position) by a depthwise ``k x k`` convolution (one filter
-    per channel, ``k^2 C_in``) and a pointwise 1x1 convolution (``C_in C_out``).
-
-    Layout: ``stem`` (3x3 conv, ``channels[0]``) - bn - relu - maxpool2, then for each further width a
-    block ``blockI`` = depthwise 3x3 - bn - relu - pointwise 1x1 - bn - relu - maxpool2, then average
-    pooling ``pool`` to a ``pool_size x pool_size`` grid (``1``: global average pooling, as in MobileNets)
-    and the classifier ``fc`` on the flattened grid. Accepts ``(n, H, W)`` or ``(n, C, H, W)``.
-
-    Parameters
-    ----------
-    in_channels : int, default 1
-    channels : tuple of int, default (8, 16)
-        Widths of the stem and of each separable block.
-    n_classes : int, default 10
-    pool_size : int, default 1
-        Side of the pooled grid fed to the classifier (``fc`` has ``channels[-1] * pool_size**2`` inputs).
-        ``2`` keeps where on the image the last features fire, which helps small students on tiny
-        images (and gives a FitNets hint on the last feature map something to pass on).
-    """
-
-    def __init__(
-        self, in_channels: int = 1, channels: Sequence[int] = (8, 16), n_classes: int = 10, pool_size: int = 1
-    ):
-        super().__init__()
-        channels = tuple(int(c) for c in channels)
-        if len(channels) < 1 or min(channels) < 1 or in_channels < 1 or n_classes < 2 or pool_size < 1:
-            raise ValueError(
-                f"need in_channels >= 1, channels of positive ints, n_classes >= 2 and "
-                f"pool_size >= 1; got {in_channels}, {channels}, {n_classes}, {pool_size}"
-            )
-        self.in_channels = in_channels
-        self.channels = channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels[0]),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        blocks = []
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),  # depthwise
-                    nn.BatchNorm2d(c_in),
-                    nn.ReLU(),
-                    nn.Conv2d(c_in, c_out, 1, bias=False),  # pointwise
-                    nn.BatchNorm2d(c_out),
-                    nn.ReLU(),
-                    nn.MaxPool2d(2),
-                )
-            )
-        self.blocks = nn.Sequential(*blocks)
-        self.pool_size = int(pool_size)
-        self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
-        self.fc = nn.Linear(channels[-1] * self.pool_size**2, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            x = x.unsqueeze(1)
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (n, H, W) or (n, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        x = self.blocks(self.stem(x))
-        return self.fc(self.pool(x).flatten(1))
 
 
 # ----------------------------------------------------------------------------- training
