@@ -81,6 +81,7 @@ def main(quick: bool = False) -> None:
     print_table(
         "ITQ fit time (PCA + 50 iterations; 1 BLAS thread)", ["bits", "training samples", "seconds (median)"], rows
     )
+    print("\n" + machine_line(num_threads=1, libraries=("numpy", "scipy")))
 
     rows = []
     try:
