@@ -191,6 +191,30 @@ def test_tampering_detection(tmp_path):
     edited["cells"] = kept
     assert g.tampering(edited) == ["q2_test (edited)", "q3_test (deleted)"]
 
+    # The release is what students hold: a source whose visible part changed after it was generated must not
+    # be graded (visible tests of one version, hidden tests of another); hidden lines may change freely.
+    src_path = course / "source" / LAB / f"{LAB}.ipynb"
+    for cell in source["cells"]:
+        if cell["metadata"].get("nbgrader", {}).get("grade_id") == "q2_test":
+            text = "".join(cell["source"])
+            hidden_at = text.index("### BEGIN HIDDEN TESTS")
+            cell["source"] = (
+                text[:hidden_at]
+                + "### BEGIN HIDDEN TESTS\nassert True  # a new hidden check\n"
+                + text[hidden_at + len("### BEGIN HIDDEN TESTS\n") :]
+            )
+    src_path.write_text(json.dumps(source))
+    assert grader.stale_release_cells(source, release) == []
+    grader.Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
+    for cell in source["cells"]:
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        if gid in ("q2_test", "q3_test"):
+            cell["source"] = "assert 1 == 1  # a new visible test\n" + "".join(cell["source"])
+    src_path.write_text(json.dumps(source))
+    assert grader.stale_release_cells(source, release) == ["q2_test", "q3_test"]
+    with pytest.raises(grading.GradingError, match=f"courselib release {LAB}"):
+        grader.Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
+
 
 # The sandbox itself (allow-list root, namespaces, limits) is tested in tests/test_sandbox.py.
 

@@ -39,6 +39,7 @@ from .cleanroom import driver_args
 from .course import (
     NOTEBOOK_SUFFIX,
     GradingError,
+    _split_hidden,
     lab_notebooks,
     lab_settings,
     nbgrader_env,
@@ -153,6 +154,34 @@ def _run(cmd: list[str], *, cwd, env, timeout: float) -> tuple[int | None, str]:
 
 def _source(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def stale_release_cells(nb: dict, release_nb: dict) -> list[str]:
+    """The ``grade_id`` of every source cell the release does not hold as nbgrader would write it now.
+
+    The grader runs the visible tests and locked cells of the *release* (what the students have) and the
+    hidden tests of the *source*. If the source's visible part was edited after the release was generated,
+    the two disagree and a grade would mix two versions of the lab: a test cell whose visible lines
+    (the source without its hidden-test regions) differ from the release's, a locked cell whose text differs,
+    or a graded cell missing from the release. Hidden-test lines may change freely (that is how an instructor
+    fixes a hidden test mid-term). Solution cells are not compared (the release holds their stubs).
+    """
+    released = {}
+    for cell in release_nb.get("cells", []):
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid:
+            released[gid] = _source(cell)
+    stale = []
+    for cell in nb["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        gid = meta.get("grade_id")
+        if not gid or (meta.get("solution") and not meta.get("locked")):
+            continue
+        if gid not in released:
+            stale.append(gid)
+        elif not meta.get("solution") and _split_hidden(_source(cell))[0] != released[gid]:
+            stale.append(gid)
+    return stale
 
 
 def _notebook_cells(nb: dict, release_nb: dict | None = None) -> list[dict]:
@@ -342,6 +371,14 @@ class Grader:
         self.nbname = f"{self.notebook}{NOTEBOOK_SUFFIX}"
         self.source_nb = json.loads((course / "source" / lab / self.nbname).read_text())
         self.release_nb = json.loads((course / "release" / lab / self.nbname).read_text())
+        stale = stale_release_cells(self.source_nb, self.release_nb)
+        if stale:
+            raise GradingError(
+                f"{course / 'release' / lab / self.nbname} is older than its source: cells {', '.join(stale)} "
+                "changed (or appeared) in source/ after the release was generated, so a grade would mix the "
+                f"students' version with the new one. Run `courselib release {lab}` (nbgrader generate_assignment) "
+                "and hand out the new version, or undo the change to the visible part (hidden tests may change)."
+            )
         self.cells = _notebook_cells(self.source_nb, self.release_nb)
         self.preload = forkserver.preload_statements([c["source"] for c in self.cells if c["kind"] != "solution"])
         parts = notebook_parts(self.source_nb)
