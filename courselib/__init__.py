@@ -21,6 +21,7 @@ its lab (read them beside the book; the API reference renders their docstrings):
 - :mod:`courselib.quantization` -- uniform k-bit quantization, int8, the XNOR-Net scale
 - :mod:`courselib.compare`, :mod:`courselib.challenge` -- the trade-off study and the compression challenge
 - :mod:`courselib.utils`, :mod:`courselib.widgets` -- seeds, progress bars, timing; interactive explorers
+- :mod:`courselib.labcheck` -- the labs' own check: which parts pass their visible tests, the file to hand in
 - ``courselib._bits`` -- private: the bit-level kernels (popcount, XNOR), their NumPy fallbacks and the
   validator of packed codes
 - ``courselib._validation`` -- private: the declarative checks of arguments the content modules share

@@ -11,6 +11,10 @@ What is checked (issue 9), page by page in `_build/html`:
 - every image has loaded and carries alt text that describes it (not a file name);
 - the search page finds a term; chapter pages carry launch buttons (Binder, Colab); every lab in
   `labs/source` is offered for download as its student release;
+- every link to a notebook (`a[href$=".ipynb"]`) on this site carries the `download` attribute and the copy
+  tools/student_book.py writes for a book read from disk (links to `.ipynb` elsewhere are only the Colab and
+  Binder launch buttons); clicking a lab's `.ipynb` on the Labs page and a chapter's *.ipynb* download button,
+  from `file://`, saves the notebook and does not open its JSON;
 - every internal link and #anchor resolves (a static check on the HTML files);
 - a full-page screenshot of every page is written to `_build/screenshots/<page>.png` for review, and
   `_build/screenshots/report.txt` says how many pages were checked (`make test` prints it).
@@ -246,6 +250,9 @@ return {
       .filter(e => !e.textContent.trim() && !e.querySelector("img, svg, canvas")).length,
   launch: [...document.querySelectorAll(".dropdown-launch-buttons a")].map(a => a.href),
   downloads: [...document.querySelectorAll("a.download, a[download]")].map(a => a.getAttribute("href")),
+  notebookLinks: [...document.querySelectorAll('a[href$=".ipynb"]')].map(a => ({
+      href: a.getAttribute("href"), download: a.getAttribute("download"),
+      offline: a.getAttribute("data-offline-notebook")})),
   height: Math.max(document.body.scrollHeight, document.documentElement.scrollHeight),
 };
 """
@@ -257,6 +264,8 @@ RAW_MARKUP = [
     (re.compile(r"\\(frac|begin\{|end\{|mathbf|sum_|operatorname|left\(|right\))"), "raw TeX command"),
     (re.compile(r"^\s*:::?\s*\{", re.M), "unrendered directive"),
 ]
+
+LAUNCH_HOSTS = {"mybinder.org", "colab.research.google.com"}
 
 FILE_NAME_ALT = re.compile(r"(^|/)[\w.\-]+\.(png|jpe?g|svg|gif|webp)$", re.I)
 
@@ -282,7 +291,7 @@ def test_every_page_in_a_real_browser(html_root, browser):
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     problems: list[str] = []
-    stats = {"pages": 0, "formulas": 0, "images": 0, "chapters_with_launch_buttons": 0}
+    stats = {"pages": 0, "formulas": 0, "images": 0, "chapters_with_launch_buttons": 0, "notebook_links": 0}
     offered: dict[str, Path] = {}
 
     for page in pages:
@@ -342,6 +351,18 @@ def test_every_page_in_a_real_browser(html_root, browser):
         for href in state["downloads"]:
             if href and href.endswith(".ipynb"):
                 offered[Path(unquote(href)).stem] = (page.parent / unquote(href)).resolve()
+        # every notebook link downloads: from a server (`download`) and from disk (the copy beside it)
+        for link in state["notebookLinks"]:
+            href = link["href"]
+            if EXTERNAL.match(href) or href.startswith(("http:", "https:")):
+                if urlsplit(href).netloc not in LAUNCH_HOSTS:
+                    bad(f"{name}: a link to a notebook elsewhere that is no launch button: {href}")
+                continue
+            stats["notebook_links"] += 1
+            if link["download"] is None:
+                bad(f"{name}: the notebook link {href} has no download attribute (it would open as JSON)")
+            elif not link["offline"] or not (page.parent / unquote(link["offline"])).is_file():
+                bad(f"{name}: the notebook link {href} has no copy for a book read from disk ({link['offline']})")
         # screenshot of the whole page
         browser.set_window_size(1280, min(int(state["height"]) + 20, 16000))
         time.sleep(0.2)
@@ -363,7 +384,8 @@ def test_every_page_in_a_real_browser(html_root, browser):
         f"browser test: {stats['pages']} pages checked in headless Chromium (offline); "
         f"{stats['formulas']} formulas typeset, {stats['images']} images, "
         f"{stats['chapters_with_launch_buttons']} chapters with launch buttons, "
-        f"{len(offered)}/{len(labs)} labs offered for download; {len(problems)} problems; "
+        f"{sum(lab in offered for lab in labs)}/{len(labs)} labs offered for download, "
+        f"{stats['notebook_links']} notebook links that download; {len(problems)} problems; "
         f"screenshots in {shots.relative_to(REPO) if shots.is_relative_to(REPO) else shots}/"
     )
     (shots / "report.txt").write_text(report + "\n" + "\n".join(problems) + ("\n" if problems else ""))
@@ -392,3 +414,50 @@ def test_search_page_finds_a_term(html_root, browser):
     shots = html_root.parent / "screenshots"
     shots.mkdir(exist_ok=True)
     browser.save_screenshot(str(shots / "search_results.png"))
+
+
+SAVE_ON_CLICK = """
+const done = arguments[arguments.length - 1];
+const link = document.querySelector(arguments[0]);
+if (!link) { done("no link " + arguments[0]); return; }
+link.click();  // the dropdown's items are hidden until it opens: a click event is what a reader's click sends
+setTimeout(() => done("clicked"), 500);
+"""
+
+
+def test_notebook_links_download_from_a_book_read_from_disk(html_root, browser, tmp_path):
+    """A lab's `.ipynb` on the Labs page and a chapter's *.ipynb* download button, clicked in a page opened from
+    file://: the browser saves the notebook (the very file the link names) and stays on the page."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    labs_page = html_root / "book" / "labs.html"
+    chapter = next(p for p in sorted((html_root / "book").glob("*.html")) if is_chapter(source_of(html_root, p)))
+    lab = sorted(p.name for p in (REPO / "labs" / "source").iterdir() if p.is_dir())[0]
+    cases = [
+        (labs_page, f'a[href$="/{lab}.ipynb"]', f"{lab}.ipynb"),
+        (chapter, "a.btn-download-notebook-button", f"{chapter.stem}.ipynb"),
+    ]
+    saved = []
+    try:
+        for page, selector, name in cases:
+            browser.get(page.as_uri())
+            href = browser.execute_script("return document.querySelector(arguments[0]).getAttribute('href')", selector)
+            assert browser.execute_async_script(SAVE_ON_CLICK, selector) == "clicked"
+            deadline = time.time() + 30
+            while time.time() < deadline and not (downloads / name).exists():
+                time.sleep(0.2)
+            assert (downloads / name).exists(), (
+                f"{page.name}: clicking {href} saved nothing ({list(downloads.iterdir())})"
+            )
+            assert browser.current_url == page.as_uri(), f"{page.name}: the click opened {browser.current_url}"
+            assert (downloads / name).read_bytes() == (page.parent / unquote(href)).read_bytes()
+            nb = json.loads((downloads / name).read_text())
+            assert nb["cells"] and "nbformat" in nb
+            saved.append(f"{page.name}: {name}")
+        assert not severe_console_messages(browser)
+    finally:
+        browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "default"})
+    chapter_nb = json.loads((downloads / f"{chapter.stem}.ipynb").read_text())
+    assert "import courselib" in "".join("".join(c["source"]) for c in chapter_nb["cells"])  # the generated notebook
+    print("notebook downloads from disk: " + "; ".join(saved))

@@ -519,3 +519,40 @@ def test_glue_values_come_from_the_executed_chapter(tmp_path):
     assert myst_notebook.convert_markdown("accuracy {glue:text}`acc:.1%`, {glue:text}`missing`", r) == (
         "accuracy 98.8%, `missing`"
     )
+
+
+def test_notebook_links_become_downloads_with_a_copy_for_file_urls(tmp_path):
+    """tools/student_book.notebook_downloads on a hand-made site: local notebook links get `download` and a copy
+    beside the notebook (read by the page's script when the book is opened from disk); launch links, other
+    links and links to missing files are left alone; a second pass changes nothing."""
+    site = tmp_path / "html"
+    (site / "_downloads" / "abc").mkdir(parents=True)
+    (site / "book").mkdir()
+    nb_text = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5, "x": "</script> é"})
+    (site / "_downloads" / "abc" / "lab 0.ipynb").write_text(nb_text)
+    page = site / "book" / "labs.html"
+    page.write_text(
+        "<html><body>"
+        '<a class="reference download internal" download="" href="../_downloads/abc/lab%200.ipynb">lab</a> '
+        '<a href="https://colab.research.google.com/github/o/r/blob/notebooks/book/itq.ipynb" target="_blank">C</a> '
+        '<a href="../_downloads/abc/gone.ipynb">gone</a> <a href="itq.html">chapter</a>'
+        "</body></html>"
+    )
+    plain = site / "book" / "plain.html"
+    plain.write_text('<html><body><a href="itq.html">x</a></body></html>')
+    assert student_book.notebook_downloads(site) == 1
+    html = page.read_text()
+    assert (
+        '<a class="reference download internal" href="../_downloads/abc/lab%200.ipynb" download="lab 0.ipynb" '
+        'data-offline-notebook="../_downloads/abc/lab%200.ipynb.js">' in html
+    )
+    assert (
+        '<a href="https://colab.research.google.com/github/o/r/blob/notebooks/book/itq.ipynb" target="_blank">' in html
+    )
+    assert '<a href="../_downloads/abc/gone.ipynb">' in html
+    assert html.count(f'id="{student_book.SCRIPT_ID}"') == 1 and html.index("<script") > html.index("</a>")
+    assert student_book.SCRIPT_ID not in plain.read_text()
+    sidecar = (site / "_downloads" / "abc" / "lab 0.ipynb.js").read_text()
+    prefix = '(window.courselibNotebooks = window.courselibNotebooks || {})["lab 0.ipynb.js"] = '
+    assert sidecar.startswith(prefix) and json.loads(sidecar[len(prefix) :].rstrip().rstrip(";")) == nb_text
+    assert student_book.notebook_downloads(site) == 1 and page.read_text() == html  # idempotent

@@ -49,6 +49,9 @@ from nbclient import NotebookClient
 nb = nbformat.read(sys.argv[1], as_version=4)
 t0 = time.perf_counter()
 NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": "."}}).execute()
+for cell in nb.cells:  # the lab's summary (courselib.labcheck), as the student's Run All shows it
+    if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "labcheck":
+        print("".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout"))
 import courselib
 print(f"ran {sys.argv[1]} in {time.perf_counter() - t0:.1f} s with courselib {courselib.__version__} from {courselib.__file__}")
 """
@@ -183,3 +186,7 @@ def test_lab_solution_runs_in_the_fresh_venv(fresh_venv, lab, tmp_path):
     assert str(work) not in proc.stdout.split(" from ")[-1]
     nb = json.loads((work / f"{lab}.ipynb").read_text())
     assert nb["cells"], lab
+    n = len(lab_setup.parts(nb))
+    if any(c["metadata"].get("nbgrader", {}).get("grade_id") == "labcheck" for c in nb["cells"]):
+        # the summary recognises every visible test cell (fingerprints as released) and sees them all pass
+        assert f"the visible tests pass in {n} of {n} graded parts" in proc.stdout, proc.stdout[-3000:]

@@ -209,7 +209,8 @@ def assemble(out: Path = STUDENT, site: Path = BUILD / "html") -> Path:
     shutil.copytree(site, out / "html", ignore=shutil.ignore_patterns(".buildinfo", ".doctrees"))
     notebooks = site / "_notebooks"
     if notebooks.exists():
-        shutil.copytree(notebooks, out / "notebooks")
+        # the notebooks branch: the chapters' notebooks, not the copies the pages read from disk (student_book.py)
+        shutil.copytree(notebooks, out / "notebooks", ignore=shutil.ignore_patterns("*.ipynb.js"))
     release = REPO / "labs" / "release"
     if release.exists():
         shutil.copytree(release, out / "labs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))

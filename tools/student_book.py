@@ -9,8 +9,13 @@
   would point them at the `.md` source, which Colab cannot open and Binder shows as text).
 - courselib's wheel and sdist (tools/build_dist.py) are copied to `_static/dist/` with an index page.
 - Each lab's student release (labs/release/<lab>/) is zipped into `_build/lab_archives/` before the pages
-  are read, so that the Labs page can offer archives: a browser downloads a `.zip` even from a book read
-  from disk, where it would open an `.ipynb` link as raw JSON.
+  are read, so that the Labs page can offer archives.
+- Every link to a notebook (`.ipynb`) in the built pages downloads it instead of showing its JSON
+  (:func:`notebook_downloads`): each gets the `download` attribute, which browsers honour for a book served
+  over http(s), and a copy of the notebook in a small script beside it, which a few lines of JavaScript in
+  the page turn into the download when the book is read from disk (`file://`), where browsers ignore the
+  `download` attribute and would open the file as JSON. A chapter's *Download .ipynb* button offers the
+  chapter's generated notebook (the one Colab and Binder open), not the executed MyST source.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import latexcodec  # noqa: F401  (registers the 'ulatex' codec used for BibTeX text)
 
@@ -76,12 +81,16 @@ def retarget_launch_buttons(app, pagename, templatename, context, doctree):
         launch.get("colab_url", ""),
     )
 
+    notebook = context["pathto"](f"{NOTEBOOKS}/{pagename}.ipynb", 1)
+
     def walk(buttons):
         for b in buttons:
             if b.get("type") == "group":
                 walk(b.get("buttons", []))
             elif b.get("text") in urls:
                 b["url"] = urls[b["text"]]
+            elif b.get("label") == "download-notebook-button":  # the theme's: the executed MyST source
+                b["url"] = notebook
 
     walk(context.get("header_buttons", []))
 
@@ -314,6 +323,85 @@ def write_notebooks(app) -> list[Path]:
     return written
 
 
+# ------------------------------------------------------------------------------------ notebook downloads
+
+NOTEBOOK_LINK = re.compile(r"<a\b[^>]*>", re.S)
+ATTRIBUTE = re.compile(r"""([^\s=>]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+OFFLINE_ATTR = "data-offline-notebook"
+SCRIPT_ID = "notebook-downloads"
+# A book read from disk: browsers ignore `download` on file:// links and show the notebook's JSON. A click
+# on a notebook link then loads the notebook's copy (a script beside it: scripts load from file:// where
+# fetch() is refused) and saves it through a blob: URL, which browsers do download.
+DOWNLOAD_SCRIPT = (
+    f'<script id="{SCRIPT_ID}">\n'
+    "document.addEventListener('click', function (event) {\n"
+    f"  var link = event.target.closest ? event.target.closest('a[{OFFLINE_ATTR}]') : null;\n"
+    "  if (!link || window.location.protocol !== 'file:') { return; }\n"
+    "  event.preventDefault();\n"
+    f"  var src = link.getAttribute('{OFFLINE_ATTR}');\n"
+    "  var script = document.createElement('script');\n"
+    "  script.onload = function () {\n"
+    "    var text = (window.courselibNotebooks || {})[decodeURIComponent(src.split('/').pop())];\n"
+    "    var url = URL.createObjectURL(new Blob([text], {type: 'application/x-ipynb+json'}));\n"
+    "    var save = document.createElement('a');\n"
+    "    save.href = url;\n"
+    "    save.download = link.getAttribute('download');\n"
+    "    document.body.appendChild(save);\n"
+    "    save.click();\n"
+    "    save.remove();\n"
+    "    setTimeout(function () { URL.revokeObjectURL(url); }, 60000);\n"
+    "  };\n"
+    "  script.src = src;\n"
+    "  document.head.appendChild(script);\n"
+    "});\n"
+    "</script>\n"
+)
+
+
+def _is_local(href: str) -> bool:
+    return not re.match(r"^([a-z][a-z0-9+.-]*:|//)", href, re.I)
+
+
+def _download_link(tag: str, page: Path, sidecars: dict[Path, str]) -> str:
+    """`tag` (an `<a ...>` of `page`) as a download, if it links to a notebook file of the built site."""
+    attrs = [(n, v) for n, v in ATTRIBUTE.findall(tag[2:-1]) if n != "/"]
+    href = next((v.strip("\"'") for n, v in attrs if n.lower() == "href"), "").split("#")[0].split("?")[0]
+    if not href.endswith(".ipynb") or not _is_local(href):
+        return tag
+    target = (page.parent / unquote(html.unescape(href))).resolve()
+    if not target.is_file():
+        return tag
+    sidecars[target.with_name(target.name + ".js")] = target.read_text(encoding="utf-8")
+    kept = [n if not v else f"{n}={v}" for n, v in attrs if n.lower() not in ("download", OFFLINE_ATTR)]
+    added = [f'download="{html.escape(target.name)}"', f'{OFFLINE_ATTR}="{href}.js"']
+    return "<a " + " ".join(kept + added) + ">"
+
+
+def notebook_downloads(outdir: Path) -> int:
+    """Make every local `.ipynb` link of the built pages a download (see the module's docstring): the `download`
+    attribute with the file's name, a copy `<notebook>.js` beside the notebook, and the page's click handler.
+    Idempotent (Sphinx rewrites only changed pages); returns how many notebook links the pages hold."""
+    sidecars: dict[Path, str] = {}
+    links = 0
+    for page in sorted(outdir.rglob("*.html")):
+        rel = page.relative_to(outdir).parts
+        if rel[0] in ("_static", "_sources", "_images") or any(part.startswith(".") for part in rel):
+            continue
+        old = page.read_text(encoding="utf-8")
+        text = NOTEBOOK_LINK.sub(lambda m, page=page: _download_link(m.group(0), page, sidecars), old)
+        links += text.count(f"{OFFLINE_ATTR}=")
+        if f"{OFFLINE_ATTR}=" in text and f'id="{SCRIPT_ID}"' not in text:
+            text = text.replace("</body>", DOWNLOAD_SCRIPT + "</body>", 1)
+        if text != old:
+            page.write_text(text, encoding="utf-8")
+    for path, notebook in sidecars.items():
+        key = json.dumps(path.name)
+        body = f"(window.courselibNotebooks = window.courselibNotebooks || {{}})[{key}] = {json.dumps(notebook)};\n"
+        if not path.exists() or path.read_text(encoding="utf-8") != body:
+            path.write_text(body, encoding="utf-8")
+    return links
+
+
 # ------------------------------------------------------------------------------------------ the wheel
 
 
@@ -342,6 +430,7 @@ def finished(app, exception) -> None:
         return
     write_notebooks(app)
     write_dist(app)
+    notebook_downloads(Path(app.outdir))
 
 
 def setup(app):

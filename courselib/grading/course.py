@@ -130,10 +130,35 @@ def scratch_course(lab: str, dest, course_dir=None, *, settings: str = "", relea
     return course
 
 
+RUN_ALL_TAG = "raises-exception"
+"""The cell tag with which JupyterLab's (and Jupyter Notebook's) *Run All* carries on past a cell that raises
+(the kernel is asked not to abort the cells queued after it); nbclient, nbconvert and nbval read it too."""
+
+
+def tag_run_all(nb: dict) -> dict:
+    """Tag, in a student version, every code cell from the first answer or graded test on with
+    :data:`RUN_ALL_TAG`, so that *Kernel > Restart Kernel and Run All Cells* runs the whole lab, as the grader
+    does, and reaches its last cell (the summary of :mod:`courselib.labcheck`) however many parts fail. The
+    cells before the first part (the setup, the lab's helpers) stay untagged: if one of them fails, the run
+    stops there, since nothing after it can work. Grading never reads the tag (every grader runs every cell
+    anyway) and nbgrader's checksums do not cover it."""
+    started = False
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        started = started or bool(meta.get("solution") or meta.get("grade"))
+        if started and cell.get("cell_type") == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if RUN_ALL_TAG not in tags:
+                tags.append(RUN_ALL_TAG)
+    return nb
+
+
 def release(lab: str, course_dir: str | os.PathLike | None = None, *, db: str | None = None) -> Path:
     """Generate the student version of ``lab``; return the folder ``release/<lab>``.
 
-    ``db`` is a gradebook URL other than the course config's (nbgrader's ``--db``).
+    nbgrader writes it (solutions replaced by the code stub, hidden tests removed); then every notebook's
+    cells from the first part on are tagged so that *Run All* carries on past a failing part
+    (:func:`tag_run_all`). ``db`` is a gradebook URL other than the course config's (nbgrader's ``--db``).
     """
     course = find_course_dir(course_dir)
     check_lab(lab, course)
@@ -142,6 +167,12 @@ def release(lab: str, course_dir: str | os.PathLike | None = None, *, db: str | 
     missing = [nb for nb in lab_notebooks(lab, course) if not (out / f"{nb}{NOTEBOOK_SUFFIX}").exists()]
     if missing:
         raise GradingError(f"nbgrader did not write {', '.join(str(out / (nb + NOTEBOOK_SUFFIX)) for nb in missing)}")
+    for name in lab_notebooks(lab, course):
+        path = out / f"{name}{NOTEBOOK_SUFFIX}"
+        text = path.read_text(encoding="utf-8")
+        tagged = json.dumps(tag_run_all(json.loads(text)), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+        if tagged != text:
+            path.write_text(tagged, encoding="utf-8")
     return out
 
 
