@@ -17,6 +17,9 @@ Implements the chapter ``book/putting_together.md`` and ``benchmarks/bench_compa
   int8, Jacob et al. 2018; its float part is :func:`prune_student`) and :func:`trade_off_study`, which
   runs them all with the settings :data:`STUDY`.
 
+The same models in ExecuTorch and ONNX Runtime (chapter *Deploying to a device*): :func:`courselib.deploy.study_models`
+and :func:`courselib.deploy.runtime_study`, in the module of the ``deploy`` extra, which this one does not need.
+
 Every recipe takes a ``seed`` and leaves the caller's random stream alone (:func:`courselib.utils.seeded`).
 """
 
@@ -385,7 +388,7 @@ def distill_student(
     alpha: float = 0.9,
     seed: int = 0,
 ) -> nn.Module:
-    """Distil ``teacher`` into a :class:`courselib.distillation.SeparableCNN` (Hinton et al. 2015 soft targets)."""
+    """Distil ``teacher`` into a :class:`courselib.models.SeparableCNN` (Hinton et al. 2015 soft targets)."""
     with seeded(seed):
         student = SeparableCNN(channels=tuple(channels))
     distill(
@@ -424,7 +427,7 @@ def prune_student(
     Parameters
     ----------
     student : nn.Module
-        A distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`); not modified.
+        A distilled :class:`~courselib.models.SeparableCNN` (:func:`distill_student`); not modified.
     teacher : nn.Module
     train : (X, y)
     amount : float, default 0.5
@@ -463,7 +466,7 @@ def combined_pipeline(
 ) -> nn.Module:
     """Distil, then prune, then quantize: the book's three steps in a row, on a copy of ``student``.
 
-    1. ``student`` is a distilled :class:`~courselib.distillation.SeparableCNN` (:func:`distill_student`);
+    1. ``student`` is a distilled :class:`~courselib.models.SeparableCNN` (:func:`distill_student`);
     2. :func:`prune_student`: the ``amount`` smallest-L1 filters of its last pointwise convolution are
        removed (:func:`courselib.pruning.prune_filters`) and the student is distilled again for
        ``finetune_epochs`` (``0``: not retrained);

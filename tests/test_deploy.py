@@ -130,25 +130,29 @@ def test_executorch_int8_parameters_follow_the_book(model, data):
         assert np.abs(diff).max() <= 1 and np.all(near_tie[diff != 0]), (diff[diff != 0], ratio[diff != 0])
 
 
-def test_onnxruntime_int8_parameters_follow_the_book(model, data, tmp_path):
+@pytest.mark.parametrize("reduce_range, top", [(True, 64), (False, 127)])
+def test_onnxruntime_int8_parameters_follow_the_book(model, data, tmp_path, reduce_range, top):
     calib, _ = data
     fp = deploy.export_onnx(model, calib[:1], tmp_path / "f.onnx")
-    params = deploy.onnx_quantization_parameters(deploy.quantize_onnx(fp, tmp_path / "q.onnx", calibration_X=calib))
+    q = deploy.quantize_onnx(fp, tmp_path / "q.onnx", calibration_X=calib, reduce_range=reduce_range)
+    params = deploy.onnx_quantization_parameters(q)
     acts = [p for p in params if p["kind"] == "activation"]
     weights = [p for p in params if p["kind"] == "weight" and p["axis"] is not None and p["dtype"] == "int8"]
-    # uint8 activations: exactly the book's s and z
+    # uint8 activations: exactly the book's s and z (reduce_range narrows the weights only)
     _, s, z = quantize_uniform(calib.numpy(), 8)
     assert acts[0]["dtype"] == "uint8"
     assert acts[0]["scale"] == pytest.approx(s, rel=1e-6) and acts[0]["zero_point"] == z
     _, s1, z1 = quantize_uniform(_relu1_range(model, calib), 8)
     assert any(a["scale"] == pytest.approx(s1, rel=1e-5) and a["zero_point"] == z1 for a in acts)
-    # int8 weights, narrow symmetric grid -127..127: s = max|w| / 127 = the book's symmetric s * 127.5 / 127
+    # int8 weights on a symmetric grid -top..top: s = max|w| / top, i.e. the book's symmetric s (8 bits,
+    # max|w| / 127.5) * 127.5 / top; top = 64 with reduce_range (7 bits), 127 without
     folded = fold_batchnorm(model)
     scales = sorted(tuple(np.round(p["scale"], 12)) for p in weights)
+    assert len(scales) == 3
     for layer in (folded.conv1, folded.conv2, folded.fc):
         _, s, _ = quantize_uniform(layer.weight.detach().numpy(), 8, symmetric=True, per_channel_axis=0)
-        want = s.ravel() * 127.5 / 127
-        assert any(len(c) == len(want) and np.allclose(c, want, rtol=1e-5) for c in scales), layer
+        want = s.ravel() * 127.5 / top
+        assert any(len(c) == len(want) and np.allclose(c, want, rtol=1e-5) for c in scales), (layer, top)
 
 
 class Branchy(nn.Module):
@@ -224,3 +228,141 @@ def test_program_latency_checks_its_arguments(model, data, tmp_path):
     with pytest.raises(ValueError, match=r"\.pte or an \.onnx"):
         (tmp_path / "m.bin").write_bytes(b"x")
         deploy.load_program(tmp_path / "m.bin")
+
+
+# --------------------------------------------------------------------------------------------------
+# what a reader sees when a program gets an input it cannot take (the mistakes of lab 7's mutant bank)
+# --------------------------------------------------------------------------------------------------
+def _fixed_shape_pte(model, example, path):
+    """A program as lab 7's export_fp32 writes it: torch.export without dynamic_shapes (fixed batch)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    ep = torch.export.export(model.eval(), (example,))
+    path.write_bytes(to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    return path
+
+
+def test_inputs_a_program_cannot_take_say_what_it_takes_and_which_export_step_to_revisit(model, data, tmp_path):
+    """The mistakes of labs/mutants/lab07_deploy.yml that reach a runtime (export-batch-of-one, run-without-batching,
+    run-hardcoded-batch), a fixed-batch program's last, shorter batch, a missing channel axis and a float64 program:
+    each message says what the program takes, what came, and the export step to revisit."""
+    _, x = data
+    # export-batch-of-one: a program exported on one image, called on the example's 16
+    one = deploy.load_program(_fixed_shape_pte(model, x[:1], tmp_path / "one.pte"))
+    assert one.dynamic_batch() is False and one.batch_size == 1
+    with pytest.raises(ValueError, match=r"exactly 1 image per call.*exported on an example of batch 1") as info:
+        one(x[:16])
+    assert "got a batch of 16" in str(info.value)
+    # run-without-batching: the whole data set at once, larger than the program's largest batch
+    dyn = deploy.load_program(deploy.export_executorch(model, x[:8], tmp_path / "dyn.pte"))
+    assert dyn.dynamic_batch() is True
+    with pytest.raises(ValueError, match=r"at most 8 images per call.*got a batch of 40.*X\[i : i \+ 8\]"):
+        dyn(x)
+    # run-hardcoded-batch: slices of 32 (another program's max_batch) for a program of at most 8
+    with pytest.raises(ValueError, match=r"at most 8 images per call.*got a batch of 32"):
+        dyn(x[:32])
+    # a fixed batch of 8 and a last, shorter batch (12 = 8 + 4): the fix is a dynamic batch axis
+    fixed = deploy.load_program(_fixed_shape_pte(model, x[:8], tmp_path / "fixed.pte"))
+    np.testing.assert_allclose(fixed(x[:8]), eager(model, x[:8]), atol=FP32_TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"exactly 8 images per call.*got a batch of 4.*dynamic_shapes"):
+        deploy.program_outputs(fixed, x[:12])
+    with pytest.raises(ValueError, match=r"exactly 8 images per call"):
+        deploy.program_latency(fixed, x[:4], repeats=1)
+    # images without their channel axis
+    with pytest.raises(ValueError, match=r"\(b, 1, 28, 28\).*got \(4, 28, 28\).*x\.unsqueeze\(1\)"):
+        dyn(x[:4, 0])
+    # a program exported on a float64 example takes float64 only
+    lin = nn.Linear(4, 2).double().eval()
+    p64 = deploy.load_program(_fixed_shape_pte(lin, torch.ones(3, 4, dtype=torch.float64), tmp_path / "f64.pte"))
+    assert p64.input_dtype == torch.float64
+    with pytest.raises(ValueError, match=r"takes float64 inputs.*got float32.*example\.float\(\)"):
+        p64(torch.ones(3, 4))
+    np.testing.assert_allclose(
+        p64(torch.ones(3, 4, dtype=torch.float64)), lin(torch.ones(3, 4, dtype=torch.float64)).detach()
+    )
+
+
+def test_a_runtime_failure_quotes_the_runtime_instead_of_its_error_code(model, data, tmp_path):
+    _, x = data
+    fixed = deploy.load_program(_fixed_shape_pte(model, x[:8], tmp_path / "fixed.pte"))
+    fixed._dynamic, fixed._looked_up = None, True  # as if its flatbuffer could not be read: the runtime refuses
+    with pytest.raises(RuntimeError, match=r"failed on an input of shape \(4, 1, 28, 28\)") as info:
+        fixed(x[:4])
+    text = str(info.value)
+    assert "Its batch is fixed at 8" in text and "Attempted to resize a static tensor" in text, text
+    assert "cpuinfo" not in text and "threadpool" not in text
+    # bytes that are not a program, and a program cut short
+    (tmp_path / "junk.pte").write_bytes(b"not a program at all")
+    with pytest.raises(deploy.DeployError, match=r"not an ExecuTorch program.*\.to_executorch\(\)\.buffer"):
+        deploy.load_program(tmp_path / "junk.pte")
+    (tmp_path / "cut.pte").write_bytes((tmp_path / "fixed.pte").read_bytes()[:1000])
+    with pytest.raises(
+        deploy.DeployError, match=r"(?s)could not load cut\.pte.*the runtime says: File size is too small"
+    ):
+        deploy.load_program(tmp_path / "cut.pte")
+
+
+_NOISE_SCRIPT = r"""
+import os, sys
+calls = []
+real_dup2 = os.dup2
+os.dup2 = lambda *a, **k: (calls.append(a), real_dup2(*a, **k))[1]
+import courselib.deploy as deploy
+os.dup2 = real_dup2
+print("dup2 at import:", len(calls), flush=True)
+import torch
+deploy.set_runtime_threads(1)  # the first contact with the runtime: cpuinfo probes the CPU
+deploy.set_runtime_threads(2)
+deploy.set_runtime_threads(1)
+prog = deploy.load_program(sys.argv[1])
+print("outputs:", prog(torch.zeros(2, 1, 28, 28)).shape, flush=True)
+try:
+    prog(torch.zeros(9, 1, 28, 28))
+except ValueError:
+    print("refused", flush=True)
+os.write(2, b"stderr still works\n")
+"""
+
+
+def test_runtime_noise_is_silenced_and_no_file_descriptor_moves_at_import(model, data, tmp_path):
+    import subprocess
+    import sys
+
+    _, x = data
+    path = deploy.export_executorch(model, x[:8], tmp_path / "m.pte")
+    proc = subprocess.run(
+        [sys.executable, "-c", _NOISE_SCRIPT, str(path)], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "dup2 at import: 0" in proc.stdout
+    assert "outputs: (2, 10)" in proc.stdout and "refused" in proc.stdout
+    for noise in ("cpuinfo", "midr", "Resetting threadpool", "threadpool.cpp"):
+        assert noise not in proc.stderr, proc.stderr
+    assert "stderr still works" in proc.stderr  # restored after every call
+
+
+_MISSING_SCRIPT = r"""
+import sys
+sys.modules[sys.argv[1]] = None  # as if the deploy extra were not installed
+try:
+    import courselib.deploy
+except ImportError as err:
+    print("ImportError:", err, flush=True)
+else:
+    print("imported", flush=True)
+import courselib.compare  # the book's other modules do not need the extra
+print("compare imported", flush=True)
+"""
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "executorch"])
+def test_without_the_deploy_extra_the_import_error_names_it(missing):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _MISSING_SCRIPT, missing], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "ImportError:" in proc.stdout, proc.stdout + proc.stderr
+    assert "pip install 'ondevice-ml-courselib[deploy]'" in proc.stdout and missing in proc.stdout
+    assert "compare imported" in proc.stdout
