@@ -159,7 +159,9 @@ def run_bank(
 
     Returns a list of dicts ``{"id", "breaks", "lost", "verdict", "description"}``; with ``solution``
     (default) the first row is the solution itself (``id`` ``"solution"``, which must lose nothing).
-    ``only`` and ``solution=False`` let a test suite grade a bank in chunks on several workers.
+    ``only`` and ``solution=False`` let a test suite grade a bank in chunks on several workers; ``combine``
+    groups the mutants of ``only`` in that order (whole groups of :func:`combine_mutants`, listed one after the
+    other, stay as many submissions).
     ``grader="courselib"`` grades with ``courselib grade`` (``workers`` in parallel) instead of plain
     nbgrader: the same verdicts there show that its grades agree with nbgrader's. ``combine`` grades
     mutants of different cells and parts in one submission (module docstring). ``state_dir`` keeps
@@ -176,7 +178,8 @@ def run_bank(
         missing = set(only) - {m["id"] for m in mutants}
         if missing:
             raise MutantError(f"no mutants {sorted(missing)} in {lab}'s bank")
-        mutants = [m for m in mutants if m["id"] in set(only)]
+        by_id = {m["id"]: m for m in mutants}
+        mutants = [by_id[i] for i in dict.fromkeys(only)]  # in the caller's order: it decides the grouping
     nb = _source_notebook(lab, course)
     parts = lab_parts(lab, course)
     full = dict(parts)
