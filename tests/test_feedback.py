@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import keep_calibration, reuse_calibration
 
 from courselib import grading
 from courselib.grading import cleanroom, feedback, grader, sandbox
@@ -197,15 +198,18 @@ def test_feedback_mode_is_validated(tmp_path):
 # ------------------------------------------------------------------ slow: real grading runs
 @pytest.mark.slow
 @pytest.mark.parametrize("lab", LABS)
-def test_no_hidden_test_in_anything_written(tmp_path, lab):
-    """The solution and the blank release of every lab, graded: no hidden line, marker or hidden-only
-    constant in the feedback, the autograded notebook, the state file or the CSV; every part is judged in
-    the clean room (no sealed part: the second-tier list of this course is empty)."""
+def test_no_hidden_test_in_anything_written(tmp_path, lab, calibrations):
+    """The solution and the blank release of every lab, graded with the default limits: no hidden line,
+    marker or hidden-only constant in the feedback, the autograded notebook, the state file or the CSV; every
+    part is judged in the clean room (no sealed part: the second-tier list of this course is empty). The
+    lab's calibration is shared with its mutant chunks (conftest.calibrations)."""
     course = course_copy(tmp_path, lab)
     subs = tmp_path / "subs"
     submit(subs, "solution", lab, notebook(course, lab))
     submit(subs, "blank", lab, json.loads((course / "release" / lab / f"{lab}.ipynb").read_text()))
-    summary = grading.grade(lab, subs, course, workers=2, limits=LIMITS, progress=False)
+    reuse_calibration(calibrations, course, lab)
+    summary = grading.grade(lab, subs, course, workers=2, progress=False)
+    keep_calibration(calibrations, course, lab)
     res = summary["results"]
     top = sum(p for _, p in grading.lab_parts(lab, course))
     assert res["solution"]["status"] == "graded" and res["solution"]["score"] == top, res["solution"]
@@ -322,15 +326,17 @@ def test_a_snooping_submission_finds_no_hidden_test(tmp_path):
         for c in grader._notebook_cells(json.loads((course / "source" / LAB1 / f"{LAB1}.ipynb").read_text()))
         if c["kind"] == "solution"
     }
-    # fit_means snoops at every call (hidden tests call it on their own inputs) and lies if it found anything
-    spy = src["q1_code"].replace(
-        "    return np.asarray(X, dtype=np.float64).mean(axis=0)",
+    # search_cost (part 7, which bans nothing: a part with a ban would fail on the snoop's globals() alone)
+    # snoops at every call (hidden tests call it on their own inputs) and lies if it found anything
+    spy = src["q7_code"].replace(
+        '    return {\n        "float32_bytes": 4 * n_database * n_features,',
         "    _hits = _snoop()\n    _CALL_HITS.extend(_hits)\n"
-        "    return np.asarray(X, dtype=np.float64).mean(axis=0) + (1.0 if _hits else 0.0)",
+        '    return {\n        "float32_bytes": 4 * n_database * n_features + (1 if _hits else 0),',
     )
-    assert spy != src["q1_code"]
+    assert spy != src["q7_code"]
     subs = tmp_path / "subs"
-    submit(subs, "snoop", LAB1, notebook(course, LAB1, {"q1_code": snoop + "\n_CALL_HITS = []\n" + spy}))
+    answers = {"q1_code": snoop + "\n_CALL_HITS = []\n" + src["q1_code"], "q7_code": spy}
+    submit(subs, "snoop", LAB1, notebook(course, LAB1, answers))
     summary = grading.grade(LAB1, subs, course, workers=1, limits=LIMITS, progress=False)
     r = summary["results"]["snoop"]
     assert r["status"] == "graded" and r["score"] == r["max_score"], r

@@ -287,7 +287,9 @@ EXPECTED = {
     "json_not_notebook": ("invalid-notebook", ALL),
     "wrong_name": ("missing", ALL),
     "nothing": ("missing", ALL),
-    "deleted_cells": ("tampered", ("q2_test",)),  # tests restored, the wrong q2 fails as it should
+    # as plain nbgrader (OverwriteCells.add_missing_cells False; tests/conformance): a deleted test cell's part
+    # gets no automatic score and waits for a grade by hand (pending, 0 until then)
+    "deleted_cells": ("tampered", ("q2_test", "q5_test")),
     "edited_tests": ("tampered", ("q2_test",)),
     # tricks in the student's own kernel change nothing the clean room judges: they are not evidence of
     # tampering (that is an edited locked cell), only the honest wrong answer under them loses its part
@@ -322,10 +324,14 @@ def check_statuses_and_scores(batch):
     assert got == want, json.dumps(
         {s: [r["status"], r.get("notes"), r.get("log")] for s, r in batch["summary"]["results"].items()}, indent=1
     )
+    pending = batch["summary"]["results"]["deleted_cells"]["pending"]
+    assert pending == ["q2_test", "q5_test"], pending
     for r in rows.values():
         assert float(r["max_score"]) == expected_score(batch["course"], ())
-        parts = [float(r[g]) for g, _ in grading.lab_parts(LAB, batch["course"])]
+        parts = [float(r[g] or 0.0) for g, _ in grading.lab_parts(LAB, batch["course"])]
         assert sum(parts) == float(r["score"])
+    # a pending part has no score yet: an empty cell in the CSV, not a 0 that looks final
+    assert [g for g, _ in grading.lab_parts(LAB, batch["course"]) if rows["deleted_cells"][g] == ""] == pending
 
 
 def check_hostile_parts(batch):
@@ -338,7 +344,7 @@ def check_hostile_parts(batch):
         ("patched_numpy", "q1_test"),
         ("input_transformer", "q6_test"),
     ]:
-        assert float(rows[student][part]) == 0.0, (student, part)
+        assert float(rows[student][part] or 0.0) == 0.0, (student, part)  # "" while a part is pending
 
 
 def check_isolation(batch):

@@ -60,8 +60,9 @@ def test_every_lab_has_a_mutant_bank(lab):
 
 
 @pytest.fixture(scope="session")
-def bank_state(tmp_path_factory):
-    """Per lab: a folder for the calibration its chunks share, and the lab's secrets (hidden lines, constants)."""
+def bank_state(tmp_path_factory, calibrations):
+    """Per lab: the run's folder of its calibration (shared by its chunks and its no-leak test in
+    tests/test_feedback.py, conftest.calibrations), and the lab's secrets (hidden lines, constants)."""
     root = tmp_path_factory.mktemp("mutant-banks")
     cache: dict = {}
 
@@ -76,7 +77,7 @@ def bank_state(tmp_path_factory):
                 for m in mutants.load_bank(lab, COURSE)
             )
             found = {k: [s for s in v if s not in own] for k, v in found.items()}
-            cache[lab] = (root / f"state-{lab}", found)
+            cache[lab] = (calibrations / lab, found)
         return cache[lab]
 
     return get

@@ -824,12 +824,14 @@ def grade_notebook(spec: dict) -> dict:
         setup.start()
         ep.start_new_kernel_client()
         times["kernel_ready"] = time.monotonic()
-        if not _execute_all(ep, nb):
+        died = not _execute_all(ep, nb)
+        if died:
             flags.append("crashed")
         times["executed"] = time.monotonic()
         setup.join()
         times["setup_joined"] = time.monotonic()
-        flags += _cell_flags(nb, ep)
+        # a dying kernel drops its sockets too, which the oversize monitor cannot tell from a refused message
+        flags += _cell_flags(nb, None if died else ep)
         if "crashed" not in flags and any(p["tier"] == "clean" for p in spec["parts"]):
 
             def restart():  # a fresh kernel that has run the notebook again (outputs of the first run kept)
