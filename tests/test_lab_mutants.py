@@ -37,17 +37,22 @@ GROUPS_PER_TEST = 3
 
 
 def _chunks():
-    # the largest banks first: xdist hands out tests in this order. The chunks of one lab share an xdist group,
-    # so that one worker calibrates the lab once (bank_state) and grades all of its submissions.
+    # one chunk of each lab in turn (the largest banks first), so that the two xdist workers grade different
+    # labs and a lab's later chunks find its calibration made (conftest.calibrations, shared by the workers)
     banks = sorted(
         ((lab, mutants.combine_mutants(mutants.load_bank(lab, COURSE))) for lab in LABS), key=lambda b: -len(b[1])
     )
-    for lab, groups in banks:
-        for k in range(0, len(groups), GROUPS_PER_TEST):
-            ids = [m["id"] for g in groups[k : k + GROUPS_PER_TEST] for m in g]
-            yield pytest.param(
-                lab, ids, id=f"{lab}-{k // GROUPS_PER_TEST}", marks=pytest.mark.xdist_group(f"mutants-{lab}")
+    per_lab = [
+        [
+            pytest.param(
+                lab, [m["id"] for g in groups[k : k + GROUPS_PER_TEST] for m in g], id=f"{lab}-{k // GROUPS_PER_TEST}"
             )
+            for k in range(0, len(groups), GROUPS_PER_TEST)
+        ]
+        for lab, groups in banks
+    ]
+    for turn in range(max(len(c) for c in per_lab)):
+        yield from (c[turn] for c in per_lab if turn < len(c))
 
 
 @pytest.mark.parametrize("lab", LABS)
