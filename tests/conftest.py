@@ -87,20 +87,3 @@ def calibrations(tmp_path_factory) -> Path:
     chunks grade the lab's solution for calibration once between them when they run one after the other.
     The cache key (source cells, limits, versions) decides reuse; a key that differs recalibrates."""
     return tmp_path_factory.getbasetemp().parent / "calibrations"
-
-
-def reuse_calibration(shared: Path, course: Path, lab: str) -> None:
-    """Copy the run's calibrations of ``lab`` into ``course``'s state before a grading run."""
-    state = course / "grades" / ".state" / lab
-    for f in (shared / lab).glob("_calibration*.json"):
-        state.mkdir(parents=True, exist_ok=True)
-        (state / f.name).write_bytes(f.read_bytes())
-
-
-def keep_calibration(shared: Path, course: Path, lab: str) -> None:
-    """Publish ``course``'s calibrations of ``lab`` to the run's shared folder (atomically: a worker may read)."""
-    (shared / lab).mkdir(parents=True, exist_ok=True)
-    for f in (course / "grades" / ".state" / lab).glob("_calibration*.json"):
-        tmp = shared / lab / f".{f.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(f.read_bytes())
-        os.replace(tmp, shared / lab / f.name)

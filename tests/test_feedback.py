@@ -22,11 +22,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import keep_calibration, reuse_calibration
 
 from courselib import grading
 from courselib.grading import cleanroom, feedback, grader, sandbox
 from courselib.grading.course import scratch_course
+from courselib.grading.mutants import keep_calibration, reuse_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = grading.list_labs(REPO / "labs")
@@ -207,9 +207,9 @@ def test_no_hidden_test_in_anything_written(tmp_path, lab, calibrations):
     subs = tmp_path / "subs"
     submit(subs, "solution", lab, notebook(course, lab))
     submit(subs, "blank", lab, json.loads((course / "release" / lab / f"{lab}.ipynb").read_text()))
-    reuse_calibration(calibrations, course, lab)
+    reuse_calibration(calibrations / lab, course, lab)
     summary = grading.grade(lab, subs, course, workers=2, progress=False)
-    keep_calibration(calibrations, course, lab)
+    keep_calibration(calibrations / lab, course, lab)
     res = summary["results"]
     top = sum(p for _, p in grading.lab_parts(lab, course))
     assert res["solution"]["status"] == "graded" and res["solution"]["score"] == top, res["solution"]

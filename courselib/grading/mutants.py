@@ -272,6 +272,24 @@ def _nbgrader_scores(lab, scratch: Path, students: dict, parts) -> dict:
     return scores
 
 
+def reuse_calibration(state_dir, course: Path, lab: str) -> None:
+    """Copy calibrations of ``lab`` kept in ``state_dir`` (by :func:`keep_calibration`) into ``course``'s state, so
+    that its next ``courselib grade`` reuses them when their key (source cells, limits, versions) matches."""
+    cache = Path(course) / "grades" / ".state" / lab
+    for f in Path(state_dir).glob("_calibration*.json"):
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, cache / f.name)
+
+
+def keep_calibration(state_dir, course: Path, lab: str) -> None:
+    """Publish ``course``'s calibrations of ``lab`` to ``state_dir``, atomically (another process may be reading)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    for f in (Path(course) / "grades" / ".state" / lab).glob("_calibration*.json"):
+        tmp = Path(state_dir) / f".{f.name}.{os.getpid()}.tmp"
+        shutil.copy(f, tmp)
+        os.replace(tmp, Path(state_dir) / f.name)
+
+
 def _courselib_scores(
     lab, scratch: Path, students: dict, subs: Path, workers: int, state_dir=None, feedback_check=None, leaks=None
 ) -> dict:
@@ -290,20 +308,13 @@ def _courselib_scores(
         dest = subs / student / lab
         dest.mkdir(parents=True)
         (dest / f"{lab}{NOTEBOOK_SUFFIX}").write_text(json.dumps(handed_in, indent=1))
-    cache = scratch / "grades" / ".state" / lab
-    if state_dir is not None and Path(state_dir).is_dir():  # a calibration of this lab made by an earlier call
-        cache.mkdir(parents=True, exist_ok=True)
-        for f in Path(state_dir).glob("_calibration*.json"):
-            shutil.copy(f, cache / f.name)
+    if state_dir is not None:
+        reuse_calibration(state_dir, scratch, lab)
     summary = grade(
         lab, subs, scratch, workers=workers, progress=False, feedback=feedback_check is not None, log=lambda msg: None
     )
     if state_dir is not None:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        for f in cache.glob("_calibration*.json"):
-            tmp = Path(state_dir) / f".{f.name}.{os.getpid()}.tmp"
-            shutil.copy(f, tmp)
-            os.replace(tmp, Path(state_dir) / f.name)
+        keep_calibration(state_dir, scratch, lab)
     if feedback_check is not None and leaks is not None:
         for student in students:
             for page in sorted((scratch / "feedback" / student / lab).glob("*.html")):
