@@ -321,9 +321,18 @@ def check_statuses_and_scores(batch):
     rows = batch["rows"]
     got = {s: (r["status"], float(r["score"])) for s, r in rows.items()}
     want = {s: (st, expected_score(batch["course"], lost)) for s, (st, lost) in EXPECTED.items()}
-    assert got == want, json.dumps(
-        {s: [r["status"], r.get("notes"), r.get("log")] for s, r in batch["summary"]["results"].items()}, indent=1
-    )
+    results = batch["summary"]["results"]
+    wrong = {
+        s: {
+            "got": got.get(s),
+            "want": w,
+            "parts": results.get(s, {}).get("parts"),
+            "notes": results.get(s, {}).get("notes"),
+        }
+        for s, w in want.items()
+        if got.get(s) != w
+    }
+    assert got.keys() == want.keys() and not wrong, json.dumps(wrong, indent=1, default=str)
     pending = batch["summary"]["results"]["deleted_cells"]["pending"]
     assert pending == ["q2_test", "q5_test"], pending
     for r in rows.values():
