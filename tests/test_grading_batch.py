@@ -332,7 +332,8 @@ def check_statuses_and_scores(batch):
         for s, w in want.items()
         if got.get(s) != w
     }
-    assert got.keys() == want.keys() and not wrong, json.dumps(wrong, indent=1, default=str)
+    tiers = batch["summary"]["tiers"]  # a part the calibration moved to the sealed tier is judged in the kernel
+    assert got.keys() == want.keys() and not wrong, json.dumps({**wrong, "tiers": tiers}, indent=1, default=str)
     pending = batch["summary"]["results"]["deleted_cells"]["pending"]
     assert pending == ["q2_test", "q5_test"], pending
     for r in rows.values():

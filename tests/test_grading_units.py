@@ -244,3 +244,45 @@ def test_coalesce_streams_joins_split_prints_only():
         ("display_data", None, None),
         ("stream", "stdout", "c"),
     ]
+
+
+@pytest.mark.slow  # releases lab 0 with nbgrader: ~10 s; the solution's runs are scripted
+def test_calibration_never_seals_a_part_for_being_slow(tmp_path, monkeypatch):
+    """A part the solution fails in the clean room moves to the sealed tier (judged in the student's kernel);
+    a part whose call only ran out of time is calibrated again, never sealed: on a busy machine a sealed part
+    would let tricks in the student's kernel decide its score."""
+    from courselib.grading.course import scratch_course
+    from courselib.grading.gradebook import lab_state_dir
+
+    lab = "lab00_memory"
+    course = scratch_course(lab, tmp_path, REPO / "labs")
+    (tmp_path / "base").mkdir()
+    g = grader.Grader(lab, course, grading.Limits(cell_timeout=5), tmp_path / "base", [], False, False)
+    first = g.parts[0][0]
+    runs: list[dict] = []
+
+    def scripted(outcomes):
+        def run_notebook(root, nb, *, tiers, mutable, feedback_html, autograded, **kw):
+            status = outcomes[len(runs)]
+            runs.append(dict(tiers))
+            verdicts = {p: {"status": status if p == first else "passed", "where": "hidden"} for p, _ in g.parts}
+            return 0, {"verdicts": verdicts, "changed": {}}, "", 1.0
+
+        runs.clear()
+        (lab_state_dir(course, lab) / "_calibration.json").unlink(missing_ok=True)
+        g.tiers = {p: "clean" for p, _ in g.parts}
+        monkeypatch.setattr(g, "run_notebook", run_notebook)
+
+    scripted(["timeout", "passed"])  # slow once: calibrated again, every part stays clean
+    g.calibrate()
+    assert len(runs) == 2 and set(g.tiers.values()) == {"clean"}, (runs, g.tiers)
+
+    scripted(["timeout", "timeout"])  # slow twice: the instructor is told to raise the limit; nothing is cached
+    with pytest.raises(grading.GradingError, match=rf"did not finish {first} within the cell timeout \(5 s\)"):
+        g.calibrate()
+    assert len(runs) == 2 and not (lab_state_dir(course, lab) / "_calibration.json").exists()
+
+    scripted(["failed", "passed"])  # fails in the clean room, passes in the sealed run: sealed
+    g.calibrate()
+    assert runs == [{p: "clean" for p, _ in g.parts}, {p: "sealed" if p == first else "clean" for p, _ in g.parts}]
+    assert g.tiers[first] == "sealed" and "fails it in the clean room" in g.tier_reasons[first]

@@ -650,7 +650,8 @@ class Grader:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         tiers, mutable, res = dict(self.tiers), None, None
-        for _attempt in range(2):  # the second run only when parts moved to the sealed tier
+        slow = 0  # runs where the solution ran out of time: a busy machine, not a clean-room incompatibility
+        for _attempt in range(3):  # again when parts moved to the sealed tier, or once when a call timed out
             root = self.base / "calibration"
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
@@ -661,6 +662,15 @@ class Grader:
             if res is None:
                 raise GradingError(f"{self.lab}: the lab's solution could not be graded: {log.strip()[-500:]}")
             failed = {g for g, v in res["verdicts"].items() if v["status"] not in ("passed", "pending")}
+            timed_out = sorted(g for g in failed if res["verdicts"][g]["status"] == "timeout")
+            if timed_out:  # never sealed for being slow: a sealed part is judged where the student's code runs
+                slow += 1
+                if slow > 1:
+                    raise GradingError(
+                        f"{self.lab}: the lab's solution did not finish {', '.join(timed_out)} within the cell "
+                        f"timeout ({self.limits.cell_timeout} s) twice; raise cell_timeout in course.toml"
+                    )
+                continue
             if mutable is None:
                 mutable = res.get("changed", {})
             moved = {g for g in failed if tiers[g] == "clean"}
