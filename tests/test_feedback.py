@@ -88,13 +88,16 @@ def secrets(lab: str, course: Path) -> dict[str, list[str]]:
     return {"lines": sorted(lines), "values": sorted(values)}
 
 
+def shown_text(page: str) -> str:
+    """An HTML page as a reader sees it: without styles, scripts and tags, entities decoded."""
+    page = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
 def visible_text(path: Path) -> str:
-    """A file as a reader sees it: HTML without styles, scripts and tags, entities decoded."""
+    """A file as a reader sees it (:func:`shown_text` for HTML)."""
     text = path.read_text(errors="replace")
-    if path.suffix == ".html":
-        text = re.sub(r"<(style|script)\b.*?</\1>", "", text, flags=re.S)
-        text = html.unescape(re.sub(r"<[^>]+>", "", text))
-    return text
+    return shown_text(text) if path.suffix == ".html" else text
 
 
 def leaks(text: str, found: dict[str, list[str]]) -> list[str]:

@@ -334,7 +334,7 @@ def check_statuses_and_scores(batch):
     }
     tiers = batch["summary"]["tiers"]  # a part the calibration moved to the sealed tier is judged in the kernel
     assert got.keys() == want.keys() and not wrong, json.dumps({**wrong, "tiers": tiers}, indent=1, default=str)
-    pending = batch["summary"]["results"]["deleted_cells"]["pending"]
+    pending = results["deleted_cells"]["pending"]
     assert pending == ["q2_test", "q5_test"], pending
     for r in rows.values():
         assert float(r["max_score"]) == expected_score(batch["course"], ())

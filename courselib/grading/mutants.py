@@ -44,6 +44,7 @@ from nbgrader.api import Gradebook, MissingEntry
 
 from .batch import grade
 from .course import NOTEBOOK_SUFFIX, GradingError, check_lab, find_course_dir, lab_parts, nbgrader, scratch_course
+from .gradebook import lab_state_dir
 
 __all__ = ["MutantError", "bank_path", "load_bank", "apply_mutant", "run_bank", "verdict_table"]
 
@@ -275,7 +276,7 @@ def _nbgrader_scores(lab, scratch: Path, students: dict, parts) -> dict:
 def reuse_calibration(state_dir, course: Path, lab: str) -> None:
     """Copy calibrations of ``lab`` kept in ``state_dir`` (by :func:`keep_calibration`) into ``course``'s state, so
     that its next ``courselib grade`` reuses them when their key (source cells, limits, versions) matches."""
-    cache = Path(course) / "grades" / ".state" / lab
+    cache = lab_state_dir(Path(course), lab)
     for f in Path(state_dir).glob("_calibration*.json"):
         cache.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, cache / f.name)
@@ -284,7 +285,7 @@ def reuse_calibration(state_dir, course: Path, lab: str) -> None:
 def keep_calibration(state_dir, course: Path, lab: str) -> None:
     """Publish ``course``'s calibrations of ``lab`` to ``state_dir``, atomically (another process may be reading)."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    for f in (Path(course) / "grades" / ".state" / lab).glob("_calibration*.json"):
+    for f in lab_state_dir(Path(course), lab).glob("_calibration*.json"):
         tmp = Path(state_dir) / f".{f.name}.{os.getpid()}.tmp"
         shutil.copy(f, tmp)
         os.replace(tmp, Path(state_dir) / f.name)
