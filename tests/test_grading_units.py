@@ -286,3 +286,86 @@ def test_calibration_never_seals_a_part_for_being_slow(tmp_path, monkeypatch):
     g.calibrate()
     assert runs == [{p: "clean" for p, _ in g.parts}, {p: "sealed" if p == first else "clean" for p, _ in g.parts}]
     assert g.tiers[first] == "sealed" and "fails it in the clean room" in g.tier_reasons[first]
+
+
+# ------------------------------------------------------------------------------------------------
+# the channel between the clean room and the student's kernel under interrupts (CI found both races)
+HELPER = """
+import sys, time
+from courselib.grading import kernel
+
+def add(a, b):
+    return a + b
+
+def slow_add(a, b):
+    time.sleep(1.0)
+    return a + b
+
+kernel.serve(sys.argv[1], {"add": add, "slow_add": slow_add})
+"""
+
+
+@pytest.fixture
+def helper(tmp_path):
+    """:func:`courselib.grading.kernel.serve` in a child process (as in a kernel: its main thread), connected."""
+    import socket
+    import subprocess
+    import sys
+
+    address = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(1)
+    listener.settimeout(60)
+    proc = subprocess.Popen([sys.executable, "-c", HELPER, address], cwd=REPO)
+    conn, _ = listener.accept()
+    listener.close()
+    yield proc, wire.Channel(conn)
+    proc.kill()
+    proc.wait()
+
+
+def test_an_interrupt_never_leaves_a_frame_half_read(helper):
+    """The interrupt lands while the helper reads a request: the request is still read whole and answered
+    (before, the ``KeyboardInterrupt`` dropped the half it had read, and every later frame was out of step)."""
+    import os
+    import signal
+    import time
+
+    proc, channel = helper
+    data = wire.dumps(("kinds", 1, ["add", "nothing"]))
+    frame = len(data).to_bytes(4, "big") + data
+    channel.sock.sendall(frame[:7])
+    time.sleep(0.5)  # the helper is blocked in the middle of the frame
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    channel.sock.sendall(frame[7:])
+    answer = wire.plain_loads(channel.recv(1 << 20, time.monotonic() + 20))
+    assert answer == ("ok", 1, {"add": "callable", "nothing": "missing"})
+    assert proc.poll() is None
+
+
+def test_a_late_interrupt_never_stops_a_later_call(helper):
+    """ipykernel delivers the clean room's interrupt some time after it is sent. :meth:`KernelSession.recover`
+    waits until the helper has received it, so it cannot land in the next part's call and fail it."""
+    import os
+    import signal
+    import threading
+
+    proc, channel = helper
+
+    class DelayedInterrupts:  # what a kernel manager does with interrupt_mode "message", under load
+        async def is_alive(self):
+            return proc.poll() is None
+
+        async def interrupt_kernel(self):
+            threading.Timer(0.3, os.kill, (proc.pid, signal.SIGINT)).start()
+
+    session = cleanroom.KernelSession(
+        DelayedInterrupts(), REPO, call_timeout=20, output_limit=1 << 20, max_reply=1 << 20
+    )
+    session.channel = channel
+    assert session.function("add")(2, 3) == 5
+    assert session.recover()  # as after a bad reply: the call had answered, the kernel is idle
+    assert session.function("slow_add")(2, 3) == 5  # runs 1 s: the interrupt would have landed in it
+    assert session.interrupts == 1 and proc.poll() is None

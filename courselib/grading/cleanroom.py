@@ -177,6 +177,8 @@ class KernelSession:
         self.number = 0
         self.calls = 0
         self.restarts = 0
+        #: interrupts sent to the kernel now serving (``settle`` waits until it has received them all)
+        self.interrupts = 0
         self.dead: str | None = None
         self.output_bytes = 0
         self.output_exceeded = False
@@ -235,6 +237,7 @@ class KernelSession:
                 pass
         self.channel = wire.Channel(conn)
         self.dead = None
+        self.interrupts = 0
         return True
 
     def _refused(self) -> None:
@@ -441,17 +444,22 @@ class KernelSession:
     def recover(self) -> bool:
         """After a :class:`CallTimeout` (or a broken channel): interrupt the kernel and wait for the helper; if it
         does not answer, start a new kernel that runs the notebook again (``restart()`` returns its manager).
-        Returns whether the kernel serves calls again."""
+        Returns whether the kernel serves calls again.
+
+        The interrupt is a message that ipykernel turns into a ``SIGINT`` some time later, so the helper is
+        asked to ``settle`` (answer once that signal has arrived): a late interrupt would otherwise stop the
+        student's code in a later part's call, which would fail for no fault of its own."""
         if self._alive() and self.channel is not None:
             try:
                 run_sync(self.km.interrupt_kernel)()
+                self.interrupts += 1
             except Exception:
                 pass
             saved, self.call_timeout = self.call_timeout, INTERRUPT_GRACE
             try:
-                self.request("kinds", [])
-                return True
-            except (CallTimeout, KernelGone):
+                if self.request("settle", self.interrupts) >= self.interrupts:
+                    return True
+            except Exception:  # no answer, or the student's code broke the helper: a new kernel
                 pass
             finally:
                 self.call_timeout = saved
