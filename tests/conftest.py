@@ -18,6 +18,10 @@ HTML = REPO / "_build" / "html"
 
 # nbgrader runs `alembic` by name: put this interpreter's bin first on PATH for every test.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+# xdist runs two workers on two cores: every process a test starts (nbgrader's kernels, the book's, JupyterLab's)
+# gets one thread per BLAS/OpenMP pool, so that two workers never keep more threads busy than there are cores
+# (a spinning pool on a busy core slowed grading tests several-fold). Not numba's: tests set it to 2 themselves.
+os.environ.update({k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 # No MPLBACKEND here: kernels started by the tests inherit the environment, and a forced Agg backend
 # would stop notebooks from showing their figures inline.
 

@@ -369,3 +369,21 @@ def test_a_late_interrupt_never_stops_a_later_call(helper):
     assert session.recover()  # as after a bad reply: the call had answered, the kernel is idle
     assert session.function("slow_add")(2, 3) == 5  # runs 1 s: the interrupt would have landed in it
     assert session.interrupts == 1 and proc.poll() is None
+
+
+def test_the_clean_room_driver_runs_one_thread(tmp_path, monkeypatch):
+    """The driver and its fork server run the hidden tests' own computations beside the student's kernel: with
+    the environment :meth:`Grader.env` gives them, torch and NumPy's BLAS use one thread (two workers on two
+    cores with a thread pool each made lab 5's clean room three times slower)."""
+    import subprocess
+    import sys
+
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)  # as an instructor's shell has them: unset
+    g = grader.Grader.__new__(grader.Grader)
+    probe = (
+        "import torch, numpy\nfrom threadpoolctl import threadpool_info\n"
+        "print(torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=g.env(), capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr

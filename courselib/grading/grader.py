@@ -411,7 +411,10 @@ class Grader:
         self.template = base / "template"
 
     def env(self, jupyter_dir: Path | None = None, runtime: Path | None = None) -> dict:
+        """The environment of the clean room's driver and of its fork server: one thread per numerical library
+        (:data:`~courselib.grading.sandbox.ONE_THREAD_ENV`, as in the kernel), fixed hash seed."""
         env = nbgrader_env()
+        env.update(sandbox.ONE_THREAD_ENV)
         env["PYTHONHASHSEED"] = "0"
         env.pop("JUPYTER_CONFIG_DIR", None)
         if jupyter_dir is not None:

@@ -562,6 +562,18 @@ def _allow_list(cfg: SandboxConfig) -> list[str]:
     return sorted(set(keep))
 
 
+#: One thread for every numerical library: a grading worker is one core. The sandboxed kernel runs with these, and
+#: so do the clean room's driver and its fork server (:meth:`courselib.grading.grader.Grader.env`), which run the
+#: hidden tests' own computations (a reference training, say): with a thread pool per process, two workers on two
+#: cores would have four or more threads spinning for two cores, and a part's calls would run out of time.
+ONE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
 def _sandbox_env(cfg: SandboxConfig, work: str) -> dict:
     return {
         "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
@@ -574,10 +586,7 @@ def _sandbox_env(cfg: SandboxConfig, work: str) -> dict:
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "LANG": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "NUMBA_NUM_THREADS": "1",
+        **ONE_THREAD_ENV,
         "NUMBA_CACHE_DIR": "/tmp/.numba",
         "JUPYTER_RUNTIME_DIR": work,
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
