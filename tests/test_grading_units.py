@@ -387,3 +387,43 @@ def test_the_clean_room_driver_runs_one_thread(tmp_path, monkeypatch):
     )
     out = subprocess.run([sys.executable, "-c", probe], env=g.env(), capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr
+
+
+@pytest.mark.slow  # exports two small programs and starts the runner twice: ~25 s
+def test_one_runner_serves_a_submissions_programs(tmp_path, monkeypatch):
+    """The clean room's runner: one process runs a submission's programs one after the other, each output equal
+    to the runtime's in this process; a program that cannot load fails alone, and a runner that died is
+    replaced for the next program."""
+    import os
+    import signal
+    import sys
+
+    import torch
+
+    from courselib import deploy
+    from courselib.grading import testing
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, k)) for k in (3, 5)]
+    x = torch.randn(5, 6)
+    paths = [deploy.export_executorch(m, x, tmp_path / f"m{i}.pte") for i, m in enumerate(models)]
+    local = [testing.run_program(p, x) for p in paths]  # no runner: this process
+    for m, got in zip(models, local):
+        assert got.shape == (5, m[-1].out_features) and np.allclose(got, m(x).detach().numpy(), atol=1e-5)
+
+    monkeypatch.setattr(testing, "runner", {"argv_prefix": [sys.executable], "work": str(tmp_path), "timeout": 120})
+    try:
+        first = testing.run_program(paths[0], x)
+        pid = testing._Runner.get().proc.pid
+        with pytest.raises(AssertionError, match="could not be loaded"):
+            testing.run_program(b"not a program", x)
+        second = testing.run_program(paths[1].read_bytes(), x.numpy())
+        assert testing._Runner.get().proc.pid == pid  # the same process ran all three
+        assert first.shape == local[0].shape and np.array_equal(first, local[0])
+        assert second.shape == local[1].shape and np.array_equal(second, local[1])
+        os.kill(pid, signal.SIGKILL)  # a program that crashed the runtime ended the runner
+        testing._Runner.get().proc.wait()
+        again = testing.run_program(paths[0], x)
+        assert testing._Runner.get().proc.pid != pid and np.array_equal(again, local[0])
+    finally:
+        testing.close_runner()

@@ -867,6 +867,7 @@ def grade_notebook(spec: dict) -> dict:
                 flags.append("output-limit")
         times["clean_room"] = time.monotonic()
     finally:
+        testing.close_runner()
         if session is not None:
             session.close()
         try:
