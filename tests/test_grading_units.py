@@ -427,3 +427,34 @@ def test_one_runner_serves_a_submissions_programs(tmp_path, monkeypatch):
         assert testing._Runner.get().proc.pid != pid and np.array_equal(again, local[0])
     finally:
         testing.close_runner()
+
+
+@pytest.mark.parametrize(
+    ("runner_code", "message"),
+    [
+        ("import time; time.sleep(60)", "did not finish within 2 s"),  # never answers
+        ("import sys; sys.stdout.buffer.write(b'\\xff' * 8); sys.stdout.flush(); sys.stdin.read()", "larger than"),
+        (
+            "import sys; sys.stdout.buffer.write(b'\\x00' * 7 + b'\\x04' + b'junk'); sys.stdout.flush()",
+            "could not be read",
+        ),
+    ],
+    ids=["silent", "huge-frame", "not-npy"],
+)
+def test_a_runner_costs_the_clean_room_bounded_time_and_memory(tmp_path, monkeypatch, runner_code, message):
+    """Whatever the runner's process does (a program that took it over), the clean room waits at most the
+    program's time, reads at most MAX_OUTPUT_BYTES, and accepts a plain .npy array only."""
+    import sys
+    import time
+
+    from courselib.grading import testing
+
+    argv = [sys.executable, "-c", runner_code]  # run_program appends "-m courselib.grading.testing": ignored
+    monkeypatch.setattr(testing, "runner", {"argv_prefix": argv, "work": str(tmp_path), "timeout": 2})
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(AssertionError, match=message):
+            testing.run_program(b"program", np.zeros((2, 3)))
+    finally:
+        testing.close_runner()
+    assert time.monotonic() - t0 < 10

@@ -129,7 +129,8 @@ def run_program(program, X, *, suffix: str = ".pte", timeout: float = 120.0) -> 
     np.save(buf, X, allow_pickle=False)
     kind = next(k for k, v in _SUFFIXES.items() if v == suffix)
     request = kind + _frame(data) + _frame(buf.getvalue())
-    out = _Runner.get().run(request, time.monotonic() + min(timeout, runner.get("timeout", timeout)), timeout)
+    limit = min(timeout, runner.get("timeout", timeout))
+    out = _Runner.get().run(request, time.monotonic() + limit, limit)
     try:
         got = np.load(io.BytesIO(out), allow_pickle=False)
     except ValueError:
