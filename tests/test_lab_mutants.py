@@ -28,10 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 COURSE = REPO / "labs"
 LABS = grading.list_labs(COURSE)
 MIN_MUTANTS = 10
-#: Submissions graded per test (each a group of mutants that share one notebook, ``mutants.combine_mutants``
-#: over the whole bank), so that a lab's bank is graded in the fewest kernels. The solution is not graded here:
+#: Most submissions graded per test (each a group of mutants that share one notebook, ``mutants.combine_mutants``
+#: over the whole bank), so that a lab's bank is graded in the fewest kernels; a bank is cut into chunks of even
+#: size (a chunk pays ~10 s for its scratch course and fork server). The solution is not graded here:
 #: tests/test_labs.py grades it with nbgrader (full marks) and every verdict is against full marks.
-GROUPS_PER_TEST = 3
+MAX_GROUPS_PER_TEST = 6
+
+
+def _even_chunks(n: int) -> list[range]:
+    count = -(-n // MAX_GROUPS_PER_TEST)
+    size = -(-n // count)
+    return [range(k, min(k + size, n)) for k in range(0, n, size)]
 
 
 def _chunks():
@@ -42,10 +49,8 @@ def _chunks():
     )
     per_lab = [
         [
-            pytest.param(
-                lab, [m["id"] for g in groups[k : k + GROUPS_PER_TEST] for m in g], id=f"{lab}-{k // GROUPS_PER_TEST}"
-            )
-            for k in range(0, len(groups), GROUPS_PER_TEST)
+            pytest.param(lab, [m["id"] for k in chunk for m in groups[k]], id=f"{lab}-{i}")
+            for i, chunk in enumerate(_even_chunks(len(groups)))
         ]
         for lab, groups in banks
     ]
