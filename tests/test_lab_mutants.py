@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import calibrate_once
 from test_feedback import leaks, secrets, shown_text
 
 from courselib import grading
@@ -85,6 +86,7 @@ def bank_state(tmp_path_factory, calibrations):
                 for m in mutants.load_bank(lab, COURSE)
             )
             found = {k: [s for s in v if s not in own] for k, v in found.items()}
+            calibrate_once(calibrations, lab, course)
             cache[lab] = (calibrations / lab, found)
         return cache[lab]
 
