@@ -24,8 +24,9 @@ folder both sides see) and answers requests until the clean room sends ``done`` 
 each request numbered, and each answer ``("ok", number, value)`` or ``("raise", number, exception class
 names, message)``. An interrupt stops the student's code only: while a frame is read or written it
 waits (a frame half read would put the channel out of step), and between calls it is counted and dropped
-(the call it was meant for has already answered); see :class:`Interrupts`. A function of the test's that the student's code calls (a callback) is a request the
-other way, ``("callback", i, args, kwargs)``, answered by the clean room on the same connection.
+(the call it was meant for has already answered); see :class:`Interrupts`. A function of the test's that
+the student's code calls (a callback) is a request the other way, ``("callback", i, args, kwargs)``,
+answered by the clean room on the same connection.
 
 This module runs in the student's process, so nothing it sends is trusted: the clean room reads every
 answer with a size limit and a deadline, decodes plain data only (:func:`courselib.grading.wire.plain_loads`)
