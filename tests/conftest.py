@@ -97,13 +97,15 @@ def calibrations(tmp_path_factory) -> Path:
 
 
 def calibrate_once(calibrations: Path, lab: str, course: Path) -> None:
-    """Calibrate ``lab`` (default limits) in ``course`` and publish it to ``calibrations / lab``, unless it is
-    there: one worker calibrates while the others wait for it (two tests of a lab that start together would
-    otherwise both grade its solution, lab 7's ~90 s each)."""
+    """Give ``course`` the run's calibration of ``lab`` (default limits): made in ``course`` and published to
+    ``calibrations / lab`` by the first test that asks, copied from there for the others. One worker calibrates
+    while the others wait for it (two tests of a lab that start together would otherwise both grade its
+    solution, lab 7's ~90 s each)."""
     calibrations.mkdir(parents=True, exist_ok=True)
     with open(calibrations / f".{lab}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not any((calibrations / lab).glob("_calibration*.json")):
+        if any((calibrations / lab).glob("_calibration*.json")):
             reuse_calibration(calibrations / lab, course, lab)
+        else:
             calibrate(lab, course)
             keep_calibration(calibrations / lab, course, lab)
