@@ -36,8 +36,6 @@ LIMITS = grading.Limits(cell_timeout=120, notebook_timeout=900, memory_mb=3072, 
 
 pytestmark = [pytest.mark.xdist_group("grading")]
 
-#: Parts scored by their visible tests only, and why (book/appendix_grading.md).
-
 
 def _source(cell) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
@@ -94,10 +92,29 @@ def shown_text(page: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", page))
 
 
+#: Fields of a state file that are the grader's own measurements (its clock, ``getrusage``), not text.
+MEASURED = {"seconds": float, "driver_maxrss_mb": float, "proxy_calls": int, "timing": dict}
+
+
 def visible_text(path: Path) -> str:
-    """A file as a reader sees it (:func:`shown_text` for HTML)."""
+    """A file as a reader sees it (:func:`shown_text` for HTML). A state file is read without the grader's
+    measurements, after checking that they are plain numbers: a time such as ``kernel_start: 1.01`` may
+    equal a hidden constant by chance, and nothing but a number can hide in them."""
     text = path.read_text(errors="replace")
-    return shown_text(text) if path.suffix == ".html" else text
+    if path.suffix == ".html":
+        return shown_text(text)
+    if path.suffix == ".json" and path.parent.parent.name == ".state":
+        state = json.loads(text)
+        for key, kind in MEASURED.items():
+            value = state.pop(key, None)
+            if kind is dict:
+                value = value or {}
+                assert all(type(v) in (int, float) for v in value.values()), (path, key, value)
+                assert all(re.fullmatch(r"[a-z_]+", k) for k in value), (path, key, value)
+            else:
+                assert value is None or type(value) in (kind, int), (path, key, value)
+        return json.dumps(state)
+    return text
 
 
 def leaks(text: str, found: dict[str, list[str]]) -> list[str]:
@@ -174,6 +191,24 @@ def test_restore_uses_the_release_never_the_source(tmp_path):
     tests = [c for c in g.cells if c["kind"] == "test"]
     assert tests and all("BEGIN HIDDEN TESTS" in c["source"] for c in tests)
     assert not any("HIDDEN" in c["release_source"] for c in tests)
+
+
+def test_a_state_file_is_scanned_without_the_graders_measurements(tmp_path):
+    """A time equal to a hidden constant by chance is no leak (the 7011516 run's ``kernel_start: 1.01`` in
+    lab 4); the same constant anywhere else in the state file is, and a measurement that is not a number
+    fails the scan."""
+    found = {"lines": [], "values": ["1.01"]}
+    state = tmp_path / "grades" / ".state" / "lab"
+    state.mkdir(parents=True)
+    path = state / "s.json"
+    base = {"score": 2.0, "seconds": 1.01, "timing": {"kernel_start": 1.01}, "driver_maxrss_mb": 101.0}
+    path.write_text(json.dumps(base))
+    assert not leaks(visible_text(path), found)
+    path.write_text(json.dumps({**base, "notes": ["expected 1.01"]}))
+    assert leaks(visible_text(path), found) == ["1.01"]
+    path.write_text(json.dumps({**base, "timing": {"kernel_start": "expected 1.01"}}))
+    with pytest.raises(AssertionError):
+        visible_text(path)
 
 
 def test_failure_message_keeps_test_code_messages_out():

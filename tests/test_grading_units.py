@@ -458,3 +458,40 @@ def test_a_runner_costs_the_clean_room_bounded_time_and_memory(tmp_path, monkeyp
     finally:
         testing.close_runner()
     assert time.monotonic() - t0 < 10
+
+
+def test_a_restarted_kernels_first_cell_is_not_charged_for_the_old_kernels_exit(tmp_path):
+    """The clean room restarts a kernel as ``grade_notebook``'s ``restart()`` does: stop it, start another,
+    re-run the notebook. Stopping the old kernel drops its client's output connection, which the oversize
+    monitor reports some time later; before, that late event marked the *new* kernel's first cell as over
+    the output limit, which interrupted it and lost the cell's definitions (the 7011516 run's
+    ``bomb_huge_reply`` lost q3 that way; each such cell also waited out its 30 s timeout)."""
+    import time
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from courselib.grading.execute import OUTPUT_LIMIT_ENAME, LimitedExecute
+
+    ep = LimitedExecute(timeout=30, kernel_name="python3", allow_errors=True, shutdown_kernel="immediate")
+    ep.reset_execution_trackers()
+    ep.resources = {"metadata": {"path": str(tmp_path)}}
+    ep.km = ep.create_kernel_manager()
+    ep.start_new_kernel(cwd=str(tmp_path))
+    ep.start_new_kernel_client()
+    try:
+        ep._cleanup_kernel()  # the old kernel stops: its client's connection drops
+        time.sleep(1.0)  # the monitor's late event arrives meanwhile
+        ep.km = ep.create_kernel_manager()
+        ep.start_new_kernel(cwd=str(tmp_path))
+        ep.start_new_kernel_client()
+        ep.nb = new_notebook(cells=[new_code_cell("x = 41\nprint('defined')"), new_code_cell("x + 1")])
+        start = time.monotonic()
+        for index, cell in enumerate(ep.nb.cells):
+            ep.execute_cell(cell, index, store_history=True)
+        outputs = [o for c in ep.nb.cells for o in c.outputs]
+        assert not any(o.get("ename") == OUTPUT_LIMIT_ENAME for o in outputs), nbformat.writes(ep.nb)
+        assert outputs[0]["text"] == "defined\n" and outputs[1]["data"]["text/plain"] == "42"
+        assert time.monotonic() - start < 20 and not ep.oversized
+    finally:
+        ep._cleanup_kernel()

@@ -219,7 +219,8 @@ class KernelSession:
                 self.kc = BlockingKernelClient(parent=self.km, context=bounded_zmq_context(self._max_message()))
                 self.kc.load_connection_info(self.km.get_connection_info())
                 self.kc.start_channels()
-                watch_oversize(self.kc.iopub_channel.socket, self._refused)
+                kc = self.kc
+                watch_oversize(kc.iopub_channel.socket, lambda: kc is self.kc and self._refused())
                 self._drain_stop.clear()
                 self._drain = threading.Thread(target=self._drain_output, daemon=True)
                 self._drain.start()

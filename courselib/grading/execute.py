@@ -87,11 +87,15 @@ class LimitedExecute(Execute):
 
     def start_new_kernel_client(self):
         kc = super().start_new_kernel_client()
-        watch_oversize(self.kc.iopub_channel.socket, self._refused)
+        self.oversized = False
+        watch_oversize(kc.iopub_channel.socket, lambda: self._refused(kc))
         return kc
 
-    def _refused(self) -> None:
-        self.oversized = True
+    def _refused(self, kc) -> None:
+        """A message was refused on ``kc``'s output channel. Only the current client counts: a kernel
+        stopped for a restart drops the old client's connection too, and that event may arrive late."""
+        if kc is self.kc:
+            self.oversized = True
 
     def output(self, outs, msg, display_id, cell_index):
         if getattr(self, "_limit_cell", None) != cell_index:
