@@ -92,8 +92,10 @@ def calibrations(tmp_path_factory) -> Path:
     """One folder of ``courselib grade`` calibrations (``_calibration*.json``) per lab, shared by the xdist
     workers of this run (their base folders have one parent), so that the no-leak test of a lab and its mutant
     chunks grade the lab's solution for calibration once between them when they run one after the other.
-    The cache key (source cells, limits, versions) decides reuse; a key that differs recalibrates."""
-    return tmp_path_factory.getbasetemp().parent / "calibrations"
+    The cache key (source cells, limits, versions) decides reuse; a key that differs recalibrates. Without
+    xdist the base folder is the run's own (its parent holds earlier runs, made by other code)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "calibrations"
 
 
 def calibrate_once(calibrations: Path, lab: str, course: Path) -> None:

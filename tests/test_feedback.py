@@ -103,7 +103,7 @@ def visible_text(path: Path) -> str:
     text = path.read_text(errors="replace")
     if path.suffix == ".html":
         return shown_text(text)
-    if path.suffix == ".json" and path.parent.parent.name == ".state":
+    if path.suffix == ".json" and path.parent.parent.name == ".state" and not path.name.startswith("_"):
         state = json.loads(text)
         for key, kind in MEASURED.items():
             value = state.pop(key, None)
@@ -158,7 +158,7 @@ def written_files(course: Path, lab: str) -> list[Path]:
     files = [course / "grades" / f"{lab}.csv"]
     for kind in ("autograded", "feedback"):
         files += [p for p in (course / kind).rglob("*") if p.is_file()]
-    files += [p for p in (course / "grades" / ".state" / lab).glob("*.json")]
+    files += [p for p in (course / "grades" / ".state" / lab).glob("*") if p.suffix in (".json", ".html", ".ipynb")]
     return files
 
 
@@ -239,32 +239,61 @@ def test_feedback_mode_is_validated(tmp_path):
 def test_no_hidden_test_in_anything_written(tmp_path, lab, calibrations):
     """The solution and the blank release of every lab, graded with the default limits: no hidden line,
     marker or hidden-only constant in the feedback, the autograded notebook, the state file or the CSV; every
-    part is judged in the clean room (no sealed part: the second-tier list of this course is empty). The
-    lab's calibration is shared with its mutant chunks (conftest.calibrations)."""
+    part is judged in the clean room (no sealed part: the second-tier list of this course is empty).
+
+    The solution is graded once, by the lab's calibration (shared with its mutant chunks,
+    conftest.calibrate_once), which grades it exactly as a submission and keeps its graded notebook and
+    feedback page beside ``_calibration.json``; the blank is graded here as a submission."""
     course = course_copy(tmp_path, lab)
     subs = tmp_path / "subs"
-    submit(subs, "solution", lab, notebook(course, lab))
     submit(subs, "blank", lab, json.loads((course / "release" / lab / f"{lab}.ipynb").read_text()))
     calibrate_once(calibrations, lab, course)
-    summary = grading.grade(lab, subs, course, workers=2, progress=False)
+    summary = grading.grade(lab, subs, course, workers=1, progress=False)
     res = summary["results"]
-    top = sum(p for _, p in grading.lab_parts(lab, course))
-    assert res["solution"]["status"] == "graded" and res["solution"]["score"] == top, res["solution"]
-    assert res["blank"]["score"] == 0, res["blank"]
+    assert res["blank"]["status"] == "graded" and res["blank"]["score"] == 0, res["blank"]
     # the calibration (the solution graded as a submission) put every part in the clean room
     not_clean = {g: t for g, t in summary["tiers"].items() if t != "clean"}
     assert not not_clean, f"{lab}: parts not judged in the clean room: {not_clean} (run `courselib tiers {lab}`)"
-    cached = json.loads((course / "grades" / ".state" / lab / "_calibration.json").read_text())
+    state = course / "grades" / ".state" / lab
+    cached = json.loads((state / "_calibration.json").read_text())
     assert cached["tiers"] == summary["tiers"], "the calibration cache differs from the run"
-    assert {res[s]["tiers"][g] for s in res for g in res[s]["tiers"]} == {"clean"}
+    assert set(res["blank"]["tiers"].values()) == {"clean"}
+    # the solution's pages, from the calibration: full marks, every part passed
+    solution_nb = json.loads((state / "_calibration.autograded.ipynb").read_text())
+    scores = [
+        c["metadata"]["nbgrader"].get("score")
+        for c in solution_nb["cells"]
+        if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"
+    ]
+    top = sum(p for _, p in grading.lab_parts(lab, course))
+    assert len(scores) == len(grading.lab_parts(lab, course)) and sum(scores) == top, scores
+    fb = visible_text(state / "_calibration.feedback.html")
+    assert fb.count("passed:") == len(grading.lab_parts(lab, course)) and "failed:" not in fb
     found = secrets(lab, course)
     assert found["lines"], "the lab has hidden tests to keep secret"
     files = written_files(course, lab)
-    assert any(p.suffix == ".html" for p in files) and any(p.suffix == ".ipynb" for p in files)
+    assert {p.name for p in files} >= {"_calibration.autograded.ipynb", "_calibration.feedback.html", "blank.json"}
+    assert any(p.suffix == ".html" and "feedback" in p.parts for p in files)
     for path in files:
         assert not leaks(visible_text(path), found), (path, leaks(visible_text(path), found)[:5])
-    fb = feedback_of(course, "solution", lab)
-    assert fb.count("passed:") == len(grading.lab_parts(lab, course))
+
+
+@pytest.mark.skipif(not sandbox.available(), reason=f"no grading sandbox: {sandbox.unavailable_reason()}")
+def test_tiers_says_how_each_part_is_judged_and_where_the_solutions_feedback_is(tmp_path, capsys):
+    """``courselib tiers LAB``: one line per part with its tier, and the solution's feedback page, kept by the
+    calibration, named and readable (every part passed, no hidden test)."""
+    from courselib.grading.cli import main
+
+    lab = "lab00_memory"
+    course = course_copy(tmp_path, lab)
+    assert main(["--course-dir", str(course), "tiers", lab]) == 0
+    out = capsys.readouterr().out
+    for gid, _points in grading.lab_parts(lab, course):
+        assert re.search(rf"^  {gid} +\d+ pts  clean", out, re.M), out
+    page = Path(re.search(r"the solution's feedback page .*: (\S+)$", out, re.M).group(1))
+    assert page == course / "grades" / ".state" / lab / "_calibration.feedback.html"
+    text = visible_text(page)
+    assert text.count("passed:") == len(grading.lab_parts(lab, course)) and not leaks(text, secrets(lab, course))
 
 
 @pytest.mark.slow

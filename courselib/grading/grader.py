@@ -637,8 +637,11 @@ class Grader:
         is (feedback included). A test part stays ``clean`` when the solution passes it in the clean room and
         moves to ``sealed`` otherwise; the solution must pass every sealed part in a sealed run. The contract
         is what the solution's functions change in place. Cached per source notebook, limits and courselib
-        version in ``grades/.state/<lab>/_calibration.json``; raises :class:`GradingError` when the solution
-        fails a part in every tier (the lab is broken, not the submissions).
+        version in ``grades/.state/<lab>/_calibration.json``, beside the solution's graded notebook and
+        feedback page (``_calibration.autograded.ipynb``, ``_calibration.feedback.html``: what a student who
+        hands in the solution gets, for the instructor to read before releasing feedback); raises
+        :class:`GradingError` when the solution fails a part in every tier (the lab is broken, not the
+        submissions).
         """
         cache = lab_state_dir(self.course, self.lab) / (
             "_calibration.json" if self.notebook == self.lab else f"_calibration-{self.notebook}.json"
@@ -658,9 +661,14 @@ class Grader:
             root = self.base / "calibration"
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
-            feedback = root / "feedback.html"
+            feedback, autograded = root / "feedback.html", root / "autograded.ipynb"
             _code, res, log, _ = self.run_notebook(
-                root, self.solution_notebook(), tiers=tiers, mutable=mutable, feedback_html=feedback, autograded=None
+                root,
+                self.solution_notebook(),
+                tiers=tiers,
+                mutable=mutable,
+                feedback_html=feedback,
+                autograded=autograded,
             )
             if res is None:
                 raise GradingError(f"{self.lab}: the lab's solution could not be graded: {log.strip()[-500:]}")
@@ -691,15 +699,18 @@ class Grader:
             tiers.update(dict.fromkeys(moved, "sealed"))
         else:
             raise GradingError(f"{self.lab}: calibration did not settle: {sorted(failed)}")
-        shutil.rmtree(self.base / "calibration", ignore_errors=True)
         self.tiers, self.mutable = tiers, mutable
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
+            for made, suffix in ((autograded, ".autograded.ipynb"), (feedback, ".feedback.html")):
+                if made.is_file():
+                    shutil.copyfile(made, cache.with_name(cache.stem + suffix))
             tmp = cache.with_name(f".{os.getpid()}.calibration.tmp")
             tmp.write_text(json.dumps({"key": key, "tiers": tiers, "mutable": mutable, "reasons": self.tier_reasons}))
             os.replace(tmp, cache)
         except OSError:
             pass
+        shutil.rmtree(self.base / "calibration", ignore_errors=True)
 
     # ------------------------------------------------------------------ one submission
     def grade_one(self, job: Job) -> GradeResult:

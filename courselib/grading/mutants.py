@@ -275,9 +275,10 @@ def _nbgrader_scores(lab, scratch: Path, students: dict, parts) -> dict:
 
 def reuse_calibration(state_dir, course: Path, lab: str) -> None:
     """Copy calibrations of ``lab`` kept in ``state_dir`` (by :func:`keep_calibration`) into ``course``'s state, so
-    that its next ``courselib grade`` reuses them when their key (source cells, limits, versions) matches."""
+    that its next ``courselib grade`` reuses them when their key (source cells, limits, versions) matches (with
+    the solution's graded notebook and feedback page beside them)."""
     cache = lab_state_dir(Path(course), lab)
-    for f in Path(state_dir).glob("_calibration*.json"):
+    for f in Path(state_dir).glob("_calibration*"):
         cache.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, cache / f.name)
 
@@ -285,7 +286,7 @@ def reuse_calibration(state_dir, course: Path, lab: str) -> None:
 def keep_calibration(state_dir, course: Path, lab: str) -> None:
     """Publish ``course``'s calibrations of ``lab`` to ``state_dir``, atomically (another process may be reading)."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    for f in lab_state_dir(Path(course), lab).glob("_calibration*.json"):
+    for f in lab_state_dir(Path(course), lab).glob("_calibration*"):
         tmp = Path(state_dir) / f".{f.name}.{os.getpid()}.tmp"
         shutil.copy(f, tmp)
         os.replace(tmp, Path(state_dir) / f.name)
