@@ -60,6 +60,7 @@ from ._deploy_export import (
     get_symmetric_quantization_config,  # noqa: F401 - XNNPACK's own config: lab 7's mutant bank calls it from here
     int8_config,
     onnx_quantization_parameters,
+    program_key,
     quantization_parameters,
     quantize_onnx,
     quantize_pt2e,
@@ -87,6 +88,8 @@ __all__ = [
     "quantize_pt2e",
     "quantization_parameters",
     "export_executorch",
+    "program_key",
+    "PROGRAM_CACHE_ENV",
     "export_onnx",
     "quantize_onnx",
     "onnx_quantization_parameters",
@@ -110,3 +113,5 @@ RUNTIMES = _deploy_runtime.RUNTIMES
 #: ``None`` (float32), ``"static"`` (int8 weights and activations, calibrated), ``"dynamic"`` (int8
 #: weights of the Linear layers, activations quantized per batch at run time).
 QUANTIZATIONS = _deploy_export.QUANTIZATIONS
+#: The environment variable naming a folder where :func:`export_executorch` keeps lowered programs.
+PROGRAM_CACHE_ENV = _deploy_export.PROGRAM_CACHE_ENV

@@ -98,6 +98,19 @@ def calibrations(tmp_path_factory) -> Path:
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "calibrations"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _program_cache(tmp_path_factory):
+    """One folder of lowered ExecuTorch programs for the run (``COURSELIB_PROGRAM_CACHE``, read by
+    courselib.deploy.export_executorch; the xdist workers share it as they share :func:`calibrations`), so that
+    lab 7's reference programs are lowered once in the run, not once per graded submission and scratch course.
+    Every process the tests start inherits it except the grading sandbox, whose environment is its own."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "programs"
+    os.environ["COURSELIB_PROGRAM_CACHE"] = str(folder)
+    yield folder
+    os.environ.pop("COURSELIB_PROGRAM_CACHE", None)
+
+
 def calibrate_once(calibrations: Path, lab: str, course: Path) -> None:
     """Give ``course`` the run's calibration of ``lab`` (default limits): made in ``course`` and published to
     ``calibrations / lab`` by the first test that asks, copied from there for the others. One worker calibrates

@@ -63,6 +63,46 @@ def test_fp32_executorch_matches_eager(model, data, tmp_path):
     np.testing.assert_allclose(one(x[:1]), eager(model, x[:1]), atol=FP32_TOL, rtol=0)
 
 
+def test_the_program_cache_reuses_a_lowering_only_for_the_same_graph_and_weights(model, data, tmp_path, monkeypatch):
+    """With ``COURSELIB_PROGRAM_CACHE`` set, a second export of the same model and batch reads the lowered
+    program back (no second lowering) and it runs as the first; another weight, batch, or int8 graph is
+    lowered anew. Without the variable nothing is kept."""
+    import copy
+
+    from courselib import _deploy_export
+
+    calib, x = data
+    lowerings = []
+    real = _deploy_export.to_edge_transform_and_lower
+
+    def counting(*a, **k):
+        lowerings.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(_deploy_export, "to_edge_transform_and_lower", counting)
+    monkeypatch.delenv(deploy.PROGRAM_CACHE_ENV, raising=False)  # the suite's own (conftest)
+    deploy.export_executorch(model, x[:8], tmp_path / "plain.pte")
+    assert len(lowerings) == 1
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(deploy.PROGRAM_CACHE_ENV, str(cache))
+    first = deploy.export_executorch(model, x[:8], tmp_path / "a.pte")
+    again = deploy.export_executorch(copy.deepcopy(model), x[8:16], tmp_path / "b.pte")  # same weights, other values
+    assert len(lowerings) == 2 and len(list(cache.glob("*.pte"))) == 1
+    assert first.read_bytes() == again.read_bytes() == (tmp_path / "plain.pte").read_bytes()
+    np.testing.assert_allclose(deploy.load_program(again)(x[:8]), eager(model, x[:8]), atol=FP32_TOL, rtol=0)
+    nudged = copy.deepcopy(model)
+    with torch.no_grad():
+        nudged.conv1.weight[0, 0, 0, 0] += 1e-3
+    deploy.export_executorch(nudged, x[:8], tmp_path / "c.pte")
+    deploy.export_executorch(model, x[:4], tmp_path / "d.pte")
+    converted = deploy.quantize_pt2e(model, calib)
+    deploy.export_executorch(model, x[:8], tmp_path / "e.pte", converted=converted)
+    assert len(lowerings) == 5 and len(list(cache.glob("*.pte"))) == 4
+    np.testing.assert_allclose(deploy.load_program(tmp_path / "c.pte")(x[:8]), eager(nudged, x[:8]), atol=FP32_TOL)
+    deploy.export_executorch(model, x[:8], tmp_path / "f.pte", converted=converted)
+    assert len(lowerings) == 5 and (tmp_path / "f.pte").read_bytes() == (tmp_path / "e.pte").read_bytes()
+
+
 def test_fp32_onnxruntime_matches_eager(model, data, tmp_path):
     _, x = data
     prog = deploy.load_program(deploy.export_onnx(model, x[:1], tmp_path / "m.onnx"))

@@ -381,6 +381,7 @@ def test_the_clean_room_driver_runs_one_thread(tmp_path, monkeypatch):
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(k, raising=False)  # as an instructor's shell has them: unset
     g = grader.Grader.__new__(grader.Grader)
+    g.sandboxed = False
     probe = (
         "import torch, numpy\nfrom threadpoolctl import threadpool_info\n"
         "print(torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))"
@@ -495,3 +496,24 @@ def test_a_restarted_kernels_first_cell_is_not_charged_for_the_old_kernels_exit(
         assert time.monotonic() - start < 20 and not ep.oversized
     finally:
         ep._cleanup_kernel()
+
+
+def test_the_driver_keeps_lowered_programs_per_lab_and_an_unsandboxed_kernel_never_sees_the_cache(
+    tmp_path, monkeypatch
+):
+    """The clean room's driver (trusted) gets the lab's program folder, under the same variable that
+    courselib.deploy reads; a grader without the sandbox, whose kernels inherit the driver's environment,
+    gets none (the student's code could write programs the driver would then read)."""
+    from courselib import deploy
+    from courselib.grading.course import scratch_course
+    from courselib.grading.gradebook import lab_state_dir
+
+    monkeypatch.delenv(grader.PROGRAM_CACHE_ENV, raising=False)
+    assert grader.PROGRAM_CACHE_ENV == deploy.PROGRAM_CACHE_ENV
+    course = scratch_course(LAB, tmp_path, REPO / "labs")
+    sandboxed = grader.Grader(LAB, course, grading.Limits(), tmp_path, [], False, True)
+    assert sandboxed.env()[grader.PROGRAM_CACHE_ENV] == str(lab_state_dir(course, LAB) / "programs")
+    monkeypatch.setenv(grader.PROGRAM_CACHE_ENV, str(tmp_path / "shared"))  # an instructor's own folder is kept
+    assert sandboxed.env()[grader.PROGRAM_CACHE_ENV] == str(tmp_path / "shared")
+    bare = grader.Grader(LAB, course, grading.Limits(), tmp_path, [], False, False)
+    assert grader.PROGRAM_CACHE_ENV not in bare.env()

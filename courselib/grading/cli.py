@@ -59,9 +59,7 @@ def _cmd_tiers(args) -> int:
         tier = report["tiers"][gid]
         why = report["reasons"].get(gid, "")
         print(f"  {gid:<24} {points:>5g} pts  {tier:<7}" + (f"  {why}" if why else ""))
-    from .gradebook import lab_state_dir
-
-    state = lab_state_dir(course.find_course_dir(args.course_dir), args.lab)
+    state = grading.gradebook.lab_state_dir(course.find_course_dir(args.course_dir), args.lab)
     for page in sorted(state.glob("_calibration*.feedback.html")):
         print(f"the solution's feedback page (what a student who hands it in gets): {page}")
     return 0

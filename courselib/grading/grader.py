@@ -50,6 +50,10 @@ from .feedback import FEEDBACK_MODES
 from .gradebook import lab_state_dir
 from .intake import check_notebook
 
+#: courselib.deploy's program cache (``courselib.deploy.PROGRAM_CACHE_ENV``, named here so that grading does not
+#: import the runtimes): a folder of lowered ExecuTorch programs.
+PROGRAM_CACHE_ENV = "COURSELIB_PROGRAM_CACHE"
+
 STATUSES = ("graded", "output-limit", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "missing")
 """Submission statuses, in the order of precedence used when several apply (a flood of output can also make a
 cell run out of time: the flood is reported)."""
@@ -412,11 +416,19 @@ class Grader:
 
     def env(self, jupyter_dir: Path | None = None, runtime: Path | None = None) -> dict:
         """The environment of the clean room's driver and of its fork server: one thread per numerical library
-        (:data:`~courselib.grading.sandbox.ONE_THREAD_ENV`, as in the kernel), fixed hash seed."""
+        (:data:`~courselib.grading.sandbox.ONE_THREAD_ENV`, as in the kernel), fixed hash seed, and the lab's
+        folder of lowered ExecuTorch programs (:data:`PROGRAM_CACHE_ENV`; one already set is kept), where the
+        reference programs that the hidden tests export are lowered once for every submission. Only this
+        trusted side writes there: the sandboxed kernel gets an environment of its own, and without the
+        sandbox (where the student's code would inherit it) there is no cache."""
         env = nbgrader_env()
         env.update(sandbox.ONE_THREAD_ENV)
         env["PYTHONHASHSEED"] = "0"
         env.pop("JUPYTER_CONFIG_DIR", None)
+        if self.sandboxed:
+            env.setdefault(PROGRAM_CACHE_ENV, str(lab_state_dir(self.course, self.lab) / "programs"))
+        else:
+            env.pop(PROGRAM_CACHE_ENV, None)
         if jupyter_dir is not None:
             env["JUPYTER_PATH"] = str(jupyter_dir)
         if runtime is not None:
