@@ -434,7 +434,18 @@ def export_executorch(
 def program_key(ep: torch.export.ExportedProgram) -> str:
     """What the lowered program of ``ep`` depends on, hashed: the versions of courselib, torch and ExecuTorch,
     the graph (its operators and their constant arguments, quantization scales included), every node's shape
-    and dtype, the batch range, and the bytes of every parameter, buffer and constant."""
+    and dtype, the batch range, and the bytes of every parameter, buffer and constant.
+
+    Parameters
+    ----------
+    ep : torch.export.ExportedProgram
+        What :func:`export_executorch` lowers (from :func:`export_graph`, or the export of a converted graph).
+
+    Returns
+    -------
+    str
+        A SHA-256 hex digest: the name of the program's file in the folder of ``COURSELIB_PROGRAM_CACHE``.
+    """
     h = hashlib.sha256()
     versions = (courselib_version, torch.__version__, importlib.metadata.version("executorch"))
     nodes = [(n.name, str(n.meta.get("val"))) for n in ep.graph.nodes]
