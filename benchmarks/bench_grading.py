@@ -39,15 +39,16 @@ LAB = "lab01_binary_codes"
 PHASES = ["setup", "kernel_start", "execution", "clean_room", "feedback", "teardown", "merge"]
 
 
-def make_course(root: Path) -> Path:
+def make_course(root: Path, lab: str = LAB) -> Path:
     from courselib.grading.course import scratch_course
 
-    return scratch_course(LAB, root, REPO / "labs")
+    return scratch_course(lab, root, REPO / "labs")
 
 
-def solution_notebook(course: Path) -> dict:
-    release = json.loads((course / "release" / LAB / f"{LAB}.ipynb").read_text())
-    source = json.loads((course / "source" / LAB / f"{LAB}.ipynb").read_text())
+def solution_notebook(course: Path, lab: str = LAB) -> dict:
+    """The release with the source's solutions filled in: what a student who solved the lab hands in."""
+    release = json.loads((course / "release" / lab / f"{lab}.ipynb").read_text())
+    source = json.loads((course / "source" / lab / f"{lab}.ipynb").read_text())
     sols = {
         c["metadata"]["nbgrader"]["grade_id"]: c["source"]
         for c in source["cells"]
