@@ -294,6 +294,7 @@ def test_tiers_says_how_each_part_is_judged_and_where_the_solutions_feedback_is(
     assert page == course / "grades" / ".state" / lab / "_calibration.feedback.html"
     text = visible_text(page)
     assert text.count("passed:") == len(grading.lab_parts(lab, course)) and not leaks(text, secrets(lab, course))
+    assert "BEGIN SOLUTION" not in page.read_text()  # the solution as a student hands it in: no nbgrader markers
 
 
 @pytest.mark.slow

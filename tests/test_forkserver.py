@@ -130,6 +130,7 @@ def test_the_grader_runs_the_same_driver_with_or_without_a_server(tmp_path, monk
     """A driver forked from a server and a fresh driver process run the same command (here: on a spec
     that does not exist, so both fail the same way); without a server the grader starts a process."""
     g = object.__new__(grader.Grader)
+    g.sandboxed = False
     g.limits, g.preload = grader.Limits(notebook_timeout=60), ["import json"]
     args = cleanroom.driver_args(tmp_path / "missing-spec.json", tmp_path / "result.json")
     served = g._drive(tmp_path, args, cwd=tmp_path, env=g.env())

@@ -37,6 +37,8 @@ NOTEBOOK_SUFFIX = ".ipynb"
 HIDDEN_TESTS = tuple(f"{word} HIDDEN TESTS" for word in ("BEGIN", "END"))
 """nbgrader's delimiters of a hidden-test region (``ClearHiddenTests``'s defaults, behind ``### ``); built, not
 written out, so that courselib's own files hold no marker (``tools/edition.py`` scans the published wheel)."""
+SOLUTION = tuple(f"{word} SOLUTION" for word in ("BEGIN", "END"))
+"""nbgrader's delimiters of a solution region (``ClearSolutions``' defaults, behind ``### ``), built likewise."""
 
 
 class GradingError(RuntimeError):

@@ -38,6 +38,7 @@ from .cells import import_nodes, parse_cell
 from .cleanroom import driver_args
 from .course import (
     NOTEBOOK_SUFFIX,
+    SOLUTION,
     GradingError,
     _split_hidden,
     lab_notebooks,
@@ -635,8 +636,15 @@ class Grader:
         )
 
     def solution_notebook(self) -> dict:
-        """The release notebook with the source's solutions filled in (what calibration grades)."""
-        solutions = {c["grade_id"]: c["source"] for c in self.cells if c["kind"] == "solution"}
+        """The release notebook with the source's solutions filled in, as a student who solved the lab hands it
+        in: without nbgrader's solution delimiter lines (``course.SOLUTION``; what
+        calibration grades, and whose feedback page it keeps)."""
+        delimiters = {f"### {m}" for m in SOLUTION}
+        solutions = {
+            c["grade_id"]: "".join(ln for ln in c["source"].splitlines(True) if ln.strip() not in delimiters)
+            for c in self.cells
+            if c["kind"] == "solution"
+        }
         nb = json.loads(json.dumps(self.release_nb))
         for cell in nb["cells"]:
             gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
