@@ -1,7 +1,10 @@
 """Build the HTML book into _build/html with warnings as errors, and record how long it took.
 
 Called by `make book` (after the lab releases are generated). Executed notebook outputs are cached
-in _build/.jupyter_cache, so a rebuild with nothing changed executes nothing.
+in _build/.jupyter_cache, so a rebuild with nothing changed executes nothing. Lowered ExecuTorch programs are
+kept in _build/programs (``COURSELIB_PROGRAM_CACHE``, unless already set; :func:`courselib.deploy.program_key`):
+the deploying chapter lowers its reference and int8 programs once for its walk-through and its study, and a
+rebuild after an edit lowers only the models that changed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> int:
     # 2-core machine BLAS threads that spin waiting for a core slowed small SVDs and products many times
     # (the chapters that time things fix torch's threads themselves).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.setdefault("COURSELIB_PROGRAM_CACHE", str(REPO / "_build" / "programs"))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     seconds = time.perf_counter() - t0
